@@ -1,0 +1,394 @@
+//! HTTP: thin handlers. Each one admits the request (quota, token), parses the raw bytes, hands an
+//! event to the engine or reads the store, and maps the answer to a status. No decisions here.
+
+mod auth;
+mod error;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::engine::{Event, Reply};
+use crate::ingest::{self, IngestError};
+use crate::model::{IncidentState, Signal, VoteKind};
+pub use auth::{Limiters, TokenKind};
+pub use error::ApiError;
+
+pub fn router(app: Arc<App>) -> Router {
+    let limit = app.config.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/webhooks/alertmanager", post(alertmanager))
+        .route("/v1/webhooks/grafana", post(grafana))
+        .route("/v1/signals", post(signals))
+        .route("/v1/releases", post(post_release))
+        .route("/v1/releases/{service}", get(get_releases))
+        .route("/v1/breaches", get(get_breaches))
+        .route("/v1/incidents", get(list_incidents))
+        .route("/v1/incidents/{id}", get(get_incident))
+        .route("/v1/incidents/{id}/approve", post(approve))
+        .route("/v1/incidents/{id}/reject", post(reject))
+        .route("/v1/freezes", get(list_freezes))
+        .route(
+            "/v1/freezes/{service}",
+            get(get_freeze).put(put_freeze).delete(delete_freeze),
+        )
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+/// The request body as received, after the size limit and a content-type check.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if !(essence == "application/json" || essence.ends_with("+json")) {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("content-type `{essence}` is not JSON; send application/json"),
+                ));
+            }
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        Ok(RawBody(body))
+    }
+}
+
+fn malformed(app: &App, source: &str, e: IngestError) -> ApiError {
+    app.metrics
+        .ingest_rejected
+        .with_label_values(&[source, "malformed"])
+        .inc();
+    ApiError::bad_request(e.message)
+}
+
+async fn ingest_signals(
+    app: &App,
+    source: &str,
+    signals: Vec<Signal>,
+) -> Result<Response, ApiError> {
+    let n = signals.len();
+    if let Some(s) = signals.first() {
+        app.metrics
+            .signals_received
+            .with_label_values(&[s.source.as_str()])
+            .inc_by(n as u64);
+    }
+    app.engine.send(Event::Signals(signals)).await?;
+    tracing::debug!(source, n, "signals accepted");
+    Ok(Json(json!({"accepted": n})).into_response())
+}
+
+async fn alertmanager(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    app.admit("alertmanager", &headers, TokenKind::Ingest)?;
+    let s = ingest::alertmanager::parse(&body).map_err(|e| malformed(&app, "alertmanager", e))?;
+    ingest_signals(&app, "alertmanager", s).await
+}
+
+async fn grafana(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    app.admit("grafana", &headers, TokenKind::Ingest)?;
+    auth::grafana_signature(&app, &headers, &body)?;
+    let s = ingest::grafana::parse(&body).map_err(|e| malformed(&app, "grafana", e))?;
+    ingest_signals(&app, "grafana", s).await
+}
+
+async fn signals(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    app.admit("signal", &headers, TokenKind::Ingest)?;
+    let s = ingest::signals::parse(&body).map_err(|e| malformed(&app, "signal", e))?;
+    ingest_signals(&app, "signal", s).await
+}
+
+async fn post_release(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    app.admit("release", &headers, TokenKind::Ingest)?;
+    let r = ingest::releases::parse(&body, app.clock.now())
+        .map_err(|e| malformed(&app, "release", e))?;
+    let release = r.clone();
+    match app.engine.send(Event::Release(r)).await? {
+        Reply::Duplicate => {
+            Ok(Json(json!({"duplicate": true, "release": release})).into_response())
+        }
+        Reply::Release { frozen } => Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "release": release,
+                "frozen": frozen.is_some(),
+                "freeze": frozen,
+            })),
+        )
+            .into_response()),
+        other => Err(ApiError::from_reply(other)),
+    }
+}
+
+async fn get_releases(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, TokenKind::Read)?;
+    Ok(Json(json!({"items": app.store.releases(&service)?})))
+}
+
+async fn get_breaches(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, TokenKind::Read)?;
+    Ok(Json(json!({"items": app.store.open_breaches()?})))
+}
+
+#[derive(Deserialize)]
+struct StateQuery {
+    state: Option<String>,
+}
+
+async fn list_incidents(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<StateQuery>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, TokenKind::Read)?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(IncidentState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state `{s}` is not one of: {}",
+                IncidentState::ALL.map(|s| s.as_str()).join(", ")
+            ))
+        })?),
+    };
+    Ok(Json(json!({"items": app.store.incidents(state)?})))
+}
+
+async fn get_incident(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, TokenKind::Read)?;
+    incident_view(&app, &id).map(Json)
+}
+
+/// An incident with its timeline (and the timeline of the breach that opened it).
+fn incident_view(app: &App, id: &str) -> Result<Value, ApiError> {
+    let inc = app
+        .store
+        .incident(id)?
+        .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+    let mut timeline = app.store.timeline(&format!("breach:{}", inc.breach))?;
+    timeline.extend(app.store.timeline(id)?);
+    timeline.sort_by_key(|t| t.at);
+    let mut v = serde_json::to_value(&inc).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["timeline"] =
+        serde_json::to_value(timeline).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(v)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoteBody {
+    person: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn vote(
+    app: Arc<App>,
+    headers: HeaderMap,
+    id: String,
+    body: Bytes,
+    vote: VoteKind,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, TokenKind::Admin)?;
+    let b: VoteBody = ingest::json(&body, "vote").map_err(|e| ApiError::bad_request(e.message))?;
+    if b.person.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "person: name the people id whose vote this is",
+        ));
+    }
+    match app
+        .engine
+        .send(Event::Vote {
+            incident: id.clone(),
+            person: b.person,
+            vote,
+            via: "break-glass".to_string(),
+            reason: b.reason,
+        })
+        .await?
+    {
+        Reply::Ok => incident_view(&app, &id).map(Json),
+        other => Err(ApiError::from_reply(other)),
+    }
+}
+
+async fn approve(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    vote(app, headers, id, body, VoteKind::Approve).await
+}
+
+async fn reject(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    vote(app, headers, id, body, VoteKind::Reject).await
+}
+
+async fn list_freezes(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&headers, TokenKind::Read)?;
+    Ok(Json(json!({"items": app.store.freezes()?})))
+}
+
+async fn get_freeze(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, TokenKind::Read)?;
+    Ok(match app.store.freeze(&service)? {
+        None => Json(json!({"frozen": false, "service": service})).into_response(),
+        Some(f) => (
+            StatusCode::LOCKED,
+            Json(json!({
+                "frozen": true, "service": service, "reason": f.reason,
+                "incident": f.incident, "since": f.since, "by": f.by,
+            })),
+        )
+            .into_response(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeBody {
+    reason: String,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+fn freeze_body(body: &[u8]) -> Result<FreezeBody, ApiError> {
+    let b: FreezeBody =
+        ingest::json(body, "freeze").map_err(|e| ApiError::bad_request(e.message))?;
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "reason: say why, it goes into the timeline",
+        ));
+    }
+    Ok(b)
+}
+
+async fn put_freeze(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, TokenKind::Admin)?;
+    let b = freeze_body(&body)?;
+    let by = b.by.unwrap_or_else(|| "admin".to_string());
+    match app
+        .engine
+        .send(Event::Freeze {
+            service: service.clone(),
+            reason: b.reason,
+            by,
+        })
+        .await?
+    {
+        Reply::Ok => Ok(
+            Json(json!({"frozen": true, "freeze": app.store.freeze(&service)?})).into_response(),
+        ),
+        other => Err(ApiError::from_reply(other)),
+    }
+}
+
+async fn delete_freeze(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    app.authorize(&headers, TokenKind::Admin)?;
+    let b = freeze_body(&body)?;
+    let by = b.by.unwrap_or_else(|| "admin".to_string());
+    match app
+        .engine
+        .send(Event::Unfreeze {
+            service: service.clone(),
+            reason: b.reason,
+            by,
+        })
+        .await?
+    {
+        Reply::Ok => Ok(Json(json!({"frozen": false, "service": service})).into_response()),
+        other => Err(ApiError::from_reply(other)),
+    }
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::Acquire) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: state is loading",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}

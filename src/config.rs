@@ -1,0 +1,340 @@
+//! The daemon config (`rollbackd.yaml`): embedded defaults, `${env:NAME}` / `${file:PATH}` secret
+//! references resolved in every string value, and validation before anything binds a port.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A resolved secret. Its `Debug` never shows the value, so it cannot leak through a log line.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    pub ingest: Option<Secret>,
+    pub read: Option<Secret>,
+    pub admin: Option<Secret>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub pagerduty_user: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sustained requests per second per ingest source.
+    pub ingest_per_second: u32,
+    pub ingest_burst: u32,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            ingest_per_second: 200,
+            ingest_burst: 400,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grafana {
+    /// When set, `X-Grafana-Alerting-Signature` must carry the HMAC-SHA256 of the body.
+    pub webhook_secret: Option<Secret>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDuty {
+    #[serde(default)]
+    pub webhook_secrets: Vec<Secret>,
+    pub api_url: Option<String>,
+    pub api_token: Option<Secret>,
+    pub from: Option<String>,
+    pub events_url: Option<String>,
+    pub routing_key: Option<Secret>,
+    #[serde(default)]
+    pub workflows: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub rules_dir: PathBuf,
+    pub public_url: Option<String>,
+    pub tokens: Tokens,
+    pub grafana: Grafana,
+    pub pagerduty: Option<PagerDuty>,
+    pub people: Vec<Person>,
+    /// Named notifiers; their delivery is not built yet, names are checked against rules.
+    pub notifiers: BTreeMap<String, serde_json::Value>,
+    pub limits: Limits,
+    /// Output of captured step stdout/stderr kept per step, in bytes.
+    pub step_output_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:9750".to_string(),
+            data_dir: PathBuf::from("./data"),
+            rules_dir: PathBuf::from("./rules"),
+            public_url: None,
+            tokens: Tokens::default(),
+            grafana: Grafana::default(),
+            pagerduty: None,
+            people: Vec::new(),
+            notifiers: BTreeMap::new(),
+            limits: Limits::default(),
+            step_output_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Yaml {
+        path: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Reads and validates a config file. Secret references are resolved here, once.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.display().to_string(),
+            err,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let mut tree: serde_json::Value = if text.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
+                ConfigError::Yaml {
+                    path: origin.to_string(),
+                    line,
+                    column,
+                    message: e.to_string().lines().next().unwrap_or("").to_string(),
+                }
+            })?
+        };
+        resolve_tree(&mut tree, "").map_err(invalid)?;
+        let cfg: Config = serde_json::from_value(tree).map_err(|e| invalid(e.to_string()))?;
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen_addr()?;
+        let mut ids = BTreeSet::new();
+        for p in &self.people {
+            if p.id.is_empty() {
+                return Err("people: every person needs an `id`".to_string());
+            }
+            if !ids.insert(&p.id) {
+                return Err(format!("people: id `{}` appears twice", p.id));
+            }
+        }
+        if self.limits.ingest_per_second == 0 || self.limits.ingest_burst == 0 {
+            return Err(
+                "limits: ingest_per_second and ingest_burst must be at least 1".to_string(),
+            );
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return Err("limits.max_body_bytes must be at least 1024".to_string());
+        }
+        for (kind, tok) in [
+            ("ingest", &self.tokens.ingest),
+            ("read", &self.tokens.read),
+            ("admin", &self.tokens.admin),
+        ] {
+            if let Some(t) = tok
+                && t.expose().len() < 16
+            {
+                return Err(format!(
+                    "tokens.{kind} is shorter than 16 characters; use a long random token"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .parse()
+            .map_err(|e| format!("listen: `{}` is not an address:port ({e})", self.listen))
+    }
+
+    pub fn person(&self, id: &str) -> Option<&Person> {
+        self.people.iter().find(|p| p.id == id)
+    }
+
+    pub fn rules_context(&self) -> crate::rules::Context {
+        crate::rules::Context {
+            roles: self
+                .people
+                .iter()
+                .flat_map(|p| p.roles.iter().cloned())
+                .collect(),
+            notifiers: self.notifiers.keys().cloned().collect(),
+        }
+    }
+}
+
+fn resolve_tree(v: &mut serde_json::Value, path: &str) -> Result<(), String> {
+    match v {
+        serde_json::Value::String(s) => {
+            *s = resolve_refs(s).map_err(|e| format!("{}: {e}", path.trim_start_matches('.')))?;
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                resolve_tree(item, &format!("{path}[{i}]"))?;
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                resolve_tree(item, &format!("{path}.{k}"))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces every `${env:NAME}` and `${file:PATH}` in `s`. A missing variable or unreadable file is
+/// an error naming it (never its value). File contents lose one trailing newline.
+pub fn resolve_refs(s: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "`${` without a closing `}`".to_string())?;
+        let reference = &after[..end];
+        let value = if let Some(name) = reference.strip_prefix("env:") {
+            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?
+        } else if let Some(file) = reference.strip_prefix("file:") {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read secret file `{file}`: {e}"))?;
+            text.strip_suffix('\n').unwrap_or(&text).to_string()
+        } else {
+            return Err(format!(
+                "`${{{reference}}}` is not a reference; write ${{env:NAME}} or ${{file:PATH}}"
+            ));
+        };
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_defaults() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9750");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.rules_dir, PathBuf::from("./rules"));
+        assert!(c.tokens.ingest.is_none());
+    }
+
+    #[test]
+    fn file_references_resolve_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "s3cr3t-token-0123456789\n").unwrap();
+        let c = Config::parse(
+            &format!("tokens: {{ ingest: \"${{file:{}}}\" }}", f.display()),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tokens.ingest.as_ref().unwrap().expose(),
+            "s3cr3t-token-0123456789"
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn missing_env_is_named() {
+        let e = Config::parse(
+            "tokens: { admin: \"${env:ROLLBACKD_TEST_SURELY_UNSET}\" }",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tokens.admin"), "{e}");
+        assert!(e.contains("ROLLBACKD_TEST_SURELY_UNSET"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (yaml, want) in [
+            ("listen: nowhere", "listen"),
+            ("lisen: 1.2.3.4:5", "unknown field"),
+            ("people: [{id: a}, {id: a}]", "twice"),
+            ("tokens: {read: short}", "shorter"),
+            ("rules: [", "t:1:"),
+            ("x: \"${vault:a}\"", "not a reference"),
+        ] {
+            let e = Config::parse(yaml, "t").unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+}

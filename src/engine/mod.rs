@@ -1,0 +1,1483 @@
+//! The engine: every decision rollbackd makes, as a pure function
+//! `(state, event, now) -> (state', changes, timeline, effects, reply)`.
+//!
+//! Rules of the room:
+//! - No I/O, no clock, no randomness: `now` comes in, records and effects go out. Replay and tests
+//!   drive it exactly as the daemon does.
+//! - Every changed record is returned in [`Output::changes`]; the caller persists them (and the
+//!   timeline) before it performs any effect, so a crash can never run a step it did not record.
+//! - One breach per (rule, group); one incident per breach; one active incident per service.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::config::Person;
+use crate::model::*;
+use crate::rules::{Action, Mode, Rule, RuleSet};
+
+#[cfg(test)]
+mod tests;
+
+/// Everything the engine knows. Rebuilt from the store at start.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Open breaches by (rule, group).
+    pub breaches: BTreeMap<(String, String), Breach>,
+    pub incidents: BTreeMap<String, Incident>,
+    /// Per service, ordered by `deployed_at` (then arrival).
+    pub releases: BTreeMap<String, Vec<Release>>,
+    pub freezes: BTreeMap<String, Freeze>,
+    pub next_seq: u64,
+}
+
+/// What the engine is told about.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// One webhook's alerts, applied together.
+    Signals(Vec<Signal>),
+    Release(Release),
+    /// Time passed: deadlines may be due.
+    Tick,
+    Vote {
+        incident: String,
+        person: String,
+        vote: VoteKind,
+        via: String,
+        reason: Option<String>,
+    },
+    /// The executor asks to start a step it was told to run; the answer is [`Reply::Go`].
+    StepStarting {
+        incident: String,
+        index: usize,
+        attempt: u32,
+    },
+    StepFinished {
+        incident: String,
+        index: usize,
+        attempt: u32,
+        result: StepResult,
+    },
+    VerifyFinished {
+        incident: String,
+        ok: bool,
+        results: Vec<CheckResult>,
+    },
+    Freeze {
+        service: String,
+        reason: String,
+        by: String,
+    },
+    Unfreeze {
+        service: String,
+        reason: String,
+        by: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepResult {
+    pub ok: bool,
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// Side effects the caller performs after the changes are durable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    RunStep {
+        incident: String,
+        index: usize,
+        attempt: u32,
+        /// Backoff before a retry.
+        delay: Duration,
+    },
+    Verify {
+        incident: String,
+    },
+}
+
+/// A record to write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Breach(Box<Breach>),
+    Incident(Box<Incident>),
+    Release(Box<Release>),
+    Freeze(String, Option<Freeze>),
+    Seq(u64),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    Ok,
+    Duplicate,
+    Go(bool),
+    NotFound(String),
+    Conflict(String),
+    Forbidden(String),
+    Release { frozen: Option<Freeze> },
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub reply: Reply,
+    pub changes: Vec<Change>,
+    pub timeline: Vec<TimelineEntry>,
+    pub effects: Vec<Effect>,
+}
+
+/// What the engine reads but does not own.
+pub struct Context<'a> {
+    pub rules: &'a RuleSet,
+    pub people: &'a [Person],
+    /// `serve --dry-run`: decide and record, run nothing (as if every rule were in shadow mode).
+    pub dry_run: bool,
+}
+
+struct Tx<'a> {
+    ctx: &'a Context<'a>,
+    now: Timestamp,
+    out: Output,
+}
+
+impl Tx<'_> {
+    fn note(&mut self, subject: &str, kind: &str, actor: &str, message: String) {
+        self.note_with(subject, kind, actor, message, serde_json::Value::Null);
+    }
+
+    fn note_with(
+        &mut self,
+        subject: &str,
+        kind: &str,
+        actor: &str,
+        message: String,
+        data: serde_json::Value,
+    ) {
+        self.out.timeline.push(TimelineEntry {
+            at: self.now,
+            subject: subject.to_string(),
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            message,
+            data,
+        });
+    }
+}
+
+impl State {
+    /// Applies one event at `now`.
+    pub fn handle(&mut self, ctx: &Context, event: Event, now: Timestamp) -> Output {
+        let mut tx = Tx {
+            ctx,
+            now,
+            out: Output {
+                reply: Reply::Ok,
+                changes: Vec::new(),
+                timeline: Vec::new(),
+                effects: Vec::new(),
+            },
+        };
+        let reply = match event {
+            Event::Signals(signals) => {
+                for s in signals {
+                    self.on_signal(&mut tx, s);
+                }
+                Reply::Ok
+            }
+            Event::Release(r) => self.on_release(&mut tx, r),
+            Event::Tick => Reply::Ok,
+            Event::Vote {
+                incident,
+                person,
+                vote,
+                via,
+                reason,
+            } => self.on_vote(&mut tx, &incident, &person, vote, &via, reason),
+            Event::StepStarting {
+                incident,
+                index,
+                attempt,
+            } => self.on_step_starting(&mut tx, &incident, index, attempt),
+            Event::StepFinished {
+                incident,
+                index,
+                attempt,
+                result,
+            } => self.on_step_finished(&mut tx, &incident, index, attempt, result),
+            Event::VerifyFinished {
+                incident,
+                ok,
+                results,
+            } => self.on_verify_finished(&mut tx, &incident, ok, results),
+            Event::Freeze {
+                service,
+                reason,
+                by,
+            } => self.freeze(&mut tx, &service, reason, None, &by),
+            Event::Unfreeze {
+                service,
+                reason,
+                by,
+            } => self.on_unfreeze(&mut tx, &service, reason, &by),
+        };
+        self.evaluate(&mut tx);
+        tx.out.reply = reply;
+        tx.out
+    }
+
+    /// After a restart: the effects that were under way when the process stopped, decided from the
+    /// step journal. A step that may have started runs again only if it is idempotent.
+    pub fn recover(&mut self, ctx: &Context, now: Timestamp) -> Output {
+        let mut tx = Tx {
+            ctx,
+            now,
+            out: Output {
+                reply: Reply::Ok,
+                changes: Vec::new(),
+                timeline: Vec::new(),
+                effects: Vec::new(),
+            },
+        };
+        let ids: Vec<String> = self
+            .incidents
+            .values()
+            .filter(|i| i.state.is_active())
+            .map(|i| i.id.clone())
+            .collect();
+        for id in ids {
+            let Some(inc) = self.incidents.get(&id) else {
+                continue;
+            };
+            match inc.state {
+                IncidentState::Approved => self.start_rollback(&mut tx, &id),
+                IncidentState::RollingBack => self.resume_steps(&mut tx, &id),
+                IncidentState::Verifying => tx.out.effects.push(Effect::Verify { incident: id }),
+                _ => {}
+            }
+        }
+        self.evaluate(&mut tx);
+        tx.out
+    }
+
+    /// When the engine next needs a [`Event::Tick`]: the earliest breach deadline, clear time or
+    /// approval deadline.
+    pub fn next_wakeup(&self, rules: &RuleSet) -> Option<Timestamp> {
+        let breaches = self.breaches.values().filter_map(|b| {
+            let rule = rules.get(&b.rule)?;
+            match b.clearing_since {
+                Some(c) => Some(add(c, rule.clear_after)),
+                None if b.decision.is_none() => Some(b.deadline),
+                None => None,
+            }
+        });
+        let approvals = self
+            .incidents
+            .values()
+            .filter(|i| i.state == IncidentState::AwaitingApproval)
+            .filter_map(|i| i.approvals.deadline);
+        breaches.chain(approvals).min()
+    }
+
+    fn seq(&mut self, tx: &mut Tx) -> u64 {
+        self.next_seq += 1;
+        tx.out.changes.push(Change::Seq(self.next_seq));
+        self.next_seq
+    }
+
+    fn save_breach(tx: &mut Tx, b: &Breach) {
+        tx.out.changes.push(Change::Breach(Box::new(b.clone())));
+    }
+
+    fn save_incident(&self, tx: &mut Tx, id: &str) {
+        if let Some(i) = self.incidents.get(id) {
+            tx.out.changes.push(Change::Incident(Box::new(i.clone())));
+        }
+    }
+
+    // ---- signals and breaches ----
+
+    fn on_signal(&mut self, tx: &mut Tx, s: Signal) {
+        let now = tx.now;
+        for rule in tx
+            .ctx
+            .rules
+            .rules
+            .iter()
+            .filter(|r| r.matches(s.source, &s.labels))
+        {
+            let (group, group_labels) = rule.group(&s.labels);
+            let key = (rule.name.clone(), group.clone());
+            match s.status {
+                SignalStatus::Firing => {
+                    // A start in the future is a clock problem upstream: count from receipt.
+                    let start = s.starts_at.unwrap_or(now).min(now);
+                    if !self.breaches.contains_key(&key) {
+                        let id = format!("b-{:06}", self.seq(tx));
+                        let b = Breach {
+                            id: id.clone(),
+                            rule: rule.name.clone(),
+                            group: group.clone(),
+                            group_labels,
+                            labels: s.labels.clone(),
+                            started_at: start,
+                            first_seen: now,
+                            deadline: add(start, rule.sustained),
+                            alerts: BTreeMap::new(),
+                            clearing_since: None,
+                            decision: None,
+                            incident: None,
+                            closed_at: None,
+                        };
+                        tx.note(
+                            &format!("breach:{id}"),
+                            "breach_opened",
+                            s.source.as_str(),
+                            format!(
+                                "breach of rule {} for {group} opened; started {start}, acts at {} if it lasts",
+                                rule.name, b.deadline
+                            ),
+                        );
+                        self.breaches.insert(key.clone(), b);
+                    }
+                    let Some(b) = self.breaches.get_mut(&key) else {
+                        continue;
+                    };
+                    let mut changed = false;
+                    match b.alerts.get_mut(&s.key) {
+                        Some(a) if a.firing && a.starts_at <= start => {}
+                        Some(a) => {
+                            a.firing = true;
+                            a.starts_at = a.starts_at.min(start);
+                            a.resolved_at = None;
+                            changed = true;
+                        }
+                        None => {
+                            b.alerts.insert(
+                                s.key.clone(),
+                                AlertState {
+                                    firing: true,
+                                    starts_at: start,
+                                    resolved_at: None,
+                                },
+                            );
+                            changed = true;
+                        }
+                    }
+                    if start < b.started_at && b.decision.is_none() {
+                        b.started_at = start;
+                        b.deadline = add(start, rule.sustained);
+                        changed = true;
+                    }
+                    if b.clearing_since.take().is_some() {
+                        changed = true;
+                        tx.out.timeline.push(TimelineEntry {
+                            at: now,
+                            subject: format!("breach:{}", b.id),
+                            kind: "breach_refired".to_string(),
+                            actor: s.source.as_str().to_string(),
+                            message: format!(
+                                "fired again within clear_after; the breach keeps its start {}",
+                                b.started_at
+                            ),
+                            data: serde_json::Value::Null,
+                        });
+                    }
+                    if changed {
+                        Self::save_breach(tx, b);
+                    }
+                }
+                SignalStatus::Resolved => {
+                    let Some(b) = self.breaches.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(a) = b.alerts.get_mut(&s.key) else {
+                        continue;
+                    };
+                    if !a.firing {
+                        continue;
+                    }
+                    let at = s.ends_at.unwrap_or(now).min(now);
+                    a.firing = false;
+                    a.resolved_at = Some(at);
+                    if !b.alerts.values().any(|a| a.firing) {
+                        let since = b
+                            .alerts
+                            .values()
+                            .filter_map(|a| a.resolved_at)
+                            .max()
+                            .unwrap_or(at);
+                        b.clearing_since = Some(since);
+                        tx.out.timeline.push(TimelineEntry {
+                            at: now,
+                            subject: format!("breach:{}", b.id),
+                            kind: "breach_resolving".to_string(),
+                            actor: s.source.as_str().to_string(),
+                            message: format!(
+                                "resolved at {since}; the breach ends at {} unless it fires again",
+                                add(since, rule.clear_after)
+                            ),
+                            data: serde_json::Value::Null,
+                        });
+                    }
+                    Self::save_breach(tx, b);
+                }
+            }
+        }
+    }
+
+    /// Closes cleared breaches, acts on due deadlines, expires approvals.
+    fn evaluate(&mut self, tx: &mut Tx) {
+        let now = tx.now;
+        let keys: Vec<(String, String)> = self.breaches.keys().cloned().collect();
+        for key in keys {
+            let Some(rule) = tx.ctx.rules.get(&key.0) else {
+                continue;
+            };
+            let Some(b) = self.breaches.get(&key) else {
+                continue;
+            };
+            if let Some(c) = b.clearing_since {
+                let ends = add(c, rule.clear_after);
+                if now >= ends {
+                    self.close_breach(tx, &key, ends);
+                }
+                continue;
+            }
+            if b.decision.is_none() && now >= b.deadline {
+                self.decide(tx, rule, &key);
+            }
+        }
+        let due: Vec<String> = self
+            .incidents
+            .values()
+            .filter(|i| {
+                i.state == IncidentState::AwaitingApproval
+                    && i.approvals.deadline.is_some_and(|d| now >= d)
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        for id in due {
+            self.approval_timed_out(tx, &id);
+        }
+    }
+
+    fn close_breach(&mut self, tx: &mut Tx, key: &(String, String), at: Timestamp) {
+        let Some(mut b) = self.breaches.remove(key) else {
+            return;
+        };
+        b.closed_at = Some(at);
+        tx.note(
+            &format!("breach:{}", b.id),
+            "breach_cleared",
+            "rollbackd",
+            format!("cleared: no alert fired for clear_after since {at}"),
+        );
+        Self::save_breach(tx, &b);
+        if let Some(id) = &b.incident
+            && let Some(inc) = self.incidents.get(id)
+            && matches!(
+                inc.state,
+                IncidentState::Triggered | IncidentState::AwaitingApproval
+            )
+        {
+            let id = id.clone();
+            self.transition(
+                tx,
+                &id,
+                IncidentState::Cancelled,
+                "rollbackd",
+                "the breach cleared before approval; nothing to roll back".to_string(),
+            );
+        }
+    }
+
+    /// The breach has lasted `sustained`: correlate with releases and open an incident, or record
+    /// why not.
+    fn decide(&mut self, tx: &mut Tx, rule: &Rule, key: &(String, String)) {
+        let now = tx.now;
+        let Some(b) = self.breaches.get(key).cloned() else {
+            return;
+        };
+        let subject = format!("breach:{}", b.id);
+        let not_acting = |me: &mut State, tx: &mut Tx, reason: String| {
+            if let Some(b) = me.breaches.get_mut(key) {
+                b.decision = Some(Decision {
+                    at: now,
+                    acted: false,
+                    reason: reason.clone(),
+                });
+                State::save_breach(tx, b);
+            }
+            tx.note(&subject, "not_acting", "rollbackd", reason);
+        };
+        let label_vars: BTreeMap<String, String> = b
+            .labels
+            .iter()
+            .map(|(k, v)| (format!("labels.{k}"), v.clone()))
+            .collect();
+        let service = match rule.service.render(&label_vars) {
+            Ok(s) if !s.is_empty() => s,
+            Ok(_) => return not_acting(self, tx, "the rule's service rendered empty".to_string()),
+            Err(e) => return not_acting(self, tx, format!("cannot tell the service: {e}")),
+        };
+        let environment = match rule.environment.as_ref().map(|t| t.render(&label_vars)) {
+            None => None,
+            Some(Ok(e)) => Some(e),
+            Some(Err(e)) => {
+                return not_acting(self, tx, format!("cannot tell the environment: {e}"));
+            }
+        };
+        let (current, previous) = match self.correlate(rule, &b, &service, environment.as_deref()) {
+            Ok(pair) => pair,
+            Err(reason) => return not_acting(self, tx, reason),
+        };
+        let seq = self.seq(tx);
+        let id = format!("inc-{seq:06}");
+        let environment = current.environment.clone();
+        let mut vars = label_vars;
+        vars.insert("service".into(), service.clone());
+        vars.insert("environment".into(), environment.clone());
+        vars.insert("rule".into(), rule.name.clone());
+        vars.insert("incident.id".into(), id.clone());
+        vars.insert(
+            "release.previous.deployment_id".into(),
+            previous.deployment_id.clone(),
+        );
+        vars.insert("release.previous.version".into(), previous.version.clone());
+        vars.insert(
+            "release.current.deployment_id".into(),
+            current.deployment_id.clone(),
+        );
+        vars.insert("release.current.version".into(), current.version.clone());
+
+        let shadow = rule.mode == Mode::Shadow || tx.ctx.dry_run;
+        let steps = plan_steps(rule, &vars, shadow);
+        let approval = match &rule.approval {
+            None => Approval {
+                required: false,
+                require_roles: Vec::new(),
+                quorum: 0,
+                deadline: None,
+                on_timeout: "abort".into(),
+                votes: Vec::new(),
+            },
+            Some(p) => Approval {
+                required: true,
+                require_roles: p.require_roles.clone(),
+                quorum: p.quorum,
+                deadline: None,
+                on_timeout: if p.proceed_on_timeout {
+                    "proceed"
+                } else {
+                    "abort"
+                }
+                .into(),
+                votes: Vec::new(),
+            },
+        };
+        let incident = Incident {
+            id: id.clone(),
+            rule: rule.name.clone(),
+            breach: b.id.clone(),
+            group: b.group.clone(),
+            service: service.clone(),
+            environment,
+            state: IncidentState::Triggered,
+            reason: None,
+            mode: if rule.mode == Mode::Shadow {
+                "shadow"
+            } else {
+                "enforce"
+            }
+            .into(),
+            labels: b.labels.clone(),
+            breach_started_at: b.started_at,
+            deadline: b.deadline,
+            opened_at: now,
+            updated_at: now,
+            release_from: ReleaseRef::from(&current),
+            release_to: ReleaseRef::from(&previous),
+            approvals: approval,
+            steps,
+            freeze: rule.freeze,
+            rollback_started_at: None,
+            verify_deadline: None,
+            checks: Vec::new(),
+            finished_at: None,
+        };
+        if let Some(b) = self.breaches.get_mut(key) {
+            b.decision = Some(Decision {
+                at: now,
+                acted: true,
+                reason: format!("incident {id} opened"),
+            });
+            b.incident = Some(id.clone());
+            Self::save_breach(tx, b);
+        }
+        let late = since(now, b.deadline);
+        tx.note_with(
+            &id,
+            "triggered",
+            "rollbackd",
+            format!(
+                "breach of {} since {} lasted {} (sustained {}); release {} ({}) deployed {} is suspect, target {} ({})",
+                rule.name,
+                b.started_at,
+                humantime::format_duration(trunc(since(now, b.started_at))),
+                humantime::format_duration(rule.sustained),
+                current.version,
+                current.deployment_id,
+                current.deployed_at,
+                previous.version,
+                previous.deployment_id
+            ),
+            serde_json::json!({ "breach": b.id, "decision_delay_ms": late.as_millis() as u64 }),
+        );
+        self.incidents.insert(id.clone(), incident);
+
+        if let Some(reason) = self.gate(rule, &id, &service, shadow, tx.ctx.dry_run, now) {
+            self.transition(tx, &id, IncidentState::Suppressed, "rollbackd", reason);
+            return;
+        }
+        match &rule.approval {
+            None => {
+                self.transition(
+                    tx,
+                    &id,
+                    IncidentState::Approved,
+                    "rollbackd",
+                    "approval: none".to_string(),
+                );
+                self.start_rollback(tx, &id);
+            }
+            Some(p) => {
+                let deadline = add(now, p.timeout);
+                if let Some(inc) = self.incidents.get_mut(&id) {
+                    inc.approvals.deadline = Some(deadline);
+                }
+                self.transition(
+                    tx,
+                    &id,
+                    IncidentState::AwaitingApproval,
+                    "rollbackd",
+                    format!(
+                        "waiting for {} approval(s) covering roles [{}] until {deadline} (then {})",
+                        p.quorum,
+                        p.require_roles.join(", "),
+                        if p.proceed_on_timeout {
+                            "proceed"
+                        } else {
+                            "abort"
+                        }
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Which release broke it, and which to go back to; or why this breach is not a release's fault.
+    fn correlate(
+        &self,
+        rule: &Rule,
+        b: &Breach,
+        service: &str,
+        environment: Option<&str>,
+    ) -> Result<(Release, Release), String> {
+        let ledger: Vec<&Release> = self
+            .releases
+            .get(service)
+            .map(|v| {
+                v.iter()
+                    .filter(|r| environment.is_none_or(|e| r.environment == e))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let where_ = match environment {
+            Some(e) => format!("service {service} in environment {e}"),
+            None => format!("service {service}"),
+        };
+        let Some(current) = ledger.last().copied() else {
+            return Err(format!("no release of {where_} is known"));
+        };
+        if current.deployed_at > b.started_at {
+            return Err(format!(
+                "the latest release {} ({}) was deployed at {}, after the breach began at {}: a fix-forward may be in progress",
+                current.version, current.deployment_id, current.deployed_at, b.started_at
+            ));
+        }
+        let age = since(b.started_at, current.deployed_at);
+        if age > rule.max_age {
+            return Err(format!(
+                "the breach began {} after the latest release {} ({}), more than release.max_age {}",
+                humantime::format_duration(trunc(age)),
+                current.version,
+                current.deployment_id,
+                humantime::format_duration(rule.max_age)
+            ));
+        }
+        let Some(previous) = ledger
+            .iter()
+            .rev()
+            .skip(1)
+            .find(|r| r.environment == current.environment)
+            .copied()
+        else {
+            return Err(format!(
+                "no release of {where_} before {} ({}) is known: nothing to roll back to",
+                current.version, current.deployment_id
+            ));
+        };
+        if previous.deployment_id == current.deployment_id {
+            return Err(format!(
+                "the previous release is the same deployment {}: nothing to roll back to",
+                current.deployment_id
+            ));
+        }
+        if let Some(prior) = self.incidents.values().find(|i| {
+            i.service == service
+                && i.environment == current.environment
+                && i.rollback_started_at.is_some()
+                && i.release_from.deployment_id == previous.deployment_id
+        }) {
+            return Err(format!(
+                "loop guard: incident {} already rolled back from {} ({}); never rolling back to it",
+                prior.id, previous.version, previous.deployment_id
+            ));
+        }
+        Ok((current.clone(), previous.clone()))
+    }
+
+    /// Policy gates that keep a correlated incident from acting: shadow, dry run, freeze, one
+    /// rollback per service, budget.
+    fn gate(
+        &self,
+        rule: &Rule,
+        id: &str,
+        service: &str,
+        shadow: bool,
+        dry_run: bool,
+        now: Timestamp,
+    ) -> Option<String> {
+        if dry_run {
+            return Some("dry run: recorded what would run, ran nothing".to_string());
+        }
+        if shadow {
+            return Some("shadow mode: recorded what would run, ran nothing".to_string());
+        }
+        if let Some(f) = self.freezes.get(service) {
+            return Some(format!(
+                "service {service} is frozen since {} ({}); a human must look before another rollback",
+                f.since, f.reason
+            ));
+        }
+        if let Some(other) = self
+            .incidents
+            .values()
+            .find(|i| i.id != id && i.service == service && i.state.is_active())
+        {
+            return Some(format!(
+                "incident {} is already {} for service {service}: one rollback at a time",
+                other.id, other.state
+            ));
+        }
+        if let Some(budget) = rule.budget {
+            let from = sub(now, budget.per);
+            let used = self
+                .incidents
+                .values()
+                .filter(|i| i.service == service)
+                .filter(|i| i.rollback_started_at.is_some_and(|t| t >= from))
+                .count();
+            if used >= budget.max as usize {
+                return Some(format!(
+                    "budget exhausted: {used} rollback(s) of {service} in the last {} (max {})",
+                    humantime::format_duration(budget.per),
+                    budget.max
+                ));
+            }
+        }
+        None
+    }
+
+    fn transition(&mut self, tx: &mut Tx, id: &str, to: IncidentState, actor: &str, why: String) {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return;
+        };
+        let from = inc.state;
+        inc.state = to;
+        inc.updated_at = tx.now;
+        if !to.is_active() {
+            inc.finished_at = Some(tx.now);
+            inc.reason = Some(why.clone());
+        }
+        tx.note_with(
+            id,
+            to.as_str(),
+            actor,
+            why,
+            serde_json::json!({ "from": from.as_str(), "to": to.as_str() }),
+        );
+        self.save_incident(tx, id);
+    }
+
+    // ---- approval ----
+
+    fn on_vote(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        person: &str,
+        vote: VoteKind,
+        via: &str,
+        reason: Option<String>,
+    ) -> Reply {
+        let Some(inc) = self.incidents.get(id) else {
+            return Reply::NotFound(format!("no incident {id}"));
+        };
+        let verb = match vote {
+            VoteKind::Approve => "approve",
+            VoteKind::Reject => "reject",
+        };
+        let refuse = |me: &mut State, tx: &mut Tx, why: String, conflict: bool| {
+            if let Some(inc) = me.incidents.get_mut(id) {
+                inc.approvals.votes.push(Vote {
+                    person: person.to_string(),
+                    vote,
+                    at: tx.now,
+                    via: via.to_string(),
+                    reason: reason.clone(),
+                    counted: false,
+                    why_not_counted: Some(why.clone()),
+                });
+            }
+            tx.note(
+                id,
+                "vote_ignored",
+                person,
+                format!("{verb} via {via} not counted: {why}"),
+            );
+            me.save_incident(tx, id);
+            if conflict {
+                Reply::Conflict(why)
+            } else {
+                Reply::Forbidden(why)
+            }
+        };
+        if inc.state != IncidentState::AwaitingApproval {
+            let why = format!("incident {id} is {}, not awaiting approval", inc.state);
+            return refuse(self, tx, why, true);
+        }
+        let Some(p) = tx.ctx.people.iter().find(|p| p.id == person) else {
+            return refuse(
+                self,
+                tx,
+                format!("`{person}` is not listed under people"),
+                false,
+            );
+        };
+        if !p
+            .roles
+            .iter()
+            .any(|r| inc.approvals.require_roles.contains(r))
+        {
+            let why = format!(
+                "`{person}` holds none of the roles [{}]",
+                inc.approvals.require_roles.join(", ")
+            );
+            return refuse(self, tx, why, false);
+        }
+        if inc
+            .approvals
+            .votes
+            .iter()
+            .any(|v| v.counted && v.person == person)
+        {
+            return refuse(self, tx, format!("`{person}` has already voted"), true);
+        }
+        let roles = p.roles.clone();
+        if let Some(inc) = self.incidents.get_mut(id) {
+            inc.approvals.votes.push(Vote {
+                person: person.to_string(),
+                vote,
+                at: tx.now,
+                via: via.to_string(),
+                reason: reason.clone(),
+                counted: true,
+                why_not_counted: None,
+            });
+        }
+        let because = reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        tx.note_with(
+            id,
+            "vote",
+            person,
+            format!("{person} voted {verb} via {via}{because}"),
+            serde_json::json!({ "roles": roles }),
+        );
+        if vote == VoteKind::Reject {
+            self.transition(
+                tx,
+                id,
+                IncidentState::Rejected,
+                person,
+                format!("rejected by {person}{because}"),
+            );
+            return Reply::Ok;
+        }
+        if self.approval_met(tx.ctx, id) {
+            self.transition(
+                tx,
+                id,
+                IncidentState::Approved,
+                person,
+                "approval policy satisfied".to_string(),
+            );
+            self.start_rollback(tx, id);
+        } else {
+            self.save_incident(tx, id);
+        }
+        Reply::Ok
+    }
+
+    fn approval_met(&self, ctx: &Context, id: &str) -> bool {
+        let Some(inc) = self.incidents.get(id) else {
+            return false;
+        };
+        let approvers: Vec<&Person> = inc
+            .approvals
+            .votes
+            .iter()
+            .filter(|v| v.counted && v.vote == VoteKind::Approve)
+            .filter_map(|v| ctx.people.iter().find(|p| p.id == v.person))
+            .collect();
+        approvers.len() >= inc.approvals.quorum
+            && inc
+                .approvals
+                .require_roles
+                .iter()
+                .all(|role| approvers.iter().any(|p| p.roles.contains(role)))
+    }
+
+    fn approval_timed_out(&mut self, tx: &mut Tx, id: &str) {
+        let proceed = self
+            .incidents
+            .get(id)
+            .is_some_and(|i| i.approvals.on_timeout == "proceed");
+        if proceed {
+            self.transition(
+                tx,
+                id,
+                IncidentState::Approved,
+                "rollbackd",
+                "approval timed out; on_timeout: proceed".to_string(),
+            );
+            self.start_rollback(tx, id);
+        } else {
+            self.transition(
+                tx,
+                id,
+                IncidentState::Expired,
+                "rollbackd",
+                "approval timed out; on_timeout: abort".to_string(),
+            );
+        }
+    }
+
+    // ---- execution ----
+
+    fn start_rollback(&mut self, tx: &mut Tx, id: &str) {
+        if let Some(inc) = self.incidents.get_mut(id) {
+            inc.rollback_started_at = Some(tx.now);
+        }
+        self.transition(
+            tx,
+            id,
+            IncidentState::RollingBack,
+            "rollbackd",
+            "running the rollback steps".to_string(),
+        );
+        self.advance(tx, id, 0);
+    }
+
+    /// Marks step `from` (or the next one that can run) intended and asks for it; past the last
+    /// step, moves on to verification.
+    fn advance(&mut self, tx: &mut Tx, id: &str, from: usize) {
+        let mut index = from;
+        loop {
+            let Some(inc) = self.incidents.get_mut(id) else {
+                return;
+            };
+            let Some(step) = inc.steps.get_mut(index) else {
+                self.start_verify(tx, id);
+                return;
+            };
+            if let Some(err) = step.render_error.clone() {
+                // Rendering is deterministic: no retry could succeed, and nothing ran.
+                step.state = StepState::Failed;
+                step.error = Some(err.clone());
+                let name = step.name.clone();
+                let cont = step.continue_on_failure;
+                tx.note(
+                    id,
+                    "step_failed",
+                    "rollbackd",
+                    format!("step {name} not run: {err}"),
+                );
+                if cont {
+                    index += 1;
+                    continue;
+                }
+                self.transition(
+                    tx,
+                    id,
+                    IncidentState::RollbackFailed,
+                    "rollbackd",
+                    format!("step {name} could not be prepared: {err}"),
+                );
+                return;
+            }
+            step.state = StepState::Intended;
+            let attempt = step.attempts + 1;
+            self.save_incident(tx, id);
+            tx.out.effects.push(Effect::RunStep {
+                incident: id.to_string(),
+                index,
+                attempt,
+                delay: Duration::ZERO,
+            });
+            return;
+        }
+    }
+
+    fn resume_steps(&mut self, tx: &mut Tx, id: &str) {
+        let Some(inc) = self.incidents.get(id) else {
+            return;
+        };
+        let Some(index) = inc.steps.iter().position(|s| {
+            matches!(
+                s.state,
+                StepState::Pending | StepState::Intended | StepState::Started
+            )
+        }) else {
+            return self.start_verify(tx, id);
+        };
+        let step = &inc.steps[index];
+        match step.state {
+            StepState::Started if !step.idempotent => {
+                let name = step.name.clone();
+                tx.note(
+                    id,
+                    "step_unknown",
+                    "rollbackd",
+                    format!("step {name} was running when rollbackd stopped and is not idempotent"),
+                );
+                self.transition(
+                    tx,
+                    id,
+                    IncidentState::RollbackFailed,
+                    "rollbackd",
+                    format!(
+                        "step state unknown, needs a human: step {name} may or may not have run"
+                    ),
+                );
+            }
+            StepState::Started => {
+                let name = step.name.clone();
+                tx.note(
+                    id,
+                    "step_resumed",
+                    "rollbackd",
+                    format!("step {name} was running when rollbackd stopped; it is idempotent, running it again"),
+                );
+                self.advance(tx, id, index);
+            }
+            _ => self.advance(tx, id, index),
+        }
+    }
+
+    fn on_step_starting(&mut self, tx: &mut Tx, id: &str, index: usize, attempt: u32) -> Reply {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return Reply::Go(false);
+        };
+        let ok_state = inc.state == IncidentState::RollingBack;
+        let Some(step) = inc.steps.get_mut(index) else {
+            return Reply::Go(false);
+        };
+        if !ok_state || step.state != StepState::Intended || step.attempts + 1 != attempt {
+            return Reply::Go(false);
+        }
+        step.state = StepState::Started;
+        step.attempts = attempt;
+        step.started_at = Some(tx.now);
+        let name = step.name.clone();
+        let argv = step.argv.clone();
+        let freeze = inc.freeze && index == 0 && attempt == 1;
+        let service = inc.service.clone();
+        tx.note_with(
+            id,
+            "step_started",
+            "rollbackd",
+            format!("step {name} attempt {attempt} started"),
+            serde_json::json!({ "index": index, "attempt": attempt, "argv": argv }),
+        );
+        self.save_incident(tx, id);
+        if freeze && !self.freezes.contains_key(&service) {
+            self.freeze(
+                tx,
+                &service,
+                format!("rollback by incident {id} started"),
+                Some(id.to_string()),
+                "rollbackd",
+            );
+        }
+        Reply::Go(true)
+    }
+
+    fn on_step_finished(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        index: usize,
+        attempt: u32,
+        r: StepResult,
+    ) -> Reply {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return Reply::NotFound(format!("no incident {id}"));
+        };
+        let Some(step) = inc.steps.get_mut(index) else {
+            return Reply::NotFound(format!("incident {id} has no step {index}"));
+        };
+        if inc.state != IncidentState::RollingBack
+            || step.state != StepState::Started
+            || step.attempts != attempt
+        {
+            return Reply::Conflict(format!("step {index} of {id} is not running"));
+        }
+        step.finished_at = Some(tx.now);
+        step.exit_code = r.exit_code;
+        step.output = Some(r.output.clone());
+        step.error = r.error.clone();
+        step.duration_ms = Some(r.duration_ms);
+        let name = step.name.clone();
+        let data = serde_json::json!({
+            "index": index, "attempt": attempt, "exit_code": r.exit_code,
+            "duration_ms": r.duration_ms, "output": r.output,
+        });
+        if r.ok {
+            step.state = StepState::Done;
+            tx.note_with(
+                id,
+                "step_done",
+                "rollbackd",
+                format!("step {name} succeeded"),
+                data,
+            );
+            self.advance(tx, id, index + 1);
+            return Reply::Ok;
+        }
+        let err = r.error.unwrap_or_else(|| "failed".to_string());
+        if attempt <= step.retries {
+            step.state = StepState::Intended;
+            let delay = backoff(attempt, id, index);
+            tx.note_with(
+                id,
+                "step_retry",
+                "rollbackd",
+                format!(
+                    "step {name} attempt {attempt} failed ({err}); retrying in {}",
+                    humantime::format_duration(delay)
+                ),
+                data,
+            );
+            self.save_incident(tx, id);
+            tx.out.effects.push(Effect::RunStep {
+                incident: id.to_string(),
+                index,
+                attempt: attempt + 1,
+                delay,
+            });
+            return Reply::Ok;
+        }
+        step.state = StepState::Failed;
+        let cont = step.continue_on_failure;
+        tx.note_with(
+            id,
+            "step_failed",
+            "rollbackd",
+            format!("step {name} failed: {err}"),
+            data,
+        );
+        if cont {
+            self.advance(tx, id, index + 1);
+        } else {
+            self.transition(
+                tx,
+                id,
+                IncidentState::RollbackFailed,
+                "rollbackd",
+                format!("step {name} failed: {err}"),
+            );
+        }
+        Reply::Ok
+    }
+
+    fn start_verify(&mut self, tx: &mut Tx, id: &str) {
+        let Some(inc) = self.incidents.get(id) else {
+            return;
+        };
+        let verify = tx
+            .ctx
+            .rules
+            .get(&inc.rule)
+            .and_then(|r| r.verify.as_ref())
+            .filter(|v| !v.checks.is_empty());
+        match verify {
+            Some(v) => {
+                let deadline = add(tx.now, v.within);
+                if let Some(inc) = self.incidents.get_mut(id) {
+                    inc.verify_deadline = Some(deadline);
+                }
+                self.transition(
+                    tx,
+                    id,
+                    IncidentState::Verifying,
+                    "rollbackd",
+                    format!(
+                        "steps done; verifying {} check(s) until {deadline}",
+                        v.checks.len()
+                    ),
+                );
+                tx.out.effects.push(Effect::Verify {
+                    incident: id.to_string(),
+                });
+            }
+            None => self.rolled_back(tx, id, "steps done; the rule has no verify checks"),
+        }
+    }
+
+    fn on_verify_finished(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        ok: bool,
+        results: Vec<CheckResult>,
+    ) -> Reply {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return Reply::NotFound(format!("no incident {id}"));
+        };
+        if inc.state != IncidentState::Verifying {
+            return Reply::Conflict(format!("incident {id} is not verifying"));
+        }
+        inc.checks = results.clone();
+        let summary: Vec<String> = results
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}: {} ({})",
+                    c.name,
+                    if c.ok { "ok" } else { "FAILED" },
+                    c.detail
+                )
+            })
+            .collect();
+        if ok {
+            self.rolled_back(tx, id, &format!("verified: {}", summary.join("; ")));
+        } else {
+            self.transition(
+                tx,
+                id,
+                IncidentState::RollbackFailed,
+                "rollbackd",
+                format!(
+                    "verification failed; the freeze stays, a human must look: {}",
+                    summary.join("; ")
+                ),
+            );
+        }
+        Reply::Ok
+    }
+
+    fn rolled_back(&mut self, tx: &mut Tx, id: &str, why: &str) {
+        self.transition(
+            tx,
+            id,
+            IncidentState::RolledBack,
+            "rollbackd",
+            why.to_string(),
+        );
+        let Some(inc) = self.incidents.get(id) else {
+            return;
+        };
+        // The ledger now says what runs: the previous deployment, redeployed by this incident.
+        let release = Release {
+            service: inc.service.clone(),
+            environment: inc.environment.clone(),
+            version: inc.release_to.version.clone(),
+            deployment_id: inc.release_to.deployment_id.clone(),
+            deployed_at: tx.now,
+            received_at: tx.now,
+            origin: "rollback".to_string(),
+            incident: Some(id.to_string()),
+            posted_during_freeze: None,
+        };
+        self.insert_release(tx, release);
+    }
+
+    // ---- releases and freezes ----
+
+    fn on_release(&mut self, tx: &mut Tx, mut r: Release) -> Reply {
+        let frozen = self.freezes.get(&r.service).cloned();
+        let ledger = self.releases.entry(r.service.clone()).or_default();
+        if let Some(existing) = ledger.iter().find(|x| {
+            x.environment == r.environment && x.deployment_id == r.deployment_id && x.origin == "ci"
+        }) {
+            let same = existing.version == r.version && existing.deployed_at == r.deployed_at;
+            return if same {
+                Reply::Duplicate
+            } else {
+                Reply::Conflict(format!(
+                    "deployment {} of {} is already recorded as {} deployed at {}",
+                    r.deployment_id, r.service, existing.version, existing.deployed_at
+                ))
+            };
+        }
+        if let Some(f) = &frozen {
+            r.posted_during_freeze = Some(f.reason.clone());
+            tx.note(
+                &format!("freeze:{}", r.service),
+                "release_during_freeze",
+                "ci",
+                format!(
+                    "release {} ({}) of {} posted while the service is frozen ({})",
+                    r.version, r.deployment_id, r.service, f.reason
+                ),
+            );
+        }
+        self.insert_release(tx, r);
+        Reply::Release { frozen }
+    }
+
+    fn insert_release(&mut self, tx: &mut Tx, r: Release) {
+        let ledger = self.releases.entry(r.service.clone()).or_default();
+        // Ordered by deployed_at, not arrival; equal times keep arrival order.
+        let pos = ledger.partition_point(|x| x.deployed_at <= r.deployed_at);
+        ledger.insert(pos, r.clone());
+        tx.out.changes.push(Change::Release(Box::new(r)));
+    }
+
+    fn freeze(
+        &mut self,
+        tx: &mut Tx,
+        service: &str,
+        reason: String,
+        incident: Option<String>,
+        by: &str,
+    ) -> Reply {
+        let f = Freeze {
+            service: service.to_string(),
+            reason: reason.clone(),
+            incident: incident.clone(),
+            since: tx.now,
+            by: by.to_string(),
+        };
+        self.freezes.insert(service.to_string(), f.clone());
+        tx.out
+            .changes
+            .push(Change::Freeze(service.to_string(), Some(f)));
+        let subject = incident.unwrap_or_else(|| format!("freeze:{service}"));
+        tx.note(
+            &subject,
+            "frozen",
+            by,
+            format!("releases of {service} frozen: {reason}"),
+        );
+        Reply::Ok
+    }
+
+    fn on_unfreeze(&mut self, tx: &mut Tx, service: &str, reason: String, by: &str) -> Reply {
+        let Some(f) = self.freezes.remove(service) else {
+            return Reply::NotFound(format!("service {service} is not frozen"));
+        };
+        tx.out
+            .changes
+            .push(Change::Freeze(service.to_string(), None));
+        let subject = f.incident.unwrap_or_else(|| format!("freeze:{service}"));
+        tx.note(
+            &subject,
+            "unfrozen",
+            by,
+            format!("releases of {service} unfrozen by {by}: {reason}"),
+        );
+        Reply::Ok
+    }
+}
+
+/// Renders every step of the rule for this incident. A value that cannot be rendered safely is kept
+/// as the step's `render_error`: the step will fail with it instead of running.
+fn plan_steps(rule: &Rule, vars: &BTreeMap<String, String>, shadow: bool) -> Vec<StepRun> {
+    rule.steps
+        .iter()
+        .map(|s| {
+            let rendered: Result<Vec<String>, String> = match &s.action {
+                Action::Run { argv, .. } => argv.iter().map(|t| t.render(vars)).collect(),
+                Action::Http { method, url, .. } => {
+                    url.render(vars).map(|u| vec![method.clone(), u])
+                }
+            };
+            let (argv, render_error) = match rendered {
+                Ok(a) => (a, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            StepRun {
+                name: s.name.clone(),
+                kind: match s.action {
+                    Action::Run { .. } => "run",
+                    Action::Http { .. } => "http",
+                }
+                .to_string(),
+                argv,
+                render_error,
+                state: if shadow {
+                    StepState::WouldRun
+                } else {
+                    StepState::Pending
+                },
+                attempts: 0,
+                started_at: None,
+                finished_at: None,
+                exit_code: None,
+                output: None,
+                error: None,
+                duration_ms: None,
+                timeout_ms: s.timeout.as_millis() as u64,
+                retries: s.retries,
+                idempotent: s.idempotent,
+                continue_on_failure: s.continue_on_failure,
+            }
+        })
+        .collect()
+}
+
+/// Exponential backoff with deterministic jitter (so replays agree): 1s, 2s, 4s … capped at 60s,
+/// each within ±25 %.
+fn backoff(attempt: u32, id: &str, index: usize) -> Duration {
+    let base = 1000u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(60_000);
+    let h = id.bytes().fold(index as u64 ^ u64::from(attempt), |h, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    let jitter = (h % 501) as i64 - 250; // per mille of ±25 %
+    let ms = base as i64 + base as i64 * jitter / 1000;
+    Duration::from_millis(ms.max(1) as u64)
+}
+
+fn trunc(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}

@@ -1,0 +1,242 @@
+//! The binary: parse the command line, load and validate, then hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rollbackd::config::Config;
+use rollbackd::rules::{self, Severity};
+
+/// Rolls a bad release back on its own, with a human's yes.
+///
+/// rollbackd takes alerts (Alertmanager, Grafana, generic signals) and release events from CI.
+/// When a rule's breach lasts longer than `breach.sustained` and began after the service's latest
+/// release, it opens an incident, asks for approval if the rule wants it, runs the rollback steps
+/// (argv commands or HTTP requests, never a shell), verifies, and freezes releases.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config it uses embedded defaults: listen 127.0.0.1:9750,
+    /// data ./data, rules ./rules, no tokens, no external service.
+    Serve {
+        /// Config file (rollbackd.yaml). Secrets as ${env:NAME} or ${file:PATH}.
+        #[arg(long, env = "ROLLBACKD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides `listen`), e.g. 0.0.0.0:9750; port 0 picks one.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Where state lives (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Rules directory (overrides `rules_dir`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Decide and record everything, run no step (every incident ends `suppressed`).
+        #[arg(long)]
+        dry_run: bool,
+        /// Seconds running steps may take to finish after SIGTERM.
+        #[arg(long, default_value_t = 30)]
+        grace_seconds: u64,
+    },
+    /// Check rule files; prints each problem as FILE:LINE:COL: message. Exit 0 clean, 1 problems.
+    Lint {
+        /// Config to check rules against (people's roles, notifier names).
+        #[arg(long, env = "ROLLBACKD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Rules directory; default: the config's rules_dir, else ./rules.
+        rules_dir: Option<PathBuf>,
+    },
+}
+
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Lint { config, rules_dir } => lint(config, rules_dir),
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            rules,
+            dry_run,
+            grace_seconds,
+        } => serve(config, listen, data_dir, rules, dry_run, grace_seconds),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn lint(config: Option<PathBuf>, dir: Option<PathBuf>) -> ExitCode {
+    let cfg = match load_config(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = dir.unwrap_or_else(|| cfg.rules_dir.clone());
+    let (set, problems) = rules::load_dir(&dir, &cfg.rules_context());
+    for p in &problems {
+        println!("{p}");
+    }
+    match set {
+        Some(s) => {
+            let warnings = problems.len();
+            eprintln!(
+                "{}: {} rule(s) OK{}",
+                dir.display(),
+                s.rules.len(),
+                if warnings > 0 {
+                    format!(", {warnings} warning(s)")
+                } else {
+                    String::new()
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            let errors = problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
+            eprintln!("{}: {errors} error(s)", dir.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    rules_dir: Option<PathBuf>,
+    dry_run: bool,
+    grace_seconds: u64,
+) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROLLBACKD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut cfg = match load_config(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rollbackd: bad config: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(r) = rules_dir {
+        cfg.rules_dir = r;
+    }
+    let addr = match cfg.listen_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rollbackd: bad config: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (set, problems) = rules::load_dir(&cfg.rules_dir, &cfg.rules_context());
+    for p in &problems {
+        match p.severity {
+            Severity::Error => eprintln!("{p}"),
+            Severity::Warning => tracing::warn!("{p}"),
+        }
+    }
+    let Some(set) = set else {
+        eprintln!(
+            "rollbackd: rules in {} have errors; not starting",
+            cfg.rules_dir.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rollbackd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("rollbackd: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        if cfg.tokens.admin.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!("no admin token configured and listening beyond loopback: anyone who reaches {bound} can approve and unfreeze");
+        }
+        tracing::info!(
+            rules = set.rules.len(),
+            data_dir = %cfg.data_dir.display(),
+            dry_run,
+            "rollbackd listening on http://{bound}"
+        );
+        // Tests and scripts read this line to find the port.
+        println!("rollbackd listening on http://{bound}");
+        let daemon = rollbackd::Daemon {
+            data_dir: cfg.data_dir.clone(),
+            config: cfg,
+            rules: set,
+            dry_run,
+            clock: Arc::new(rollbackd::clock::SystemClock),
+            grace: Duration::from_secs(grace_seconds),
+        };
+        match daemon.run(listener, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rollbackd: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

@@ -1,0 +1,126 @@
+//! `/metrics`: one owned registry (no globals), bounded labels only (sources, states, outcomes and
+//! reasons come from closed sets; never a rule name, service or alert label).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::engine::State;
+use crate::model::IncidentState;
+
+pub struct Metrics {
+    registry: Registry,
+    pub signals_received: IntCounterVec,
+    pub ingest_rejected: IntCounterVec,
+    pub breaches_open: IntGauge,
+    pub incidents: IntGaugeVec,
+    pub step_outcomes: IntCounterVec,
+    pub decision_latency: Histogram,
+    pub reload_successful: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let signals_received = IntCounterVec::new(
+            Opts::new(
+                "rollbackd_signals_received_total",
+                "Alert signals accepted, by source.",
+            ),
+            &["source"],
+        )
+        .expect("static metric definition");
+        let ingest_rejected = IntCounterVec::new(
+            Opts::new(
+                "rollbackd_ingest_rejected_total",
+                "Requests refused at ingest, by source and reason (auth, malformed, too_large, rate_limited).",
+            ),
+            &["source", "reason"],
+        )
+        .expect("static metric definition");
+        let breaches_open = IntGauge::new("rollbackd_breaches_open", "Breaches currently open.")
+            .expect("static metric definition");
+        let incidents = IntGaugeVec::new(
+            Opts::new("rollbackd_incidents", "Incidents by state."),
+            &["state"],
+        )
+        .expect("static metric definition");
+        let step_outcomes = IntCounterVec::new(
+            Opts::new(
+                "rollbackd_step_outcomes_total",
+                "Rollback step attempts by outcome (done, failed).",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        let decision_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "rollbackd_decision_latency_seconds",
+                "From a breach's deadline to its incident being durably written.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("static metric definition");
+        let reload_successful = IntGauge::new(
+            "rollbackd_config_last_reload_successful",
+            "1 when the active config and rules loaded cleanly.",
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(signals_received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ingest_rejected.clone()),
+            Box::new(breaches_open.clone()),
+            Box::new(incidents.clone()),
+            Box::new(step_outcomes.clone()),
+            Box::new(decision_latency.clone()),
+            Box::new(reload_successful.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for s in IncidentState::ALL {
+            incidents.with_label_values(&[s.as_str()]).set(0);
+        }
+        for o in ["done", "failed"] {
+            step_outcomes.with_label_values(&[o]).inc_by(0);
+        }
+        Metrics {
+            registry,
+            signals_received,
+            ingest_rejected,
+            breaches_open,
+            incidents,
+            step_outcomes,
+            decision_latency,
+            reload_successful,
+        }
+    }
+
+    /// Gauges that mirror engine state, refreshed after each event.
+    pub fn observe_state(&self, st: &State) {
+        self.breaches_open.set(st.breaches.len() as i64);
+        for s in IncidentState::ALL {
+            let n = st.incidents.values().filter(|i| i.state == s).count();
+            self.incidents
+                .with_label_values(&[s.as_str()])
+                .set(n as i64);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

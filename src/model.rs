@@ -1,0 +1,383 @@
+//! The records rollbackd reasons about and stores: signals, releases, breaches, incidents, freezes,
+//! timeline entries. Plain data with serde; no behaviour beyond small helpers. The engine owns every
+//! change to them, the store owns their bytes, the API shows them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Where a signal came from; rules may restrict themselves with `sources:`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Alertmanager,
+    Grafana,
+    Pagerduty,
+    Signal,
+}
+
+impl Source {
+    pub const ALL: [Source; 4] = [
+        Source::Alertmanager,
+        Source::Grafana,
+        Source::Pagerduty,
+        Source::Signal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Alertmanager => "alertmanager",
+            Source::Grafana => "grafana",
+            Source::Pagerduty => "pagerduty",
+            Source::Signal => "signal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|src| src.as_str() == s)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalStatus {
+    Firing,
+    Resolved,
+}
+
+/// One alert instance, normalised from any source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    pub source: Source,
+    /// Stable identity of the alert across firing, repeats and resolve (Alertmanager's fingerprint).
+    pub key: String,
+    pub labels: Labels,
+    pub status: SignalStatus,
+    pub starts_at: Option<Timestamp>,
+    pub ends_at: Option<Timestamp>,
+}
+
+/// One deployment of a service, as reported by CI (or recorded by rollbackd after a rollback).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    pub service: String,
+    #[serde(default)]
+    pub environment: String,
+    pub version: String,
+    pub deployment_id: String,
+    pub deployed_at: Timestamp,
+    pub received_at: Timestamp,
+    /// `ci` for posted releases, `rollback` for the redeploy of a previous release by an incident.
+    #[serde(default = "origin_ci")]
+    pub origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    /// Set when the release was posted while the service was frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_during_freeze: Option<String>,
+}
+
+fn origin_ci() -> String {
+    "ci".to_string()
+}
+
+/// The part of a release an incident refers to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    pub version: String,
+    pub deployment_id: String,
+    pub deployed_at: Timestamp,
+}
+
+impl From<&Release> for ReleaseRef {
+    fn from(r: &Release) -> Self {
+        ReleaseRef {
+            version: r.version.clone(),
+            deployment_id: r.deployment_id.clone(),
+            deployed_at: r.deployed_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertState {
+    pub firing: bool,
+    pub starts_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// What the engine decided at a breach's deadline when it did not open an incident.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub at: Timestamp,
+    pub acted: bool,
+    pub reason: String,
+}
+
+/// A sustained-failure window of one rule for one group of labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    pub id: String,
+    pub rule: String,
+    pub group: String,
+    pub group_labels: Labels,
+    /// Labels of the first firing signal: what `{{ labels.X }}` renders from.
+    pub labels: Labels,
+    pub started_at: Timestamp,
+    pub first_seen: Timestamp,
+    pub deadline: Timestamp,
+    pub alerts: BTreeMap<String, AlertState>,
+    /// Set while no alert of the group fires: the breach ends at `clearing_since + clear_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clearing_since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<Timestamp>,
+}
+
+impl Breach {
+    pub fn firing(&self) -> bool {
+        self.clearing_since.is_none()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    Triggered,
+    AwaitingApproval,
+    Approved,
+    RollingBack,
+    Verifying,
+    RolledBack,
+    RollbackFailed,
+    Rejected,
+    Expired,
+    Cancelled,
+    Suppressed,
+}
+
+impl IncidentState {
+    pub const ALL: [IncidentState; 11] = [
+        IncidentState::Triggered,
+        IncidentState::AwaitingApproval,
+        IncidentState::Approved,
+        IncidentState::RollingBack,
+        IncidentState::Verifying,
+        IncidentState::RolledBack,
+        IncidentState::RollbackFailed,
+        IncidentState::Rejected,
+        IncidentState::Expired,
+        IncidentState::Cancelled,
+        IncidentState::Suppressed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentState::Triggered => "triggered",
+            IncidentState::AwaitingApproval => "awaiting_approval",
+            IncidentState::Approved => "approved",
+            IncidentState::RollingBack => "rolling_back",
+            IncidentState::Verifying => "verifying",
+            IncidentState::RolledBack => "rolled_back",
+            IncidentState::RollbackFailed => "rollback_failed",
+            IncidentState::Rejected => "rejected",
+            IncidentState::Expired => "expired",
+            IncidentState::Cancelled => "cancelled",
+            IncidentState::Suppressed => "suppressed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IncidentState> {
+        IncidentState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Still heading somewhere: holds the service's one rollback slot.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            IncidentState::Triggered
+                | IncidentState::AwaitingApproval
+                | IncidentState::Approved
+                | IncidentState::RollingBack
+                | IncidentState::Verifying
+        )
+    }
+}
+
+impl fmt::Display for IncidentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoteKind {
+    Approve,
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Vote {
+    pub person: String,
+    pub vote: VoteKind,
+    pub at: Timestamp,
+    /// `break-glass`, `pagerduty-workflow`, `pagerduty-note`.
+    pub via: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub counted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_not_counted: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub required: bool,
+    pub require_roles: Vec<String>,
+    pub quorum: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    pub on_timeout: String,
+    pub votes: Vec<Vote>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    /// Recorded before its side effect may start: safe to start after a crash.
+    Intended,
+    /// The side effect may have happened: after a crash only an idempotent step runs again.
+    Started,
+    Done,
+    Failed,
+    /// Shadow mode or dry run: recorded, never run.
+    WouldRun,
+}
+
+/// The plan and journal of one rollback step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRun {
+    pub name: String,
+    pub kind: String,
+    /// The rendered command (run steps) or `METHOD URL` (http steps); secret references stay unexpanded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render_error: Option<String>,
+    pub state: StepState,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub idempotent: bool,
+    pub continue_on_failure: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub rule: String,
+    pub breach: String,
+    pub group: String,
+    pub service: String,
+    pub environment: String,
+    pub state: IncidentState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub mode: String,
+    pub labels: Labels,
+    pub breach_started_at: Timestamp,
+    pub deadline: Timestamp,
+    pub opened_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub release_from: ReleaseRef,
+    pub release_to: ReleaseRef,
+    pub approvals: Approval,
+    pub steps: Vec<StepRun>,
+    /// Freeze the service's releases when the first step starts.
+    pub freeze: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_deadline: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub service: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    pub since: Timestamp,
+    pub by: String,
+}
+
+/// One append-only line of history: who did what, when, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at: Timestamp,
+    /// Incident id, or `breach:<id>` for decisions about a breach that opened no incident.
+    pub subject: String,
+    pub kind: String,
+    pub actor: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+/// `ts + d`, saturating at the far future instead of overflowing on absurd inputs.
+pub fn add(ts: Timestamp, d: Duration) -> Timestamp {
+    let sd = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+    ts.saturating_add(sd).unwrap_or(Timestamp::MAX)
+}
+
+/// `ts - d`, saturating at the far past.
+pub fn sub(ts: Timestamp, d: Duration) -> Timestamp {
+    let sd = jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX);
+    ts.saturating_sub(sd).unwrap_or(Timestamp::MIN)
+}
+
+/// Non-negative duration from `a` to `b` (zero when `b` is before `a`).
+pub fn since(b: Timestamp, a: Timestamp) -> Duration {
+    Duration::try_from(b.duration_since(a)).unwrap_or(Duration::ZERO)
+}

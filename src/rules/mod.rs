@@ -1,0 +1,902 @@
+//! Rule files: YAML in, compiled [`Rule`]s out, every problem reported as `FILE:LINE:COL: message`.
+//!
+//! Loading never stops at the first problem: a rule directory is checked whole, so `rollbackd lint`
+//! shows everything at once. A set with any error is never used.
+
+pub mod matcher;
+pub mod template;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use crate::model::{Labels, Source};
+pub use matcher::Matcher;
+pub use template::{Scope, Template};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Shadow,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApprovalPolicy {
+    pub require_roles: Vec<String>,
+    pub quorum: usize,
+    pub timeout: Duration,
+    pub proceed_on_timeout: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Body {
+    None,
+    Json(serde_json::Value),
+    Raw(String),
+}
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    Run {
+        argv: Vec<Template>,
+        env: BTreeMap<String, String>,
+        dir: Option<PathBuf>,
+    },
+    Http {
+        method: String,
+        url: Template,
+        headers: BTreeMap<String, String>,
+        body: Body,
+        expect_status: Vec<u16>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    pub name: String,
+    pub action: Action,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub idempotent: bool,
+    pub continue_on_failure: bool,
+}
+
+#[derive(Clone, Debug)]
+pub enum Check {
+    Prometheus {
+        url: String,
+        query: String,
+        below: Option<f64>,
+        above: Option<f64>,
+    },
+    Http {
+        url: String,
+        expect_status: u16,
+        body_contains: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Verify {
+    pub within: Duration,
+    pub every: Duration,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub max: u32,
+    pub per: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub file: PathBuf,
+    pub line: u64,
+    pub mode: Mode,
+    pub matchers: Vec<Matcher>,
+    pub sources: Option<Vec<Source>>,
+    pub group_by: Option<Vec<String>>,
+    pub service: Template,
+    pub environment: Option<Template>,
+    pub sustained: Duration,
+    pub clear_after: Duration,
+    pub max_age: Duration,
+    pub approval: Option<ApprovalPolicy>,
+    pub steps: Vec<StepSpec>,
+    pub verify: Option<Verify>,
+    pub budget: Option<Budget>,
+    pub freeze: bool,
+    pub notify: Vec<String>,
+}
+
+impl Rule {
+    pub fn matches(&self, source: Source, labels: &Labels) -> bool {
+        self.sources.as_ref().is_none_or(|s| s.contains(&source))
+            && self.matchers.iter().all(|m| m.matches(labels))
+    }
+
+    /// The group key (`{a="x", b="y"}`) and its labels; one group per rule without `group_by`.
+    pub fn group(&self, labels: &Labels) -> (String, Labels) {
+        let Some(by) = &self.group_by else {
+            return ("{}".to_string(), Labels::new());
+        };
+        let picked: Labels = by
+            .iter()
+            .map(|k| (k.clone(), labels.get(k).cloned().unwrap_or_default()))
+            .collect();
+        let inner: Vec<String> = picked.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        (format!("{{{}}}", inner.join(", ")), picked)
+    }
+}
+
+/// A loaded, valid set of rules, in file then position order.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {sev}{}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// What the rules may refer to outside themselves.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    /// Roles held by at least one person in the config.
+    pub roles: BTreeSet<String>,
+    pub notifiers: BTreeSet<String>,
+}
+
+/// Loads every `*.yaml`/`*.yml` file of `dir`. Returns the set when there is no error, and all
+/// problems (warnings included) either way.
+pub fn load_dir(dir: &Path, ctx: &Context) -> (Option<RuleSet>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect(),
+        Err(e) => {
+            problems.push(problem(
+                dir,
+                0,
+                0,
+                format!("cannot read the rules directory: {e}"),
+            ));
+            return (None, problems);
+        }
+    };
+    files.sort();
+    let mut rules: Vec<Rule> = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let (mut found, mut p) = parse_file(file, &text, ctx);
+                problems.append(&mut p);
+                for r in found.drain(..) {
+                    if let Some(prev) = rules.iter().find(|x| x.name == r.name) {
+                        problems.push(problem(
+                            file,
+                            r.line,
+                            1,
+                            format!(
+                                "rule name `{}` is already used at {}:{}",
+                                r.name,
+                                prev.file.display(),
+                                prev.line
+                            ),
+                        ));
+                    } else {
+                        rules.push(r);
+                    }
+                }
+            }
+            Err(e) => problems.push(problem(file, 0, 0, format!("cannot read: {e}"))),
+        }
+    }
+    problems.sort();
+    let ok = !problems.iter().any(|p| p.severity == Severity::Error);
+    (ok.then_some(RuleSet { rules }), problems)
+}
+
+fn problem(file: &Path, line: u64, column: u64, message: String) -> Problem {
+    Problem {
+        file: file.to_path_buf(),
+        line,
+        column,
+        severity: Severity::Error,
+        message,
+    }
+}
+
+// ---- raw YAML shapes ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    #[serde(rename = "match", default)]
+    matchers: Vec<Spanned<String>>,
+    sources: Option<Vec<Spanned<String>>>,
+    group_by: Option<Vec<Spanned<String>>>,
+    service: Spanned<String>,
+    environment: Option<Spanned<String>>,
+    breach: Spanned<RawBreach>,
+    release: Option<RawRelease>,
+    approval: Option<Spanned<RawApproval>>,
+    #[serde(default)]
+    steps: Vec<Spanned<RawStep>>,
+    verify: Option<Spanned<RawVerify>>,
+    budget: Option<Spanned<RawBudget>>,
+    #[serde(default)]
+    freeze: bool,
+    #[serde(default)]
+    notify: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreach {
+    sustained: Spanned<String>,
+    clear_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelease {
+    max_age: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawApproval {
+    Word(String),
+    Policy(RawPolicy),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    require_roles: Vec<String>,
+    quorum: Option<usize>,
+    timeout: Option<String>,
+    on_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Spanned<String>,
+    run: Option<Vec<Spanned<String>>>,
+    http: Option<Spanned<RawHttp>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    dir: Option<String>,
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    idempotent: bool,
+    #[serde(default)]
+    continue_on_failure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_method")]
+    method: String,
+    url: Spanned<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    json: Option<serde_json::Value>,
+    body: Option<String>,
+    expect_status: Option<StatusList>,
+}
+
+fn default_method() -> String {
+    "POST".to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StatusList {
+    One(u16),
+    Many(Vec<u16>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    within: Option<Spanned<String>>,
+    every: Option<Spanned<String>>,
+    #[serde(default)]
+    checks: Vec<Spanned<RawCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    prometheus: Option<RawPromCheck>,
+    http: Option<RawHttpCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPromCheck {
+    url: String,
+    query: String,
+    below: Option<f64>,
+    above: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpCheck {
+    url: String,
+    #[serde(default = "default_status")]
+    expect_status: u16,
+    body_contains: Option<String>,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    max: u32,
+    per: String,
+}
+
+/// Collects problems against one file.
+struct Lint<'a> {
+    file: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Lint<'_> {
+    fn at(&mut self, loc: &Location, message: impl Into<String>) {
+        self.push(loc, Severity::Error, message.into());
+    }
+
+    fn warn(&mut self, loc: &Location, message: impl Into<String>) {
+        self.push(loc, Severity::Warning, message.into());
+    }
+
+    fn push(&mut self, loc: &Location, severity: Severity, message: String) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line: loc.line(),
+            column: loc.column(),
+            severity,
+            message,
+        });
+    }
+
+    fn duration(&mut self, s: &Spanned<String>, what: &str) -> Option<Duration> {
+        match humantime::parse_duration(s.value.trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.at(
+                    &s.referenced,
+                    format!(
+                        "{what}: `{}` is not a duration ({e}); write e.g. 30s, 10m, 2h",
+                        s.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn template(&mut self, s: &Spanned<String>, scope: Scope) -> Option<Template> {
+        match Template::parse(&s.value, scope) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.at(&s.referenced, e);
+                None
+            }
+        }
+    }
+}
+
+fn parse_file(file: &Path, text: &str, ctx: &Context) -> (Vec<Rule>, Vec<Problem>) {
+    let mut lint = Lint {
+        file,
+        problems: Vec::new(),
+    };
+    let raw: RawFile = match serde_saphyr::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let (line, col) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            lint.problems
+                .push(problem(file, line, col, yaml_message(&e.to_string())));
+            return (Vec::new(), lint.problems);
+        }
+    };
+    let mut rules = Vec::new();
+    let mut names = BTreeSet::new();
+    for r in raw.rules {
+        if !names.insert(r.value.name.value.clone()) {
+            lint.at(
+                &r.value.name.referenced,
+                format!(
+                    "rule name `{}` appears twice in this file",
+                    r.value.name.value
+                ),
+            );
+            continue;
+        }
+        if let Some(rule) = compile(&mut lint, r, ctx) {
+            rules.push(rule);
+        }
+    }
+    (rules, lint.problems)
+}
+
+/// serde-saphyr's message without its own location prefix and source snippet.
+fn yaml_message(display: &str) -> String {
+    let first = display.lines().next().unwrap_or(display);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.strip_prefix("line ") {
+        Some(rest) => rest
+            .split_once(": ")
+            .map(|(_, m)| m.to_string())
+            .unwrap_or_else(|| first.to_string()),
+        None => first.to_string(),
+    }
+}
+
+fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule> {
+    let before = lint.problems.len();
+    let at = raw.referenced;
+    let r = raw.value;
+    let name = r.name.value.clone();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        lint.at(
+            &r.name.referenced,
+            format!("rule name `{name}` must match [a-z0-9-]+"),
+        );
+    }
+    let mode = match r.mode.as_ref().map(|m| m.value.as_str()) {
+        None | Some("enforce") => Mode::Enforce,
+        Some("shadow") => Mode::Shadow,
+        Some(other) => {
+            let loc = r.mode.as_ref().map(|m| m.referenced).unwrap_or(at);
+            lint.at(
+                &loc,
+                format!("mode `{other}` is not one of: enforce, shadow"),
+            );
+            Mode::Enforce
+        }
+    };
+    if r.matchers.is_empty() {
+        lint.at(
+            &at,
+            "`match` is empty: a rule must say which alerts mean a breach",
+        );
+    }
+    let mut matchers = Vec::new();
+    for m in &r.matchers {
+        match Matcher::parse(&m.value) {
+            Ok(x) => matchers.push(x),
+            Err(e) => lint.at(&m.referenced, e),
+        }
+    }
+    let sources = r.sources.as_ref().map(|list| {
+        list.iter()
+            .filter_map(|s| {
+                let src = Source::parse(&s.value);
+                if src.is_none() {
+                    lint.at(
+                        &s.referenced,
+                        format!(
+                            "unknown source `{}` (known: alertmanager, grafana, pagerduty, signal)",
+                            s.value
+                        ),
+                    );
+                }
+                src
+            })
+            .collect::<Vec<_>>()
+    });
+    let group_by = r.group_by.as_ref().map(|list| {
+        list.iter()
+            .map(|g| {
+                if g.value.is_empty()
+                    || !g
+                        .value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    lint.at(
+                        &g.referenced,
+                        format!("group_by: `{}` is not a label name", g.value),
+                    );
+                }
+                g.value.clone()
+            })
+            .collect::<Vec<_>>()
+    });
+    let service = lint.template(&r.service, Scope::Labels);
+    if let Some(t) = &service
+        && t.is_literal()
+        && !template::value_is_safe(t.source())
+    {
+        lint.at(
+            &r.service.referenced,
+            "service must match [A-Za-z0-9._:/@+=-]*",
+        );
+    }
+    let environment = r
+        .environment
+        .as_ref()
+        .and_then(|e| lint.template(e, Scope::Labels));
+    let sustained = lint.duration(&r.breach.value.sustained, "breach.sustained");
+    let clear_after = match &r.breach.value.clear_after {
+        Some(c) => lint.duration(c, "breach.clear_after"),
+        None => Some(Duration::ZERO),
+    };
+    let max_age = match &r.release {
+        Some(rel) => lint.duration(&rel.max_age, "release.max_age"),
+        None => Some(Duration::from_secs(2 * 3600)),
+    };
+    let approval = r
+        .approval
+        .as_ref()
+        .and_then(|a| compile_approval(lint, a, ctx));
+    if r.steps.is_empty() {
+        lint.at(&at, "`steps` is empty: a rule must say how to roll back");
+    }
+    let steps: Vec<StepSpec> = r
+        .steps
+        .iter()
+        .filter_map(|s| compile_step(lint, s))
+        .collect();
+    let verify = r.verify.as_ref().and_then(|v| compile_verify(lint, v));
+    let budget = r.budget.as_ref().and_then(|b| {
+        let per = lint.duration(
+            &Spanned::new(b.value.per.clone(), b.referenced, b.defined),
+            "budget.per",
+        )?;
+        if b.value.max == 0 {
+            lint.at(
+                &b.referenced,
+                "budget.max must be at least 1 (use mode: shadow to never act)",
+            );
+        }
+        Some(Budget {
+            max: b.value.max,
+            per,
+        })
+    });
+    for n in &r.notify {
+        if !ctx.notifiers.contains(&n.value) {
+            lint.warn(
+                &n.referenced,
+                format!(
+                    "notifier `{}` is not defined under `notifiers:` in the config",
+                    n.value
+                ),
+            );
+        }
+    }
+    if lint.problems[before..]
+        .iter()
+        .any(|p| p.severity == Severity::Error)
+    {
+        return None;
+    }
+    Some(Rule {
+        name,
+        file: lint.file.to_path_buf(),
+        line: at.line(),
+        mode,
+        matchers,
+        sources,
+        group_by,
+        service: service?,
+        environment,
+        sustained: sustained?,
+        clear_after: clear_after?,
+        max_age: max_age?,
+        approval: approval.flatten(),
+        steps,
+        verify,
+        budget,
+        freeze: r.freeze,
+        notify: r.notify.into_iter().map(|n| n.value).collect(),
+    })
+}
+
+/// `Some(None)` is `approval: none`; `None` means the policy had errors.
+fn compile_approval(
+    lint: &mut Lint,
+    a: &Spanned<RawApproval>,
+    ctx: &Context,
+) -> Option<Option<ApprovalPolicy>> {
+    let p = match &a.value {
+        RawApproval::Word(w) if w == "none" => return Some(None),
+        RawApproval::Word(w) => {
+            lint.at(
+                &a.referenced,
+                format!("approval: `{w}` is not `none` or a policy (require_roles, quorum, timeout, on_timeout)"),
+            );
+            return None;
+        }
+        RawApproval::Policy(p) => p,
+    };
+    let timeout = match &p.timeout {
+        Some(t) => lint.duration(
+            &Spanned::new(t.clone(), a.referenced, a.defined),
+            "approval.timeout",
+        )?,
+        None => Duration::from_secs(15 * 60),
+    };
+    let proceed_on_timeout = match p.on_timeout.as_deref() {
+        None | Some("abort") => false,
+        Some("proceed") => true,
+        Some(other) => {
+            lint.at(
+                &a.referenced,
+                format!("approval.on_timeout: `{other}` is not one of: abort, proceed"),
+            );
+            return None;
+        }
+    };
+    let quorum = p.quorum.unwrap_or(p.require_roles.len().max(1));
+    if quorum == 0 {
+        lint.at(
+            &a.referenced,
+            "approval.quorum must be at least 1 (use `approval: none` for no approval)",
+        );
+        return None;
+    }
+    if quorum < p.require_roles.len() {
+        lint.warn(
+            &a.referenced,
+            format!(
+                "approval.quorum {quorum} is below the {} required roles: one person holding several roles can satisfy it",
+                p.require_roles.len()
+            ),
+        );
+    }
+    if p.require_roles.is_empty() {
+        lint.at(
+            &a.referenced,
+            "approval.require_roles is empty: nobody could approve (use `approval: none` for no approval)",
+        );
+        return None;
+    }
+    for role in &p.require_roles {
+        if !ctx.roles.contains(role) {
+            lint.warn(
+                &a.referenced,
+                format!("approval: nobody under `people:` in the config holds role `{role}`; incidents of this rule will wait and expire"),
+            );
+        }
+    }
+    Some(Some(ApprovalPolicy {
+        require_roles: p.require_roles.clone(),
+        quorum,
+        timeout,
+        proceed_on_timeout,
+    }))
+}
+
+fn compile_step(lint: &mut Lint, s: &Spanned<RawStep>) -> Option<StepSpec> {
+    let raw = &s.value;
+    let before = lint.problems.len();
+    let action = match (&raw.run, &raw.http) {
+        (Some(argv), None) => {
+            if argv.is_empty() {
+                lint.at(&s.referenced, "run: the command is empty");
+            }
+            if let Some(first) = argv.first()
+                && first.value.contains("{{")
+            {
+                lint.at(
+                    &first.referenced,
+                    "run: the program itself may not be a template",
+                );
+            }
+            let argv: Vec<Template> = argv
+                .iter()
+                .filter_map(|a| lint.template(a, Scope::Step))
+                .collect();
+            Action::Run {
+                argv,
+                env: raw.env.clone(),
+                dir: raw.dir.as_ref().map(PathBuf::from),
+            }
+        }
+        (None, Some(h)) => {
+            let method = h.value.method.to_ascii_uppercase();
+            if !matches!(
+                method.as_str(),
+                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD"
+            ) {
+                lint.at(
+                    &h.referenced,
+                    format!(
+                        "http.method `{}` is not one of GET, POST, PUT, PATCH, DELETE, HEAD",
+                        h.value.method
+                    ),
+                );
+            }
+            if !(h.value.url.value.starts_with("http://")
+                || h.value.url.value.starts_with("https://"))
+            {
+                lint.at(
+                    &h.value.url.referenced,
+                    "http.url must start with http:// or https://",
+                );
+            }
+            let url = lint.template(&h.value.url, Scope::Step);
+            let body = match (&h.value.json, &h.value.body) {
+                (Some(_), Some(_)) => {
+                    lint.at(&h.referenced, "http: give `json` or `body`, not both");
+                    Body::None
+                }
+                (Some(j), None) => Body::Json(j.clone()),
+                (None, Some(b)) => Body::Raw(b.clone()),
+                (None, None) => Body::None,
+            };
+            let expect_status = match &h.value.expect_status {
+                None => Vec::new(),
+                Some(StatusList::One(s)) => vec![*s],
+                Some(StatusList::Many(v)) => v.clone(),
+            };
+            if !raw.env.is_empty() || raw.dir.is_some() {
+                lint.at(
+                    &s.referenced,
+                    "env and dir belong to run steps, not http steps",
+                );
+            }
+            Action::Http {
+                method,
+                url: url?,
+                headers: h.value.headers.clone(),
+                body,
+                expect_status,
+            }
+        }
+        _ => {
+            lint.at(
+                &s.referenced,
+                format!(
+                    "step `{}` needs exactly one of `run` or `http`",
+                    raw.name.value
+                ),
+            );
+            return None;
+        }
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => lint.duration(t, "step timeout")?,
+        None => Duration::from_secs(300),
+    };
+    if lint.problems[before..]
+        .iter()
+        .any(|p| p.severity == Severity::Error)
+    {
+        return None;
+    }
+    Some(StepSpec {
+        name: raw.name.value.clone(),
+        action,
+        timeout,
+        retries: raw.retries,
+        idempotent: raw.idempotent,
+        continue_on_failure: raw.continue_on_failure,
+    })
+}
+
+fn compile_verify(lint: &mut Lint, v: &Spanned<RawVerify>) -> Option<Verify> {
+    let within = match &v.value.within {
+        Some(w) => lint.duration(w, "verify.within")?,
+        None => Duration::from_secs(600),
+    };
+    let every = match &v.value.every {
+        Some(e) => lint.duration(e, "verify.every")?,
+        None => Duration::from_secs(30),
+    };
+    let mut checks = Vec::new();
+    for c in &v.value.checks {
+        match (&c.value.prometheus, &c.value.http) {
+            (Some(p), None) => {
+                if p.below.is_none() == p.above.is_none() {
+                    lint.at(
+                        &c.referenced,
+                        "prometheus check needs exactly one of `below` or `above`",
+                    );
+                    continue;
+                }
+                checks.push(Check::Prometheus {
+                    url: p.url.clone(),
+                    query: p.query.clone(),
+                    below: p.below,
+                    above: p.above,
+                });
+            }
+            (None, Some(h)) => checks.push(Check::Http {
+                url: h.url.clone(),
+                expect_status: h.expect_status,
+                body_contains: h.body_contains.clone(),
+            }),
+            _ => lint.at(
+                &c.referenced,
+                "a check needs exactly one of `prometheus` or `http`",
+            ),
+        }
+    }
+    Some(Verify {
+        within,
+        every,
+        checks,
+    })
+}
+
+#[cfg(test)]
+mod tests;

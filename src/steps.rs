@@ -1,0 +1,240 @@
+//! Performs one rollback step: a child process from an argv (never a shell), or an HTTP request.
+//! Secret references (`${env:..}`, `${file:..}`) are expanded here, at the last moment, and never
+//! written back into a record or a log.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::config::resolve_refs;
+use crate::engine::StepResult;
+use crate::rules::Body;
+
+/// Runs `argv` with a timeout; stdout and stderr are captured and cut to `max_output` bytes.
+pub async fn run_command(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    dir: Option<&PathBuf>,
+    timeout: Duration,
+    max_output: usize,
+) -> StepResult {
+    let started = Instant::now();
+    let fail = |error: String| StepResult {
+        ok: false,
+        exit_code: None,
+        output: String::new(),
+        error: Some(error),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return fail("empty command".to_string());
+    };
+    let mut resolved = Vec::with_capacity(args.len());
+    for a in args {
+        match resolve_refs(a) {
+            Ok(v) => resolved.push(v),
+            Err(e) => return fail(e),
+        }
+    }
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&resolved)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        match resolve_refs(v) {
+            Ok(v) => {
+                cmd.env(k, v);
+            }
+            Err(e) => return fail(format!("env {k}: {e}")),
+        }
+    }
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start `{program}`: {e}")),
+    };
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => fail(format!(
+            "timed out after {}; the process was killed",
+            humantime::format_duration(timeout)
+        )),
+        Ok(Err(e)) => fail(format!("waiting for `{program}`: {e}")),
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !err.is_empty() {
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&err);
+            }
+            let code = out.status.code();
+            StepResult {
+                ok: out.status.success(),
+                exit_code: code,
+                output: truncate(&text, max_output),
+                error: (!out.status.success()).then(|| match code {
+                    Some(c) => format!("exited with status {c}"),
+                    None => "killed by a signal".to_string(),
+                }),
+                duration_ms: started.elapsed().as_millis() as u64,
+            }
+        }
+    }
+}
+
+pub struct HttpStep<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    pub headers: &'a BTreeMap<String, String>,
+    pub body: &'a Body,
+    pub expect_status: &'a [u16],
+}
+
+/// Sends one HTTP request; success is an expected status (any 2xx when none is listed).
+pub async fn run_http(
+    client: &reqwest::Client,
+    s: HttpStep<'_>,
+    timeout: Duration,
+    max_output: usize,
+) -> StepResult {
+    let started = Instant::now();
+    let fail = |error: String| StepResult {
+        ok: false,
+        exit_code: None,
+        output: String::new(),
+        error: Some(error),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let url = match resolve_refs(s.url) {
+        Ok(u) => u,
+        Err(e) => return fail(format!("url: {e}")),
+    };
+    let Ok(method) = reqwest::Method::from_bytes(s.method.as_bytes()) else {
+        return fail(format!("bad method {}", s.method));
+    };
+    let mut req = client.request(method, &url).timeout(timeout);
+    for (k, v) in s.headers {
+        match resolve_refs(v) {
+            Ok(v) => req = req.header(k, v),
+            Err(e) => return fail(format!("header {k}: {e}")),
+        }
+    }
+    req = match s.body {
+        Body::None => req,
+        Body::Json(v) => req.json(v),
+        Body::Raw(b) => match resolve_refs(b) {
+            Ok(b) => req.body(b),
+            Err(e) => return fail(format!("body: {e}")),
+        },
+    };
+    match req.send().await {
+        // reqwest's error text names the URL (without secrets in headers); keep it short.
+        Err(e) => fail(format!("request failed: {}", without_url(&e))),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let ok = if s.expect_status.is_empty() {
+                (200..300).contains(&status)
+            } else {
+                s.expect_status.contains(&status)
+            };
+            let text = resp.text().await.unwrap_or_default();
+            StepResult {
+                ok,
+                exit_code: Some(i32::from(status)),
+                output: truncate(&text, max_output),
+                error: (!ok).then(|| format!("unexpected HTTP status {status}")),
+                duration_ms: started.elapsed().as_millis() as u64,
+            }
+        }
+    }
+}
+
+/// A short reason that names neither the URL (it may carry a secret) nor header values.
+fn without_url(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "could not connect".to_string()
+    } else if e.is_builder() {
+        "invalid request (check the URL and headers)".to_string()
+    } else {
+        "transport error".to_string()
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, saying so.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes cut]", &s[..end], s.len() - end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_argv_without_a_shell() {
+        let r = run_command(
+            &["echo".into(), "$(id); rm -rf /".into()],
+            &BTreeMap::new(),
+            None,
+            Duration::from_secs(5),
+            1024,
+        )
+        .await;
+        assert!(r.ok);
+        assert_eq!(r.output, "$(id); rm -rf /\n");
+        assert_eq!(r.exit_code, Some(0));
+    }
+
+    #[tokio::test]
+    async fn failure_timeout_and_missing_program_are_named() {
+        let r = run_command(
+            &["false".into()],
+            &BTreeMap::new(),
+            None,
+            Duration::from_secs(5),
+            64,
+        )
+        .await;
+        assert!(!r.ok);
+        assert_eq!(r.exit_code, Some(1));
+        let r = run_command(
+            &["sleep".into(), "5".into()],
+            &BTreeMap::new(),
+            None,
+            Duration::from_millis(100),
+            64,
+        )
+        .await;
+        assert!(r.error.unwrap().contains("timed out"));
+        let r = run_command(
+            &["/nonexistent/rollbackd-step".into()],
+            &BTreeMap::new(),
+            None,
+            Duration::from_secs(1),
+            64,
+        )
+        .await;
+        assert!(r.error.unwrap().contains("cannot start"));
+    }
+
+    #[test]
+    fn truncates_on_char_boundary() {
+        assert_eq!(truncate("abc", 5), "abc");
+        let t = truncate("ééé", 3);
+        assert!(t.starts_with('é') && t.contains("bytes cut"), "{t}");
+    }
+}

@@ -1,0 +1,324 @@
+//! The only place that says `sled`. One tree per record kind, JSON values, keys that sort the way
+//! they are read (time-ordered keys are big-endian).
+//!
+//! The engine task is the single writer: it commits each event's changes and timeline in one
+//! transaction and waits for the flush before it performs any effect or answers the caller.
+//! Readers (the API) read committed records directly.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::engine::{Change, State};
+use crate::model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage: record does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    breaches: sled::Tree,
+    incidents: sled::Tree,
+    releases: sled::Tree,
+    freezes: sled::Tree,
+    timeline: sled::Tree,
+    meta: sled::Tree,
+    timeline_seq: std::sync::Arc<AtomicU64>,
+}
+
+const META_SEQ: &[u8] = b"seq";
+const META_TIMELINE_SEQ: &[u8] = b"timeline_seq";
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        let timeline_seq = read_u64(&meta, META_TIMELINE_SEQ)?;
+        Ok(Store {
+            breaches: db.open_tree("breaches")?,
+            incidents: db.open_tree("incidents")?,
+            releases: db.open_tree("releases")?,
+            freezes: db.open_tree("freezes")?,
+            timeline: db.open_tree("timeline")?,
+            meta,
+            timeline_seq: std::sync::Arc::new(AtomicU64::new(timeline_seq)),
+            db,
+        })
+    }
+
+    /// Everything the engine needs, as it was last committed.
+    pub fn load_state(&self) -> Result<State> {
+        let mut st = State {
+            next_seq: read_u64(&self.meta, META_SEQ)?,
+            ..State::default()
+        };
+        for b in values::<Breach>(&self.breaches)? {
+            if b.closed_at.is_none() {
+                st.breaches.insert((b.rule.clone(), b.group.clone()), b);
+            }
+        }
+        for i in values::<Incident>(&self.incidents)? {
+            st.incidents.insert(i.id.clone(), i);
+        }
+        // Keys sort by service, environment, deployed_at: arrival order within equal times is
+        // lost, which the ledger does not rely on.
+        for r in values::<Release>(&self.releases)? {
+            st.releases.entry(r.service.clone()).or_default().push(r);
+        }
+        for ledger in st.releases.values_mut() {
+            ledger.sort_by_key(|r| r.deployed_at);
+        }
+        for f in values::<Freeze>(&self.freezes)? {
+            st.freezes.insert(f.service.clone(), f);
+        }
+        Ok(st)
+    }
+
+    /// Writes one event's records atomically and durably.
+    pub async fn commit(&self, changes: &[Change], timeline: &[TimelineEntry]) -> Result<()> {
+        if changes.is_empty() && timeline.is_empty() {
+            return Ok(());
+        }
+        let mut writes: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for c in changes {
+            match c {
+                Change::Breach(b) => writes.push((0, b.id.as_bytes().to_vec(), Some(json(b)?))),
+                Change::Incident(i) => writes.push((1, i.id.as_bytes().to_vec(), Some(json(i)?))),
+                Change::Release(r) => writes.push((2, release_key(r), Some(json(r)?))),
+                Change::Freeze(service, f) => writes.push((
+                    3,
+                    service.as_bytes().to_vec(),
+                    f.as_ref().map(json).transpose()?,
+                )),
+                Change::Seq(n) => {
+                    writes.push((5, META_SEQ.to_vec(), Some(n.to_be_bytes().to_vec())))
+                }
+            }
+        }
+        let base = self
+            .timeline_seq
+            .fetch_add(timeline.len() as u64, Ordering::SeqCst);
+        for (i, t) in timeline.iter().enumerate() {
+            let seq = base + i as u64 + 1;
+            writes.push((4, timeline_key(&t.subject, seq), Some(json(t)?)));
+        }
+        if !timeline.is_empty() {
+            let last = base + timeline.len() as u64;
+            writes.push((
+                5,
+                META_TIMELINE_SEQ.to_vec(),
+                Some(last.to_be_bytes().to_vec()),
+            ));
+        }
+        let trees = (
+            &self.breaches,
+            &self.incidents,
+            &self.releases,
+            &self.freezes,
+            &self.timeline,
+            &self.meta,
+        );
+        trees
+            .transaction(|(t0, t1, t2, t3, t4, t5)| {
+                for (tree, key, value) in &writes {
+                    let t = match tree {
+                        0 => t0,
+                        1 => t1,
+                        2 => t2,
+                        3 => t3,
+                        4 => t4,
+                        _ => t5,
+                    };
+                    match value {
+                        Some(v) => {
+                            t.insert(key.as_slice(), v.as_slice())?;
+                        }
+                        None => {
+                            t.remove(key.as_slice())?;
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(s) => StoreError::Sled(s),
+                TransactionError::Abort(()) => {
+                    StoreError::Sled(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn incidents(&self, state: Option<IncidentState>) -> Result<Vec<Incident>> {
+        let mut all: Vec<Incident> = values(&self.incidents)?;
+        all.retain(|i| state.is_none_or(|s| i.state == s));
+        all.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then(b.id.cmp(&a.id)));
+        Ok(all)
+    }
+
+    pub fn incident(&self, id: &str) -> Result<Option<Incident>> {
+        get(&self.incidents, id.as_bytes())
+    }
+
+    pub fn timeline(&self, subject: &str) -> Result<Vec<TimelineEntry>> {
+        let mut prefix = subject.as_bytes().to_vec();
+        prefix.push(0);
+        self.timeline
+            .scan_prefix(prefix)
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    pub fn open_breaches(&self) -> Result<Vec<Breach>> {
+        let mut all: Vec<Breach> = values(&self.breaches)?;
+        all.retain(|b| b.closed_at.is_none());
+        all.sort_by_key(|b| b.deadline);
+        Ok(all)
+    }
+
+    pub fn breach(&self, id: &str) -> Result<Option<Breach>> {
+        get(&self.breaches, id.as_bytes())
+    }
+
+    /// Newest first.
+    pub fn releases(&self, service: &str) -> Result<Vec<Release>> {
+        let mut prefix = service.as_bytes().to_vec();
+        prefix.push(0);
+        let mut all: Vec<Release> = self
+            .releases
+            .scan_prefix(prefix)
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect::<Result<_>>()?;
+        all.sort_by_key(|r| std::cmp::Reverse(r.deployed_at));
+        Ok(all)
+    }
+
+    pub fn freezes(&self) -> Result<Vec<Freeze>> {
+        values(&self.freezes)
+    }
+
+    pub fn freeze(&self, service: &str) -> Result<Option<Freeze>> {
+        get(&self.freezes, service.as_bytes())
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(v)?)
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>> {
+    match tree.get(key)? {
+        Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn values<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {
+    tree.iter()
+        .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+        .collect()
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+fn release_key(r: &Release) -> Vec<u8> {
+    let mut k = r.service.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(r.environment.as_bytes());
+    k.push(0);
+    // Sign bit flipped so negative times sort before positive ones.
+    let ms = (r.deployed_at.as_millisecond() as u64) ^ (1 << 63);
+    k.extend_from_slice(&ms.to_be_bytes());
+    k.extend_from_slice(r.origin.as_bytes());
+    k.push(0);
+    k.extend_from_slice(r.deployment_id.as_bytes());
+    k
+}
+
+fn timeline_key(subject: &str, seq: u64) -> Vec<u8> {
+    let mut k = subject.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Change;
+
+    fn release(service: &str, id: &str, at: &str) -> Release {
+        Release {
+            service: service.into(),
+            environment: "prod".into(),
+            version: id.into(),
+            deployment_id: id.into(),
+            deployed_at: at.parse().unwrap(),
+            received_at: at.parse().unwrap(),
+            origin: "ci".into(),
+            incident: None,
+            posted_during_freeze: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_survive_reopen_and_releases_read_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit(
+                &[
+                    Change::Release(Box::new(release("web", "b", "2026-01-02T00:00:00Z"))),
+                    Change::Release(Box::new(release("web", "a", "2026-01-01T00:00:00Z"))),
+                    Change::Release(Box::new(release("webx", "c", "2026-01-03T00:00:00Z"))),
+                    Change::Seq(7),
+                ],
+                &[TimelineEntry {
+                    at: "2026-01-01T00:00:00Z".parse().unwrap(),
+                    subject: "inc-1".into(),
+                    kind: "k".into(),
+                    actor: "a".into(),
+                    message: "m".into(),
+                    data: serde_json::Value::Null,
+                }],
+            )
+            .await
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let web: Vec<String> = s
+            .releases("web")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.deployment_id)
+            .collect();
+        assert_eq!(web, ["b", "a"]);
+        let st = s.load_state().unwrap();
+        assert_eq!(st.next_seq, 7);
+        assert_eq!(st.releases["web"][0].deployment_id, "a");
+        assert_eq!(s.timeline("inc-1").unwrap().len(), 1);
+        assert!(s.timeline("inc-").unwrap().is_empty());
+    }
+}

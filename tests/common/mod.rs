@@ -1,0 +1,183 @@
+//! Shared harness for black-box tests: the real `rollbackd` binary on a loopback port, in its own
+//! temporary directory, talked to over real HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
+
+/// A running daemon. Dropping it kills the process (SIGKILL).
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// A temp dir with `rules/` holding `rules_yaml` and `rollbackd.yaml` holding `config_yaml`
+    /// (listen, data_dir and rules_dir are filled in).
+    pub fn new(config_yaml: &str, rules_yaml: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("rules")).expect("mkdir rules");
+        std::fs::write(dir.path().join("rules/rules.yaml"), rules_yaml).expect("write rules");
+        let cfg = format!(
+            "listen: 127.0.0.1:0\ndata_dir: {}\nrules_dir: {}\n{}",
+            dir.path().join("data").display(),
+            dir.path().join("rules").display(),
+            config_yaml
+        );
+        std::fs::write(dir.path().join("rollbackd.yaml"), cfg).expect("write config");
+        Setup { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the daemon and waits until it prints its address.
+    pub fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    pub fn start_with(&self, extra: &[&str]) -> Daemon {
+        let n = std::fs::read_dir(self.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let stderr_log = self.path().join(format!("stderr-{n}.log"));
+        let err = std::fs::File::create(&stderr_log).expect("stderr log");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.path().join("rollbackd.yaml"))
+            .args(extra)
+            .env("ROLLBACKD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("spawn rollbackd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read first line");
+        let base = line
+            .trim()
+            .strip_prefix("rollbackd listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; stderr: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Daemon {
+            child,
+            base,
+            dir: self.path().to_path_buf(),
+            stderr_log,
+        }
+    }
+}
+
+impl Daemon {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// POSTs JSON, returns (status, body as JSON or Null).
+pub fn post(url: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let mut req = client().post(url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(serde_json::Value::Null))
+}
+
+pub fn get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = client().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `f` every 20 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// RFC 3339 UTC `secs` seconds from now (negative: in the past).
+pub fn ts(secs: f64) -> String {
+    let now = jiff::Timestamp::now();
+    let d = jiff::SignedDuration::from_secs_f64(secs);
+    now.checked_add(d).expect("time").to_string()
+}
+
+/// An Alertmanager v4 webhook body with one alert.
+pub fn am_alert(status: &str, labels: serde_json::Value, starts_at: &str, fingerprint: &str) -> serde_json::Value {
+    let ends_at = if status == "firing" { "0001-01-01T00:00:00Z".to_string() } else { ts(0.0) };
+    serde_json::json!({
+        "receiver": "rollbackd", "status": status, "version": "4",
+        "groupKey": "{}:{}", "truncatedAlerts": 0, "externalURL": "http://am",
+        "groupLabels": {}, "commonLabels": labels, "commonAnnotations": {},
+        "alerts": [{
+            "status": status, "labels": labels, "annotations": {},
+            "startsAt": starts_at, "endsAt": ends_at,
+            "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint
+        }]
+    })
+}
