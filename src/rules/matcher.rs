@@ -49,13 +49,12 @@ impl Matcher {
         };
         let value = unquote(rest.trim()).map_err(|e| format!("matcher `{s}`: {e}"))?;
         let anchored = |v: &str| {
-            Regex::new(&format!("^(?:{v})$"))
-                .map_err(|e| {
-                    // regex's message spans several lines; its last line says what is wrong.
-                    let e = e.to_string();
-                    let why = e.lines().last().unwrap_or("").trim_start_matches("error: ");
-                    format!("matcher `{s}`: invalid regular expression: {why}")
-                })
+            Regex::new(&format!("^(?:{v})$")).map_err(|e| {
+                // regex's message spans several lines; its last line says what is wrong.
+                let e = e.to_string();
+                let why = e.lines().last().unwrap_or("").trim_start_matches("error: ");
+                format!("matcher `{s}`: invalid regular expression: {why}")
+            })
         };
         let op = match op {
             "=" => Op::Eq,

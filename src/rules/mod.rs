@@ -242,6 +242,13 @@ pub fn load_dir(dir: &Path, ctx: &Context) -> (Option<RuleSet>, Vec<Problem>) {
     (ok.then_some(RuleSet { rules }), problems)
 }
 
+/// Loads rules from one YAML text (tests, replay); `origin` names it in problems.
+pub fn load_str(origin: &str, text: &str, ctx: &Context) -> (Option<RuleSet>, Vec<Problem>) {
+    let (rules, problems) = parse_file(Path::new(origin), text, ctx);
+    let ok = !problems.iter().any(|p| p.severity == Severity::Error);
+    (ok.then_some(RuleSet { rules }), problems)
+}
+
 fn problem(file: &Path, line: u64, column: u64, message: String) -> Problem {
     Problem {
         file: file.to_path_buf(),

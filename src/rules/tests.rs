@@ -1,1 +1,152 @@
+use super::*;
 
+fn ctx() -> Context {
+    Context {
+        roles: ["founder", "client-success-lead"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        notifiers: ["incidents"].into_iter().map(String::from).collect(),
+    }
+}
+
+fn lint(yaml: &str) -> Vec<String> {
+    let (_, problems) = load_str("r.yaml", yaml, &ctx());
+    problems.iter().map(|p| p.to_string()).collect()
+}
+
+#[test]
+fn the_shipped_rules_load_cleanly_against_the_example_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let (set, problems) = load_dir(&dir, &ctx());
+    assert!(problems.is_empty(), "{problems:#?}");
+    let set = set.unwrap();
+    let portal = set.get("portal-error-rate").unwrap();
+    assert_eq!(portal.sustained, Duration::from_secs(600));
+    assert_eq!(portal.clear_after, Duration::from_secs(120));
+    let a = portal.approval.as_ref().unwrap();
+    assert_eq!(a.require_roles, ["founder", "client-success-lead"]);
+    assert_eq!((a.quorum, a.timeout), (2, Duration::from_secs(300)));
+    assert_eq!(portal.steps.len(), 4);
+    assert!(portal.freeze);
+    assert_eq!(portal.verify.as_ref().unwrap().checks.len(), 4);
+}
+
+#[test]
+fn every_problem_has_file_line_and_column() {
+    let out = lint(
+        r#"rules:
+  - name: Bad_Name
+    match:
+      - alertname
+      - severity=~"("
+    service: "{{ labels.service }}"
+    breach: { sustained: tenminutes }
+    approval: maybe
+    steps:
+      - name: x
+        run: [rollback, "{{ nope }}"]
+      - name: y
+    notify: [pager]
+"#,
+    );
+    let want = [
+        "r.yaml:2:11: rule name `Bad_Name` must match [a-z0-9-]+",
+        "r.yaml:4:9: matcher `alertname` has no operator (one of =, !=, =~, !~)",
+        "r.yaml:5:9: matcher `severity=~\"(\"`: invalid regular expression: unclosed group",
+        "r.yaml:7:26: breach.sustained: `tenminutes` is not a duration (expected number at 0); write e.g. 30s, 10m, 2h",
+        "r.yaml:8:15: approval: `maybe` is not `none` or a policy (require_roles, quorum, timeout, on_timeout)",
+        "r.yaml:11:25: template `{{ nope }}`: unknown name `nope` (known: labels.<name>, service, environment, rule, incident.id, release.previous.deployment_id, release.previous.version, release.current.deployment_id, release.current.version)",
+        "r.yaml:12:9: step `y` needs exactly one of `run` or `http`",
+        "r.yaml:13:14: warning: notifier `pager` is not defined under `notifiers:` in the config",
+    ];
+    let mut got = out.clone();
+    got.sort();
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn structural_errors_name_the_place() {
+    let out = lint(
+        "rules:\n  - name: a\n    match: [a=\"b\"]\n    service: s\n    breach: { sustained: 1m, sustianed: 2m }\n    steps: [{name: s, run: [x]}]\n",
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with("r.yaml:5:30: unknown field `sustianed`"),
+        "{out:?}"
+    );
+    let out = lint("rules: [ {name: a");
+    assert!(out[0].starts_with("r.yaml:1:"), "{out:?}");
+}
+
+#[test]
+fn duplicate_names_are_errors_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = "rules:\n  - name: a\n    match: [a=\"b\"]\n    service: s\n    breach: { sustained: 1m }\n    steps: [{name: s, run: [x]}]\n";
+    std::fs::write(dir.path().join("1.yaml"), r).unwrap();
+    std::fs::write(dir.path().join("2.yml"), r).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+    let (set, problems) = load_dir(dir.path(), &ctx());
+    assert!(set.is_none());
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].message.contains("already used"), "{problems:?}");
+    assert!(problems[0].file.ends_with("2.yml"));
+}
+
+#[test]
+fn defaults_follow_the_contract() {
+    let (set, p) = load_str(
+        "r.yaml",
+        "rules:\n  - name: a\n    match: [a=\"b\"]\n    service: s\n    breach: { sustained: 1m }\n    approval: { require_roles: [founder] }\n    steps: [{name: s, run: [x]}]\n",
+        &ctx(),
+    );
+    assert!(p.is_empty(), "{p:?}");
+    let set = set.unwrap();
+    let r = &set.rules[0];
+    assert_eq!(r.mode, Mode::Enforce);
+    let a = r.approval.as_ref().unwrap();
+    assert_eq!(a.quorum, 1);
+    assert_eq!(a.timeout, Duration::from_secs(900));
+    assert!(!a.proceed_on_timeout);
+    let s = &r.steps[0];
+    assert_eq!(s.timeout, Duration::from_secs(300));
+    assert_eq!(
+        (s.retries, s.idempotent, s.continue_on_failure),
+        (0, false, false)
+    );
+    assert_eq!(r.group(&Labels::new()).0, "{}");
+}
+
+#[test]
+fn approval_policy_problems() {
+    let base = "rules:\n  - name: a\n    match: [a=\"b\"]\n    service: s\n    breach: { sustained: 1m }\n    steps: [{name: s, run: [x]}]\n";
+    let out = lint(&format!(
+        "{base}    approval: {{ require_roles: [janitor] }}\n"
+    ));
+    assert!(out[0].contains("warning: approval: nobody"), "{out:?}");
+    let out = lint(&format!("{base}    approval: {{ require_roles: [] }}\n"));
+    assert!(out[0].contains("require_roles is empty"), "{out:?}");
+    let out = lint(&format!(
+        "{base}    approval: {{ require_roles: [founder], on_timeout: shrug }}\n"
+    ));
+    assert!(out[0].contains("on_timeout"), "{out:?}");
+}
+
+#[test]
+fn group_key_is_canonical() {
+    let (set, _) = load_str(
+        "r.yaml",
+        "rules:\n  - name: a\n    match: [a=\"b\"]\n    group_by: [service, env]\n    service: s\n    breach: { sustained: 1m }\n    steps: [{name: s, run: [x]}]\n",
+        &ctx(),
+    );
+    let set = set.unwrap();
+    let labels: Labels = [("service", "web"), ("x", "y")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (key, picked) = set.rules[0].group(&labels);
+    assert_eq!(key, r#"{env="", service="web"}"#);
+    assert_eq!(picked.len(), 2);
+}
