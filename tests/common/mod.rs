@@ -168,8 +168,17 @@ pub fn ts(secs: f64) -> String {
 }
 
 /// An Alertmanager v4 webhook body with one alert.
-pub fn am_alert(status: &str, labels: serde_json::Value, starts_at: &str, fingerprint: &str) -> serde_json::Value {
-    let ends_at = if status == "firing" { "0001-01-01T00:00:00Z".to_string() } else { ts(0.0) };
+pub fn am_alert(
+    status: &str,
+    labels: serde_json::Value,
+    starts_at: &str,
+    fingerprint: &str,
+) -> serde_json::Value {
+    let ends_at = if status == "firing" {
+        "0001-01-01T00:00:00Z".to_string()
+    } else {
+        ts(0.0)
+    };
     serde_json::json!({
         "receiver": "rollbackd", "status": status, "version": "4",
         "groupKey": "{}:{}", "truncatedAlerts": 0, "externalURL": "http://am",
