@@ -10,6 +10,7 @@
 //! - [`executor`]: performs effects (steps, verification) and reports back as events.
 //! - [`steps`], [`checks`]: one command or HTTP request; one verification check.
 //! - [`store`]: the only place that says `sled`.
+//! - [`cli`]: operator commands, thin clients of the HTTP API.
 //! - [`api`]: thin HTTP handlers; [`metrics`]: the owned Prometheus registry; [`clock`]: time.
 //!
 //! # Rules of the house
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod checks;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod driver;

@@ -46,6 +46,51 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         grace_seconds: u64,
     },
+    /// List incidents (newest first).
+    Incidents {
+        /// Only this state, e.g. awaiting_approval.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Approve an incident's rollback as PERSON (break-glass; needs the admin token).
+    Approve {
+        id: String,
+        /// The people id whose vote this is.
+        #[arg(long)]
+        person: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Reject an incident's rollback as PERSON (needs the admin token).
+    Reject {
+        id: String,
+        #[arg(long)]
+        person: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Freeze a service's releases by hand (needs the admin token).
+    Freeze {
+        service: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Lift a service's freeze (needs the admin token); the reason goes into the timeline.
+    Unfreeze {
+        service: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Check rule files; prints each problem as FILE:LINE:COL: message. Exit 0 clean, 1 problems.
     Lint {
         /// Config to check rules against (people's roles, notifier names).
@@ -56,12 +101,96 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// rollbackd's address.
+    #[arg(long, env = "ROLLBACKD_URL", default_value = "http://127.0.0.1:9750")]
+    url: String,
+    /// Bearer token (admin for approve/reject/freeze/unfreeze).
+    #[arg(long, env = "ROLLBACKD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(self) -> rollbackd::cli::Client {
+        rollbackd::cli::Client {
+            url: self.url,
+            token: self.token,
+            json: self.json,
+        }
+    }
+}
+
 const EXIT_CONFIG: u8 = 64;
+
+/// Runs one operator command on a small runtime; errors print and exit 1.
+fn operate<F: std::future::Future<Output = Result<(), rollbackd::cli::CliError>>>(
+    f: F,
+) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rollbackd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rollbackd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Lint { config, rules_dir } => lint(config, rules_dir),
+        Command::Incidents { state, api } => {
+            let c = api.client();
+            operate(async move { c.incidents(state.as_deref()).await })
+        }
+        Command::Approve {
+            id,
+            person,
+            reason,
+            api,
+        } => {
+            let c = api.client();
+            operate(async move { c.vote(&id, true, &person, reason.as_deref()).await })
+        }
+        Command::Reject {
+            id,
+            person,
+            reason,
+            api,
+        } => {
+            let c = api.client();
+            operate(async move { c.vote(&id, false, &person, reason.as_deref()).await })
+        }
+        Command::Freeze {
+            service,
+            reason,
+            api,
+        } => {
+            let c = api.client();
+            operate(async move { c.freeze(&service, true, &reason).await })
+        }
+        Command::Unfreeze {
+            service,
+            reason,
+            api,
+        } => {
+            let c = api.client();
+            operate(async move { c.freeze(&service, false, &reason).await })
+        }
         Command::Serve {
             config,
             listen,

@@ -1,0 +1,203 @@
+//! Operator commands: thin clients of the HTTP API (`incidents`, `approve`, `reject`, `freeze`,
+//! `unfreeze`). They print readable tables; `--json` prints what the API said.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub struct Client {
+    pub url: String,
+    pub token: Option<String>,
+    pub json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach rollbackd at {url}: {why}")]
+    Unreachable { url: String, why: String },
+    #[error("rollbackd answered {status}: {message}")]
+    Api { status: u16, message: String },
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), CliError> {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| CliError::Unreachable {
+                url: url.clone(),
+                why: e.to_string(),
+            })?;
+        let mut req = http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| CliError::Unreachable {
+            url: url.clone(),
+            why: if e.is_connect() {
+                "connection refused (is `rollbackd serve` running? see --url)".into()
+            } else {
+                e.to_string()
+            },
+        })?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status >= 400 && status != 423 {
+            return Err(CliError::Api {
+                status,
+                message: v["error"]
+                    .as_str()
+                    .unwrap_or("no error message")
+                    .to_string(),
+            });
+        }
+        Ok((status, v))
+    }
+
+    fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        } else {
+            print!("{}", table(v));
+        }
+    }
+
+    pub async fn incidents(&self, state: Option<&str>) -> Result<(), CliError> {
+        let path = match state {
+            Some(s) => format!("/v1/incidents?state={s}"),
+            None => "/v1/incidents".to_string(),
+        };
+        let (_, v) = self.call(reqwest::Method::GET, &path, None).await?;
+        self.print(&v, |v| {
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                s(&i["id"]),
+                                s(&i["state"]),
+                                s(&i["service"]),
+                                format!(
+                                    "{} -> {}",
+                                    s(&i["release_from"]["version"]),
+                                    s(&i["release_to"]["version"])
+                                ),
+                                s(&i["opened_at"]),
+                                s(&i["rule"]),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(
+                &["ID", "STATE", "SERVICE", "RELEASE", "OPENED", "RULE"],
+                &rows,
+            )
+        });
+        Ok(())
+    }
+
+    pub async fn vote(
+        &self,
+        id: &str,
+        approve: bool,
+        person: &str,
+        reason: Option<&str>,
+    ) -> Result<(), CliError> {
+        let verb = if approve { "approve" } else { "reject" };
+        let (_, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/incidents/{id}/{verb}"),
+                Some(json!({"person": person, "reason": reason})),
+            )
+            .await?;
+        self.print(&v, |v| {
+            format!(
+                "{}: {} ({verb} by {person} recorded)\n",
+                s(&v["id"]),
+                s(&v["state"])
+            )
+        });
+        Ok(())
+    }
+
+    pub async fn freeze(&self, service: &str, freeze: bool, reason: &str) -> Result<(), CliError> {
+        let method = if freeze {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::DELETE
+        };
+        let (_, v) = self
+            .call(
+                method,
+                &format!("/v1/freezes/{service}"),
+                Some(json!({"reason": reason})),
+            )
+            .await?;
+        self.print(&v, |_| {
+            format!(
+                "{service}: {}\n",
+                if freeze { "frozen" } else { "unfrozen" }
+            )
+        });
+        Ok(())
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        format!("{}\n", parts.join("  ").trim_end())
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_aligns() {
+        let t = super::table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+        assert!(super::table(&["A"], &[]).ends_with("(none)\n"));
+    }
+}
