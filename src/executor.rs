@@ -42,6 +42,8 @@ impl Executor {
                     delay,
                 } => me.run_step(incident, index, attempt, delay).await,
                 Effect::Verify { incident } => me.verify(incident).await,
+                Effect::Probe { incident, index } => me.probe(incident, index).await,
+                Effect::RunAfter { incident } => me.run_after(incident).await,
             }
         });
     }
@@ -113,35 +115,7 @@ impl Executor {
                 )),
                 duration_ms: 0,
             },
-            Some(spec) => match &spec.action {
-                Action::Run { env, dir, .. } => {
-                    steps::run_command(&run.argv, env, dir.as_ref(), timeout, self.max_output).await
-                }
-                Action::Http {
-                    headers,
-                    body,
-                    expect_status,
-                    ..
-                } => {
-                    let (method, url) = match run.argv.as_slice() {
-                        [m, u] => (m.as_str(), u.as_str()),
-                        _ => ("", ""),
-                    };
-                    steps::run_http(
-                        &self.http,
-                        HttpStep {
-                            method,
-                            url,
-                            headers,
-                            body,
-                            expect_status,
-                        },
-                        timeout,
-                        self.max_output,
-                    )
-                    .await
-                }
-            },
+            Some(spec) => self.perform_action(&spec.action, &run.argv, timeout).await,
         };
         self.metrics
             .step_outcomes
@@ -159,6 +133,128 @@ impl Executor {
         {
             // The step ran but its end is not recorded: a restart treats it as "started".
             tracing::error!(incident = %id, step = index, error = %e, "step result not recorded");
+        }
+    }
+
+    /// Runs one `run` or `http` action with its rendered argv (`[METHOD, URL]` for http).
+    async fn perform_action(
+        &self,
+        action: &Action,
+        argv: &[String],
+        timeout: Duration,
+    ) -> StepResult {
+        match action {
+            Action::Run { env, dir, .. } => {
+                steps::run_command(argv, env, dir.as_ref(), timeout, self.max_output).await
+            }
+            Action::Http {
+                headers,
+                body,
+                expect_status,
+                ..
+            } => {
+                let (method, url) = match argv {
+                    [m, u] => (m.as_str(), u.as_str()),
+                    _ => ("", ""),
+                };
+                steps::run_http(
+                    &self.http,
+                    HttpStep {
+                        method,
+                        url,
+                        headers,
+                        body,
+                        expect_status,
+                    },
+                    timeout,
+                    self.max_output,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn probe(&self, id: String, index: usize) {
+        let Some(inc) = self.incident(&id) else {
+            return;
+        };
+        let spec = self
+            .rules
+            .get(&inc.rule)
+            .and_then(|r| r.steps.get(index))
+            .and_then(|s| s.probe.clone());
+        let argv = inc.steps.get(index).and_then(|s| s.probe.clone());
+        let (in_place, detail) = match (spec, argv) {
+            (Some(action), Some(argv)) => {
+                let r = self
+                    .perform_action(&action, &argv, Duration::from_secs(60))
+                    .await;
+                let is_http = matches!(action, Action::Http { .. });
+                match (is_http, r.ok, r.exit_code) {
+                    (_, true, _) => (Some(true), "probe succeeded".to_string()),
+                    (false, false, Some(1)) => (Some(false), "probe exited 1".to_string()),
+                    (true, false, Some(404)) => (Some(false), "probe answered 404".to_string()),
+                    (_, false, _) => (None, r.error.unwrap_or_else(|| "probe failed".to_string())),
+                }
+            }
+            _ => (
+                None,
+                "the step has no probe in the loaded rules".to_string(),
+            ),
+        };
+        let _ = self
+            .engine
+            .send(Event::ProbeResult {
+                incident: id,
+                index,
+                in_place,
+                detail,
+            })
+            .await;
+    }
+
+    async fn run_after(&self, id: String) {
+        let Some(inc) = self.incident(&id) else {
+            return;
+        };
+        for (index, hook) in inc.after.iter().enumerate() {
+            if matches!(
+                hook.state,
+                crate::model::StepState::Done | crate::model::StepState::Failed
+            ) {
+                continue;
+            }
+            if self.stopping.is_cancelled() {
+                return;
+            }
+            let spec = self
+                .rules
+                .get(&inc.rule)
+                .and_then(|r| r.after.get(index))
+                .filter(|s| s.name == hook.name);
+            let refused = |error: String| StepResult {
+                ok: false,
+                exit_code: None,
+                output: String::new(),
+                error: Some(error),
+                duration_ms: 0,
+            };
+            let result = match (&hook.render_error, spec) {
+                (Some(e), _) => refused(e.clone()),
+                (None, None) => refused(format!("rule {} no longer has this hook", inc.rule)),
+                (None, Some(spec)) => {
+                    let timeout = Duration::from_millis(hook.timeout_ms);
+                    self.perform_action(&spec.action, &hook.argv, timeout).await
+                }
+            };
+            let _ = self
+                .engine
+                .send(Event::AfterFinished {
+                    incident: id.clone(),
+                    index,
+                    result,
+                })
+                .await;
         }
     }
 

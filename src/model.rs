@@ -296,6 +296,9 @@ pub struct StepRun {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// The rendered probe (argv, or `METHOD URL`), when the step has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Vec<String>>,
     pub timeout_ms: u64,
     pub retries: u32,
     pub idempotent: bool,
@@ -338,6 +341,9 @@ pub struct Incident {
     pub verify_deadline: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckResult>,
+    /// Integrity hooks run once the rollback has ended; their results never change the state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<StepRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
 }

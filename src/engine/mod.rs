@@ -64,6 +64,19 @@ pub enum Event {
         ok: bool,
         results: Vec<CheckResult>,
     },
+    /// A started step's probe answered after a restart: `Some(true)` its effect is in place,
+    /// `Some(false)` it is not, `None` the probe could not tell.
+    ProbeResult {
+        incident: String,
+        index: usize,
+        in_place: Option<bool>,
+        detail: String,
+    },
+    AfterFinished {
+        incident: String,
+        index: usize,
+        result: StepResult,
+    },
     Freeze {
         service: String,
         reason: String,
@@ -96,6 +109,15 @@ pub enum Effect {
         delay: Duration,
     },
     Verify {
+        incident: String,
+    },
+    /// Ask a started, non-idempotent step's probe whether its effect is in place.
+    Probe {
+        incident: String,
+        index: usize,
+    },
+    /// Run the incident's pending `after` hooks.
+    RunAfter {
         incident: String,
     },
 }
@@ -212,6 +234,17 @@ impl State {
                 ok,
                 results,
             } => self.on_verify_finished(&mut tx, &incident, ok, results),
+            Event::ProbeResult {
+                incident,
+                index,
+                in_place,
+                detail,
+            } => self.on_probe_result(&mut tx, &incident, index, in_place, detail),
+            Event::AfterFinished {
+                incident,
+                index,
+                result,
+            } => self.on_after_finished(&mut tx, &incident, index, result),
             Event::Freeze {
                 service,
                 reason,
@@ -241,6 +274,13 @@ impl State {
                 effects: Vec::new(),
             },
         };
+        for inc in self.incidents.values() {
+            if !inc.state.is_active() && after_pending(inc) {
+                tx.out.effects.push(Effect::RunAfter {
+                    incident: inc.id.clone(),
+                });
+            }
+        }
         let ids: Vec<String> = self
             .incidents
             .values()
@@ -554,7 +594,8 @@ impl State {
         vars.insert("release.current.version".into(), current.version.clone());
 
         let shadow = rule.mode == Mode::Shadow || tx.ctx.dry_run;
-        let steps = plan_steps(rule, &vars, shadow);
+        let steps = plan_steps(&rule.steps, &vars, shadow);
+        let after = plan_steps(&rule.after, &vars, shadow);
         let approval = match &rule.approval {
             None => Approval {
                 required: false,
@@ -606,6 +647,7 @@ impl State {
             rollback_started_at: None,
             verify_deadline: None,
             checks: Vec::new(),
+            after,
             finished_at: None,
         };
         if let Some(b) = self.breaches.get_mut(key) {
@@ -812,6 +854,11 @@ impl State {
         if !to.is_active() {
             inc.finished_at = Some(tx.now);
             inc.reason = Some(why.clone());
+            if inc.rollback_started_at.is_some() && after_pending(inc) {
+                tx.out.effects.push(Effect::RunAfter {
+                    incident: id.to_string(),
+                });
+            }
         }
         tx.note_with(
             id,
@@ -1069,6 +1116,19 @@ impl State {
         };
         let step = &inc.steps[index];
         match step.state {
+            StepState::Started if !step.idempotent && step.probe.is_some() => {
+                let name = step.name.clone();
+                tx.note(
+                    id,
+                    "step_probe",
+                    "rollbackd",
+                    format!("step {name} was running when rollbackd stopped; asking its probe whether it took effect"),
+                );
+                tx.out.effects.push(Effect::Probe {
+                    incident: id.to_string(),
+                    index,
+                });
+            }
             StepState::Started if !step.idempotent => {
                 let name = step.name.clone();
                 tx.note(
@@ -1224,6 +1284,97 @@ impl State {
                 format!("step {name} failed: {err}"),
             );
         }
+        Reply::Ok
+    }
+
+    fn on_probe_result(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        index: usize,
+        in_place: Option<bool>,
+        detail: String,
+    ) -> Reply {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return Reply::NotFound(format!("no incident {id}"));
+        };
+        let Some(step) = inc.steps.get_mut(index) else {
+            return Reply::NotFound(format!("incident {id} has no step {index}"));
+        };
+        if inc.state != IncidentState::RollingBack || step.state != StepState::Started {
+            return Reply::Conflict(format!("step {index} of {id} is not waiting for a probe"));
+        }
+        let name = step.name.clone();
+        match in_place {
+            Some(true) => {
+                step.state = StepState::Done;
+                step.finished_at = Some(tx.now);
+                tx.note(
+                    id,
+                    "step_done",
+                    "rollbackd",
+                    format!("step {name}: its probe says the effect is in place ({detail}); not running it again"),
+                );
+                self.advance(tx, id, index + 1);
+            }
+            Some(false) => {
+                step.state = StepState::Intended;
+                tx.note(
+                    id,
+                    "step_resumed",
+                    "rollbackd",
+                    format!("step {name}: its probe says the effect is absent ({detail}); running it again"),
+                );
+                self.advance(tx, id, index);
+            }
+            None => {
+                self.transition(
+                    tx,
+                    id,
+                    IncidentState::RollbackFailed,
+                    "rollbackd",
+                    format!("step state unknown, needs a human: step {name} may or may not have run and its probe could not tell ({detail})"),
+                );
+            }
+        }
+        Reply::Ok
+    }
+
+    fn on_after_finished(&mut self, tx: &mut Tx, id: &str, index: usize, r: StepResult) -> Reply {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return Reply::NotFound(format!("no incident {id}"));
+        };
+        let Some(hook) = inc.after.get_mut(index) else {
+            return Reply::NotFound(format!("incident {id} has no after hook {index}"));
+        };
+        if matches!(hook.state, StepState::Done | StepState::Failed) {
+            return Reply::Conflict(format!("after hook {index} of {id} already ran"));
+        }
+        hook.state = if r.ok {
+            StepState::Done
+        } else {
+            StepState::Failed
+        };
+        hook.attempts += 1;
+        hook.finished_at = Some(tx.now);
+        hook.exit_code = r.exit_code;
+        hook.output = Some(r.output.clone());
+        hook.error = r.error.clone();
+        hook.duration_ms = Some(r.duration_ms);
+        let name = hook.name.clone();
+        let verdict = if r.ok {
+            "passed".to_string()
+        } else {
+            format!("FAILED: {}", r.error.unwrap_or_default())
+        };
+        tx.note_with(
+            id,
+            "after_check",
+            "rollbackd",
+            format!("integrity check {name} {verdict}"),
+            serde_json::json!({ "index": index, "exit_code": r.exit_code, "output": r.output }),
+        );
+        self.save_incident(tx, id);
         Reply::Ok
     }
 
@@ -1420,17 +1571,15 @@ impl State {
 
 /// Renders every step of the rule for this incident. A value that cannot be rendered safely is kept
 /// as the step's `render_error`: the step will fail with it instead of running.
-fn plan_steps(rule: &Rule, vars: &BTreeMap<String, String>, shadow: bool) -> Vec<StepRun> {
-    rule.steps
+fn plan_steps(
+    specs: &[crate::rules::StepSpec],
+    vars: &BTreeMap<String, String>,
+    shadow: bool,
+) -> Vec<StepRun> {
+    specs
         .iter()
         .map(|s| {
-            let rendered: Result<Vec<String>, String> = match &s.action {
-                Action::Run { argv, .. } => argv.iter().map(|t| t.render(vars)).collect(),
-                Action::Http { method, url, .. } => {
-                    url.render(vars).map(|u| vec![method.clone(), u])
-                }
-            };
-            let (argv, render_error) = match rendered {
+            let (argv, render_error) = match render_action(&s.action, vars) {
                 Ok(a) => (a, None),
                 Err(e) => (Vec::new(), Some(e)),
             };
@@ -1455,6 +1604,7 @@ fn plan_steps(rule: &Rule, vars: &BTreeMap<String, String>, shadow: bool) -> Vec
                 output: None,
                 error: None,
                 duration_ms: None,
+                probe: s.probe.as_ref().and_then(|p| render_action(p, vars).ok()),
                 timeout_ms: s.timeout.as_millis() as u64,
                 retries: s.retries,
                 idempotent: s.idempotent,
@@ -1462,6 +1612,23 @@ fn plan_steps(rule: &Rule, vars: &BTreeMap<String, String>, shadow: bool) -> Vec
             }
         })
         .collect()
+}
+
+/// The argv of a run action, or `[METHOD, URL]` of an http action, rendered.
+fn render_action(a: &Action, vars: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+    match a {
+        Action::Run { argv, .. } => argv.iter().map(|t| t.render(vars)).collect(),
+        Action::Http { method, url, .. } => url.render(vars).map(|u| vec![method.clone(), u]),
+    }
+}
+
+fn after_pending(inc: &Incident) -> bool {
+    inc.after.iter().any(|s| {
+        matches!(
+            s.state,
+            StepState::Pending | StepState::Started | StepState::Intended
+        )
+    })
 }
 
 /// Exponential backoff with deterministic jitter (so replays agree): 1s, 2s, 4s … capped at 60s,

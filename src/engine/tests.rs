@@ -1109,3 +1109,155 @@ fn flips_strategy_is_used() {
         })
         .unwrap();
 }
+
+fn probe_world() -> (World, String) {
+    let yaml = rule("r", "").replace(
+        "        idempotent: true\n",
+        "        probe: { run: [is-live, \"{{ release.previous.deployment_id }}\"] }\n",
+    );
+    let mut w = World::new(&yaml);
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(600.0));
+    let id = w.only_incident().id.clone();
+    assert_eq!(
+        w.only_incident().steps[0].probe.as_deref(),
+        Some(&["is-live".to_string(), "dpl-a".to_string()][..])
+    );
+    w.send(
+        Event::StepStarting {
+            incident: id.clone(),
+            index: 0,
+            attempt: 1,
+        },
+        t(601.0),
+    );
+    w.effects.clear();
+    (w, id)
+}
+
+#[test]
+fn probe_decides_a_started_non_idempotent_step_after_a_crash() {
+    for (answer, want) in [
+        (Some(true), "next step"),
+        (Some(false), "again"),
+        (None, "unknown"),
+    ] {
+        let (w, id) = probe_world();
+        let (mut st, out) = w.recovered(t(700.0));
+        assert_eq!(
+            out.effects,
+            [Effect::Probe {
+                incident: id.clone(),
+                index: 0
+            }]
+        );
+        let ctx = Context {
+            rules: &w.rules,
+            people: &w.people,
+            dry_run: false,
+        };
+        let out = st.handle(
+            &ctx,
+            Event::ProbeResult {
+                incident: id.clone(),
+                index: 0,
+                in_place: answer,
+                detail: "test".into(),
+            },
+            t(701.0),
+        );
+        let inc = &st.incidents[&id];
+        match want {
+            "next step" => {
+                assert_eq!(inc.steps[0].state, StepState::Done);
+                assert_eq!(inc.steps[0].attempts, 1, "not run again");
+                assert!(matches!(
+                    out.effects[..],
+                    [Effect::RunStep {
+                        index: 1,
+                        attempt: 1,
+                        ..
+                    }]
+                ));
+            }
+            "again" => {
+                assert!(matches!(
+                    out.effects[..],
+                    [Effect::RunStep {
+                        index: 0,
+                        attempt: 2,
+                        ..
+                    }]
+                ));
+            }
+            _ => {
+                assert_eq!(inc.state, IncidentState::RollbackFailed);
+                assert!(
+                    inc.reason
+                        .as_deref()
+                        .unwrap()
+                        .contains("step state unknown, needs a human")
+                );
+                assert!(out.effects.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn after_hooks_run_once_the_rollback_ends_and_never_change_it() {
+    let mut w = World::new(&rule(
+        "r",
+        "    after:\n      - name: row counts\n        run: [check-rows, \"{{ release.current.version }}\"]\n",
+    ));
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(600.0));
+    w.run_steps(|_| true, t(601.0));
+    let id = w.only_incident().id.clone();
+    assert_eq!(w.only_incident().state, IncidentState::RolledBack);
+    assert_eq!(
+        w.effects,
+        [Effect::RunAfter {
+            incident: id.clone()
+        }]
+    );
+    assert_eq!(w.only_incident().after[0].argv, ["check-rows", "v-dpl-b"]);
+    // A crash before the hook finished: it runs after the restart.
+    let (_, out) = w.recovered(t(650.0));
+    assert_eq!(
+        out.effects,
+        [Effect::RunAfter {
+            incident: id.clone()
+        }]
+    );
+    w.send(
+        Event::AfterFinished {
+            incident: id.clone(),
+            index: 0,
+            result: StepResult {
+                ok: false,
+                exit_code: Some(2),
+                output: "rows: 10 != 12".into(),
+                error: Some("exited with status 2".into()),
+                duration_ms: 3,
+            },
+        },
+        t(651.0),
+    );
+    let inc = w.only_incident();
+    assert_eq!(
+        inc.state,
+        IncidentState::RolledBack,
+        "hooks inform, never decide"
+    );
+    assert_eq!(inc.after[0].state, StepState::Failed);
+    assert!(
+        w.timeline
+            .iter()
+            .any(|e| e.kind == "after_check" && e.message.contains("FAILED"))
+    );
+    let (_, out) = w.recovered(t(700.0));
+    assert!(out.effects.is_empty(), "done hooks do not run again");
+}

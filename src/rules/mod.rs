@@ -59,6 +59,9 @@ pub enum Action {
 pub struct StepSpec {
     pub name: String,
     pub action: Action,
+    /// Tells whether the step's effect is already in place: exit 0 / expected status = in place,
+    /// exit 1 / HTTP 404 = absent, anything else = cannot tell.
+    pub probe: Option<Action>,
     pub timeout: Duration,
     pub retries: u32,
     pub idempotent: bool,
@@ -110,6 +113,9 @@ pub struct Rule {
     pub approval: Option<ApprovalPolicy>,
     pub steps: Vec<StepSpec>,
     pub verify: Option<Verify>,
+    /// Integrity hooks after verification (row counts, token validity, …): recorded, never
+    /// changing the outcome; they may run again after a crash, so they must be read-only.
+    pub after: Vec<StepSpec>,
     pub budget: Option<Budget>,
     pub freeze: bool,
     pub notify: Vec<String>,
@@ -285,6 +291,8 @@ struct RawRule {
     #[serde(default)]
     steps: Vec<Spanned<RawStep>>,
     verify: Option<Spanned<RawVerify>>,
+    #[serde(default)]
+    after: Vec<Spanned<RawStep>>,
     budget: Option<Spanned<RawBudget>>,
     #[serde(default)]
     freeze: bool,
@@ -331,6 +339,7 @@ struct RawStep {
     #[serde(default)]
     env: BTreeMap<String, String>,
     dir: Option<String>,
+    probe: Option<Spanned<RawAction>>,
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     retries: u32,
@@ -338,6 +347,16 @@ struct RawStep {
     idempotent: bool,
     #[serde(default)]
     continue_on_failure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    run: Option<Vec<Spanned<String>>>,
+    http: Option<Spanned<RawHttp>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -622,6 +641,11 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
         .filter_map(|s| compile_step(lint, s))
         .collect();
     let verify = r.verify.as_ref().and_then(|v| compile_verify(lint, v));
+    let after: Vec<StepSpec> = r
+        .after
+        .iter()
+        .filter_map(|s| compile_step(lint, s))
+        .collect();
     let budget = r.budget.as_ref().and_then(|b| {
         let per = lint.duration(
             &Spanned::new(b.value.per.clone(), b.referenced, b.defined),
@@ -671,6 +695,7 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
         approval: approval.flatten(),
         steps,
         verify,
+        after,
         budget,
         freeze: r.freeze,
         notify: r.notify.into_iter().map(|n| n.value).collect(),
@@ -755,10 +780,65 @@ fn compile_approval(
 fn compile_step(lint: &mut Lint, s: &Spanned<RawStep>) -> Option<StepSpec> {
     let raw = &s.value;
     let before = lint.problems.len();
-    let action = match (&raw.run, &raw.http) {
+    let action = compile_action(
+        lint,
+        ActionParts {
+            run: &raw.run,
+            http: &raw.http,
+            env: &raw.env,
+            dir: &raw.dir,
+        },
+        &s.referenced,
+        &format!("step `{}`", raw.name.value),
+    )?;
+    let probe = match &raw.probe {
+        Some(p) => Some(compile_action(
+            lint,
+            ActionParts {
+                run: &p.value.run,
+                http: &p.value.http,
+                env: &p.value.env,
+                dir: &p.value.dir,
+            },
+            &p.referenced,
+            "probe",
+        )?),
+        None => None,
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => lint.duration(t, "step timeout")?,
+        None => Duration::from_secs(300),
+    };
+    if lint.problems[before..]
+        .iter()
+        .any(|p| p.severity == Severity::Error)
+    {
+        return None;
+    }
+    Some(StepSpec {
+        name: raw.name.value.clone(),
+        action,
+        probe,
+        timeout,
+        retries: raw.retries,
+        idempotent: raw.idempotent,
+        continue_on_failure: raw.continue_on_failure,
+    })
+}
+
+struct ActionParts<'a> {
+    run: &'a Option<Vec<Spanned<String>>>,
+    http: &'a Option<Spanned<RawHttp>>,
+    env: &'a BTreeMap<String, String>,
+    dir: &'a Option<String>,
+}
+
+/// A `run` or `http` action, shared by steps, probes and after hooks.
+fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) -> Option<Action> {
+    match (raw.run, raw.http) {
         (Some(argv), None) => {
             if argv.is_empty() {
-                lint.at(&s.referenced, "run: the command is empty");
+                lint.at(at, "run: the command is empty");
             }
             if let Some(first) = argv.first()
                 && first.value.contains("{{")
@@ -772,11 +852,11 @@ fn compile_step(lint: &mut Lint, s: &Spanned<RawStep>) -> Option<StepSpec> {
                 .iter()
                 .filter_map(|a| lint.template(a, Scope::Step))
                 .collect();
-            Action::Run {
+            Some(Action::Run {
                 argv,
                 env: raw.env.clone(),
                 dir: raw.dir.as_ref().map(PathBuf::from),
-            }
+            })
         }
         (None, Some(h)) => {
             let method = h.value.method.to_ascii_uppercase();
@@ -793,7 +873,8 @@ fn compile_step(lint: &mut Lint, s: &Spanned<RawStep>) -> Option<StepSpec> {
                 );
             }
             if !(h.value.url.value.starts_with("http://")
-                || h.value.url.value.starts_with("https://"))
+                || h.value.url.value.starts_with("https://")
+                || h.value.url.value.starts_with("${"))
             {
                 lint.at(
                     &h.value.url.referenced,
@@ -816,48 +897,21 @@ fn compile_step(lint: &mut Lint, s: &Spanned<RawStep>) -> Option<StepSpec> {
                 Some(StatusList::Many(v)) => v.clone(),
             };
             if !raw.env.is_empty() || raw.dir.is_some() {
-                lint.at(
-                    &s.referenced,
-                    "env and dir belong to run steps, not http steps",
-                );
+                lint.at(at, "env and dir belong to run steps, not http steps");
             }
-            Action::Http {
+            Some(Action::Http {
                 method,
                 url: url?,
                 headers: h.value.headers.clone(),
                 body,
                 expect_status,
-            }
+            })
         }
         _ => {
-            lint.at(
-                &s.referenced,
-                format!(
-                    "step `{}` needs exactly one of `run` or `http`",
-                    raw.name.value
-                ),
-            );
-            return None;
+            lint.at(at, format!("{what} needs exactly one of `run` or `http`"));
+            None
         }
-    };
-    let timeout = match &raw.timeout {
-        Some(t) => lint.duration(t, "step timeout")?,
-        None => Duration::from_secs(300),
-    };
-    if lint.problems[before..]
-        .iter()
-        .any(|p| p.severity == Severity::Error)
-    {
-        return None;
     }
-    Some(StepSpec {
-        name: raw.name.value.clone(),
-        action,
-        timeout,
-        retries: raw.retries,
-        idempotent: raw.idempotent,
-        continue_on_failure: raw.continue_on_failure,
-    })
 }
 
 fn compile_verify(lint: &mut Lint, v: &Spanned<RawVerify>) -> Option<Verify> {
