@@ -86,6 +86,44 @@ pub struct PagerDuty {
     pub workflows: BTreeMap<String, String>,
 }
 
+/// Where announcements go.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawNotifier")]
+pub enum Notifier {
+    /// A Slack incoming webhook (Block Kit messages).
+    Slack { slack_webhook: Secret },
+    /// A generic JSON webhook; with `secret`, each request carries
+    /// `X-Rollbackd-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
+    Webhook {
+        webhook: Secret,
+        #[serde(default)]
+        secret: Option<Secret>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifier {
+    slack_webhook: Option<Secret>,
+    webhook: Option<Secret>,
+    secret: Option<Secret>,
+}
+
+impl TryFrom<RawNotifier> for Notifier {
+    type Error = String;
+
+    fn try_from(r: RawNotifier) -> Result<Notifier, String> {
+        match (r.slack_webhook, r.webhook, r.secret) {
+            (Some(slack_webhook), None, None) => Ok(Notifier::Slack { slack_webhook }),
+            (None, Some(webhook), secret) => Ok(Notifier::Webhook { webhook, secret }),
+            _ => Err(
+                "a notifier is either `{slack_webhook: URL}` or `{webhook: URL, secret: ..}`"
+                    .to_string(),
+            ),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -97,8 +135,8 @@ pub struct Config {
     pub grafana: Grafana,
     pub pagerduty: Option<PagerDuty>,
     pub people: Vec<Person>,
-    /// Named notifiers; their delivery is not built yet, names are checked against rules.
-    pub notifiers: BTreeMap<String, serde_json::Value>,
+    /// Named notifiers that rules reference in `notify:`.
+    pub notifiers: BTreeMap<String, Notifier>,
     pub limits: Limits,
     /// Output of captured step stdout/stderr kept per step, in bytes.
     pub step_output_bytes: usize,
@@ -183,6 +221,23 @@ impl Config {
             }
             if !ids.insert(&p.id) {
                 return Err(format!("people: id `{}` appears twice", p.id));
+            }
+        }
+        for (name, n) in &self.notifiers {
+            if name == "pagerduty" {
+                return Err(
+                    "notifiers: `pagerduty` is reserved (configure `pagerduty:` instead)"
+                        .to_string(),
+                );
+            }
+            let url = match n {
+                Notifier::Slack { slack_webhook } => slack_webhook,
+                Notifier::Webhook { webhook, .. } => webhook,
+            };
+            if !(url.expose().starts_with("https://") || url.expose().starts_with("http://")) {
+                return Err(format!(
+                    "notifiers.{name}: the URL must start with http:// or https://"
+                ));
             }
         }
         if self.limits.ingest_per_second == 0 || self.limits.ingest_burst == 0 {
@@ -329,6 +384,9 @@ mod tests {
             ("listen: nowhere", "listen"),
             ("lisen: 1.2.3.4:5", "unknown field"),
             ("people: [{id: a}, {id: a}]", "twice"),
+            ("notifiers: {x: {slack_webhook: nope}}", "notifiers.x"),
+            ("notifiers: {x: {email: a@b}}", "slack_webhook"),
+            ("notifiers: {x: {}}", "slack_webhook"),
             ("tokens: {read: short}", "shorter"),
             ("rules: [", "t:1:"),
             ("x: \"${vault:a}\"", "not a reference"),

@@ -55,6 +55,8 @@ pub struct Driver {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub dry_run: bool,
+    /// Woken after a commit that queued announcements.
+    pub outbox: Arc<tokio::sync::Notify>,
 }
 
 pub fn channel() -> (EngineHandle, mpsc::Receiver<Command>) {
@@ -116,6 +118,7 @@ impl Driver {
             rules: &self.rules,
             people: &self.config.people,
             dry_run: self.dry_run,
+            pagerduty: self.config.pagerduty.is_some(),
         };
         let out = input.feed(&mut self.state, &ctx, now);
         if let Err(e) = self.store.commit(&out.changes, &out.timeline).await {
@@ -125,6 +128,13 @@ impl Driver {
                 self.state = st;
             }
             return Err(EngineError::Store(e.to_string()));
+        }
+        if out
+            .changes
+            .iter()
+            .any(|c| matches!(c, crate::engine::Change::Outbox(e) if e.attempts == 0))
+        {
+            self.outbox.notify_one();
         }
         let written = self.clock.now();
         for t in out.timeline.iter().filter(|t| t.kind == "triggered") {

@@ -131,6 +131,7 @@ impl Daemon {
             clock: self.clock,
             metrics,
             dry_run: self.dry_run,
+            outbox: Arc::new(tokio::sync::Notify::new()),
         };
         let ex = executor.clone();
         let engine_task =

@@ -335,6 +335,9 @@ pub struct Incident {
     pub steps: Vec<StepRun>,
     /// Freeze the service's releases when the first step starts.
     pub freeze: bool,
+    /// The PagerDuty incident this incident is announced on, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty_incident: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,6 +359,25 @@ pub struct Freeze {
     pub incident: Option<String>,
     pub since: Timestamp,
     pub by: String,
+}
+
+/// One announcement for one notifier target, waiting in the durable outbox until delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    /// A notifier name from the config, or `pagerduty`.
+    pub target: String,
+    pub incident: String,
+    /// `approval_requested`, `approved`, `rejected`, `expired`, `cancelled`, `rollback_started`,
+    /// `step_failed`, `rolled_back`, `rollback_failed`, `freeze_lifted`.
+    pub kind: String,
+    pub detail: String,
+    pub at: Timestamp,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One append-only line of history: who did what, when, and why.

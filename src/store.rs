@@ -35,6 +35,7 @@ pub struct Store {
     freezes: sled::Tree,
     timeline: sled::Tree,
     meta: sled::Tree,
+    outbox: sled::Tree,
     timeline_seq: std::sync::Arc<AtomicU64>,
 }
 
@@ -55,6 +56,7 @@ impl Store {
             releases: db.open_tree("releases")?,
             freezes: db.open_tree("freezes")?,
             timeline: db.open_tree("timeline")?,
+            outbox: db.open_tree("outbox")?,
             meta,
             timeline_seq: std::sync::Arc::new(AtomicU64::new(timeline_seq)),
             db,
@@ -105,6 +107,10 @@ impl Store {
                     service.as_bytes().to_vec(),
                     f.as_ref().map(json).transpose()?,
                 )),
+                Change::Outbox(e) => writes.push((6, outbox_key(e.seq, &e.target), Some(json(e)?))),
+                Change::OutboxDone { seq, target } => {
+                    writes.push((6, outbox_key(*seq, target), None))
+                }
                 Change::Seq(n) => {
                     writes.push((5, META_SEQ.to_vec(), Some(n.to_be_bytes().to_vec())))
                 }
@@ -132,9 +138,10 @@ impl Store {
             &self.freezes,
             &self.timeline,
             &self.meta,
+            &self.outbox,
         );
         trees
-            .transaction(|(t0, t1, t2, t3, t4, t5)| {
+            .transaction(|(t0, t1, t2, t3, t4, t5, t6)| {
                 for (tree, key, value) in &writes {
                     let t = match tree {
                         0 => t0,
@@ -142,7 +149,8 @@ impl Store {
                         2 => t2,
                         3 => t3,
                         4 => t4,
-                        _ => t5,
+                        5 => t5,
+                        _ => t6,
                     };
                     match value {
                         Some(v) => {
@@ -209,6 +217,11 @@ impl Store {
         Ok(all)
     }
 
+    /// Announcements not yet delivered, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        values(&self.outbox)
+    }
+
     pub fn freezes(&self) -> Result<Vec<Freeze>> {
         values(&self.freezes)
     }
@@ -254,6 +267,12 @@ fn release_key(r: &Release) -> Vec<u8> {
     k.extend_from_slice(r.origin.as_bytes());
     k.push(0);
     k.extend_from_slice(r.deployment_id.as_bytes());
+    k
+}
+
+fn outbox_key(seq: u64, target: &str) -> Vec<u8> {
+    let mut k = seq.to_be_bytes().to_vec();
+    k.extend_from_slice(target.as_bytes());
     k
 }
 

@@ -77,6 +77,11 @@ pub enum Event {
         index: usize,
         result: StepResult,
     },
+    /// The notifier's word on one outbox entry.
+    Delivery {
+        entry: Box<OutboxEntry>,
+        outcome: Delivery,
+    },
     Freeze {
         service: String,
         reason: String,
@@ -86,6 +91,22 @@ pub enum Event {
         service: String,
         reason: String,
         by: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    Delivered {
+        detail: String,
+    },
+    /// Try again at `at` (backoff, or the receiver's rate-limit reset).
+    Retry {
+        error: String,
+        at: Timestamp,
+    },
+    /// The receiver refused for good (a 4xx that retrying cannot fix).
+    Dropped {
+        error: String,
     },
 }
 
@@ -129,6 +150,8 @@ pub enum Change {
     Incident(Box<Incident>),
     Release(Box<Release>),
     Freeze(String, Option<Freeze>),
+    Outbox(Box<OutboxEntry>),
+    OutboxDone { seq: u64, target: String },
     Seq(u64),
 }
 
@@ -157,6 +180,8 @@ pub struct Context<'a> {
     pub people: &'a [Person],
     /// `serve --dry-run`: decide and record, run nothing (as if every rule were in shadow mode).
     pub dry_run: bool,
+    /// PagerDuty is configured: every announcement also goes to the `pagerduty` target.
+    pub pagerduty: bool,
 }
 
 struct Tx<'a> {
@@ -255,6 +280,7 @@ impl State {
                 reason,
                 by,
             } => self.on_unfreeze(&mut tx, &service, reason, &by),
+            Event::Delivery { entry, outcome } => Self::on_delivery(&mut tx, *entry, outcome),
         };
         self.evaluate(&mut tx);
         tx.out.reply = reply;
@@ -644,6 +670,7 @@ impl State {
             approvals: approval,
             steps,
             freeze: rule.freeze,
+            pagerduty_incident: None,
             rollback_started_at: None,
             verify_deadline: None,
             checks: Vec::new(),
@@ -864,10 +891,100 @@ impl State {
             id,
             to.as_str(),
             actor,
-            why,
+            why.clone(),
             serde_json::json!({ "from": from.as_str(), "to": to.as_str() }),
         );
         self.save_incident(tx, id);
+        let kind = match to {
+            IncidentState::AwaitingApproval => Some("approval_requested"),
+            IncidentState::Approved => Some("approved"),
+            IncidentState::Rejected => Some("rejected"),
+            IncidentState::Expired => Some("expired"),
+            IncidentState::Cancelled => Some("cancelled"),
+            IncidentState::RollingBack => Some("rollback_started"),
+            IncidentState::RolledBack => Some("rolled_back"),
+            IncidentState::RollbackFailed => Some("rollback_failed"),
+            IncidentState::Triggered | IncidentState::Verifying | IncidentState::Suppressed => None,
+        };
+        if let Some(kind) = kind {
+            self.announce(tx, id, kind, why);
+        }
+    }
+
+    /// Queues one announcement per notifier target of the incident's rule (and PagerDuty).
+    fn announce(&mut self, tx: &mut Tx, id: &str, kind: &str, detail: String) {
+        let Some(inc) = self.incidents.get(id) else {
+            return;
+        };
+        let mut targets: Vec<String> = tx
+            .ctx
+            .rules
+            .get(&inc.rule)
+            .map(|r| r.notify.clone())
+            .unwrap_or_default();
+        if tx.ctx.pagerduty {
+            targets.push("pagerduty".to_string());
+        }
+        for target in targets {
+            let seq = self.seq(tx);
+            tx.out.changes.push(Change::Outbox(Box::new(OutboxEntry {
+                seq,
+                target,
+                incident: id.to_string(),
+                kind: kind.to_string(),
+                detail: detail.clone(),
+                at: tx.now,
+                attempts: 0,
+                next_at: None,
+                last_error: None,
+            })));
+        }
+    }
+
+    fn on_delivery(tx: &mut Tx, mut e: OutboxEntry, outcome: Delivery) -> Reply {
+        let done = Change::OutboxDone {
+            seq: e.seq,
+            target: e.target.clone(),
+        };
+        match outcome {
+            Delivery::Delivered { detail } => {
+                tx.out.changes.push(done);
+                tx.note(
+                    &e.incident,
+                    "notified",
+                    "rollbackd",
+                    format!("{} announced to {} ({detail})", e.kind, e.target),
+                );
+            }
+            Delivery::Dropped { error } => {
+                tx.out.changes.push(done);
+                tx.note(
+                    &e.incident,
+                    "notification_dropped",
+                    "rollbackd",
+                    format!("{} to {} refused for good: {error}", e.kind, e.target),
+                );
+            }
+            Delivery::Retry { error, at } => {
+                e.attempts += 1;
+                e.next_at = Some(at);
+                e.last_error = Some(error.clone());
+                // The first failure and then every tenth go into the timeline, not every retry.
+                if e.attempts == 1 || e.attempts % 10 == 0 {
+                    tx.note(
+                        &e.incident,
+                        "notification_retry",
+                        "rollbackd",
+                        format!(
+                            "{} to {} failed (attempt {}): {error}; retrying at {at}",
+                            e.kind, e.target, e.attempts
+                        ),
+                    );
+                }
+                tx.out.changes.push(Change::Outbox(Box::new(e)));
+            }
+        }
+        Reply::Ok
     }
 
     // ---- approval ----
@@ -1273,6 +1390,7 @@ impl State {
             format!("step {name} failed: {err}"),
             data,
         );
+        self.announce(tx, id, "step_failed", format!("step {name} failed: {err}"));
         if cont {
             self.advance(tx, id, index + 1);
         } else {
@@ -1558,13 +1676,14 @@ impl State {
         tx.out
             .changes
             .push(Change::Freeze(service.to_string(), None));
-        let subject = f.incident.unwrap_or_else(|| format!("freeze:{service}"));
-        tx.note(
-            &subject,
-            "unfrozen",
-            by,
-            format!("releases of {service} unfrozen by {by}: {reason}"),
-        );
+        let message = format!("releases of {service} unfrozen by {by}: {reason}");
+        match &f.incident {
+            Some(id) => {
+                tx.note(id, "unfrozen", by, message.clone());
+                self.announce(tx, id, "freeze_lifted", message);
+            }
+            None => tx.note(&format!("freeze:{service}"), "unfrozen", by, message),
+        }
         Reply::Ok
     }
 }

@@ -100,6 +100,7 @@ impl World {
             rules: &self.rules,
             people: &self.people,
             dry_run: self.dry_run,
+            pagerduty: false,
         };
         let out = self.st.handle(&ctx, ev, now);
         self.effects.extend(out.effects);
@@ -234,6 +235,7 @@ impl World {
             rules: &self.rules,
             people: &self.people,
             dry_run: false,
+            pagerduty: false,
         };
         let mut st = self.st.clone();
         let out = st.recover(&ctx, now);
@@ -395,6 +397,7 @@ fn identical_repeats_change_nothing() {
         rules: &w.rules,
         people: &w.people,
         dry_run: false,
+        pagerduty: false,
     };
     let labels: Labels = [
         ("alertname", "HighErrorRate"),
@@ -653,6 +656,7 @@ fn recovery_never_runs_a_non_idempotent_step_twice() {
         rules: &w.rules,
         people: &w.people,
         dry_run: false,
+        pagerduty: false,
     };
     let out = st.handle(
         &ctx,
@@ -1156,6 +1160,7 @@ fn probe_decides_a_started_non_idempotent_step_after_a_crash() {
             rules: &w.rules,
             people: &w.people,
             dry_run: false,
+            pagerduty: false,
         };
         let out = st.handle(
             &ctx,
@@ -1260,4 +1265,85 @@ fn after_hooks_run_once_the_rollback_ends_and_never_change_it() {
     );
     let (_, out) = w.recovered(t(700.0));
     assert!(out.effects.is_empty(), "done hooks do not run again");
+}
+
+#[test]
+fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
+    let mut w = World::new(&rule("r", "    notify: [incidents]\n"));
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    let ctx = Context {
+        rules: &w.rules,
+        people: &w.people,
+        dry_run: false,
+        pagerduty: true,
+    };
+    let out = w.st.handle(&ctx, Event::Tick, t(600.0));
+    let queued: Vec<(String, String)> = out
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Outbox(e) => Some((e.kind.clone(), e.target.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        queued,
+        [
+            ("approved".to_string(), "incidents".to_string()),
+            ("approved".into(), "pagerduty".into()),
+            ("rollback_started".into(), "incidents".into()),
+            ("rollback_started".into(), "pagerduty".into()),
+        ]
+    );
+    let Some(Change::Outbox(first)) = out
+        .changes
+        .iter()
+        .find(|c| matches!(c, Change::Outbox(_)))
+        .cloned()
+    else {
+        unreachable!()
+    };
+    // A failure is kept with its attempt count; a delivery removes it and says so.
+    let out = w.st.handle(
+        &ctx,
+        Event::Delivery {
+            entry: first.clone(),
+            outcome: Delivery::Retry {
+                error: "HTTP 503".into(),
+                at: t(602.0),
+            },
+        },
+        t(601.0),
+    );
+    assert!(
+        matches!(&out.changes[..], [Change::Outbox(e)] if e.attempts == 1 && e.next_at == Some(t(602.0)))
+    );
+    let out = w.st.handle(
+        &ctx,
+        Event::Delivery {
+            entry: first.clone(),
+            outcome: Delivery::Delivered {
+                detail: "HTTP 200".into(),
+            },
+        },
+        t(603.0),
+    );
+    assert!(matches!(&out.changes[..], [Change::OutboxDone { seq, .. }] if *seq == first.seq));
+    assert_eq!(out.timeline[0].kind, "notified");
+}
+
+#[test]
+fn shadow_incidents_announce_nothing() {
+    let mut w = World::new(&rule("r", "    mode: shadow\n    notify: [incidents]\n"));
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    let ctx = Context {
+        rules: &w.rules,
+        people: &w.people,
+        dry_run: false,
+        pagerduty: true,
+    };
+    let out = w.st.handle(&ctx, Event::Tick, t(600.0));
+    assert!(!out.changes.iter().any(|c| matches!(c, Change::Outbox(_))));
 }
