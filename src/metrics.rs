@@ -34,7 +34,7 @@ impl Metrics {
         let ingest_rejected = IntCounterVec::new(
             Opts::new(
                 "rollbackd_ingest_rejected_total",
-                "Requests refused at ingest, by source and reason (auth, malformed, too_large, rate_limited).",
+                "Requests refused at ingest, by source and reason (auth, malformed, rate_limited).",
             ),
             &["source", "reason"],
         )
@@ -82,6 +82,14 @@ impl Metrics {
         }
         for s in IncidentState::ALL {
             incidents.with_label_values(&[s.as_str()]).set(0);
+        }
+        for src in ["alertmanager", "grafana", "pagerduty", "signal", "release"] {
+            if src != "release" {
+                signals_received.with_label_values(&[src]).inc_by(0);
+            }
+            for reason in ["auth", "malformed", "rate_limited"] {
+                ingest_rejected.with_label_values(&[src, reason]).inc_by(0);
+            }
         }
         for o in ["done", "failed"] {
             step_outcomes.with_label_values(&[o]).inc_by(0);

@@ -43,6 +43,9 @@ pub async fn run_command(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Its own process group, so a timeout kills everything the step started, not just its head.
+    #[cfg(unix)]
+    cmd.process_group(0);
     for (k, v) in env {
         match resolve_refs(v) {
             Ok(v) => {
@@ -54,36 +57,91 @@ pub async fn run_command(
     if let Some(d) = dir {
         cmd.current_dir(d);
     }
-    let child = match cmd.spawn() {
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start `{program}`: {e}")),
     };
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => fail(format!(
-            "timed out after {}; the process was killed",
-            humantime::format_duration(timeout)
-        )),
-        Ok(Err(e)) => fail(format!("waiting for `{program}`: {e}")),
-        Ok(Ok(out)) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let err = String::from_utf8_lossy(&out.stderr);
-            if !err.is_empty() {
-                if !text.is_empty() && !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                text.push_str(&err);
+    let pid = child.id();
+    let out = tokio::spawn(read_capped(child.stdout.take(), max_output));
+    let err = tokio::spawn(read_capped(child.stderr.take(), max_output));
+    let status = tokio::select! {
+        s = child.wait() => Some(s),
+        _ = tokio::time::sleep(timeout) => None,
+    };
+    let status = match status {
+        None => {
+            // The leader is not reaped yet, so its group id cannot have been reused.
+            kill_group(pid);
+            let _ = child.wait().await;
+            out.abort();
+            err.abort();
+            return fail(format!(
+                "timed out after {}; the process group was killed",
+                humantime::format_duration(timeout)
+            ));
+        }
+        Some(Err(e)) => return fail(format!("waiting for `{program}`: {e}")),
+        Some(Ok(s)) => s,
+    };
+    // A background child may still hold the pipes open: do not wait for it for long.
+    let grace = Duration::from_secs(2);
+    let mut text = match tokio::time::timeout(grace, out).await {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+        _ => "[output cut: a background process kept stdout open]".to_string(),
+    };
+    let err = match tokio::time::timeout(grace, err).await {
+        Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+        _ => String::new(),
+    };
+    if !err.is_empty() {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&err);
+    }
+    let code = status.code();
+    StepResult {
+        ok: status.success(),
+        exit_code: code,
+        output: truncate(&text, max_output),
+        error: (!status.success()).then(|| match code {
+            Some(c) => format!("exited with status {c}"),
+            None => "killed by a signal".to_string(),
+        }),
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+/// Reads everything, keeping the first `max + 1` bytes (so truncation can say so) and discarding
+/// the rest, so a chatty step never blocks on a full pipe.
+async fn read_capped(r: Option<impl tokio::io::AsyncRead + Unpin>, max: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut r) = r else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = (max + 1).saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
             }
-            let code = out.status.code();
-            StepResult {
-                ok: out.status.success(),
-                exit_code: code,
-                output: truncate(&text, max_output),
-                error: (!out.status.success()).then(|| match code {
-                    Some(c) => format!("exited with status {c}"),
-                    None => "killed by a signal".to_string(),
-                }),
-                duration_ms: started.elapsed().as_millis() as u64,
-            }
+        }
+    }
+}
+
+/// SIGKILL to the step's whole process group.
+fn kill_group(pid: Option<u32>) {
+    #[cfg(unix)]
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok())
+        && pid > 0
+    {
+        // SAFETY: kill(2) with a negative pid signals the process group the step leads; it
+        // touches no memory of ours. ESRCH (already gone) is fine.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
         }
     }
 }
@@ -229,6 +287,24 @@ mod tests {
         )
         .await;
         assert!(r.error.unwrap().contains("cannot start"));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        let script = format!("(sleep 1; touch {}) & sleep 5", marker.display());
+        let r = run_command(
+            &["/bin/sh".into(), "-c".into(), script],
+            &BTreeMap::new(),
+            None,
+            Duration::from_millis(200),
+            64,
+        )
+        .await;
+        assert!(r.error.unwrap().contains("timed out"));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "a child of the step outlived its timeout");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -23,29 +24,124 @@ use crate::model::{IncidentState, Signal, VoteKind};
 pub use auth::{Limiters, TokenKind};
 pub use error::ApiError;
 
+/// Who may call a route; checked before the body is read, so a caller without the token learns
+/// nothing but 401.
+#[derive(Clone, Copy)]
+enum Guard {
+    Ingest(&'static str),
+    Read,
+    Admin,
+}
+
+async fn guard(
+    State((app, g)): State<(Arc<App>, Guard)>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match g {
+        Guard::Ingest(source) => app.admit(source, req.headers(), TokenKind::Ingest)?,
+        Guard::Read => app.authorize(req.headers(), TokenKind::Read)?,
+        Guard::Admin => app.authorize(req.headers(), TokenKind::Admin)?,
+    }
+    Ok(next.run(req).await)
+}
+
+/// Every error leaves as `{"error", "detail"}`, including axum's own rejections (405, bad query
+/// strings, bad path encoding).
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut out = (status, Json(json!({"error": error, "detail": null}))).into_response();
+    if let Some(v) = retry_after {
+        out.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    out
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config.limits.max_body_bytes;
+    let with = |g: Guard| middleware::from_fn_with_state((app.clone(), g), guard);
+    let ingest = |source: &'static str| with(Guard::Ingest(source));
     Router::new()
-        .route("/v1/webhooks/alertmanager", post(alertmanager))
-        .route("/v1/webhooks/grafana", post(grafana))
-        .route("/v1/signals", post(signals))
-        .route("/v1/releases", post(post_release))
-        .route("/v1/releases/{service}", get(get_releases))
-        .route("/v1/breaches", get(get_breaches))
-        .route("/v1/incidents", get(list_incidents))
-        .route("/v1/incidents/{id}", get(get_incident))
-        .route("/v1/incidents/{id}/approve", post(approve))
-        .route("/v1/incidents/{id}/reject", post(reject))
-        .route("/v1/freezes", get(list_freezes))
+        .route(
+            "/v1/webhooks/alertmanager",
+            post(alertmanager).route_layer(ingest("alertmanager")),
+        )
+        .route(
+            "/v1/webhooks/grafana",
+            post(grafana).route_layer(ingest("grafana")),
+        )
+        .route("/v1/signals", post(signals).route_layer(ingest("signal")))
+        .route(
+            "/v1/releases",
+            post(post_release).route_layer(ingest("release")),
+        )
+        .route(
+            "/v1/releases/{service}",
+            get(get_releases).route_layer(with(Guard::Read)),
+        )
+        .route(
+            "/v1/breaches",
+            get(get_breaches).route_layer(with(Guard::Read)),
+        )
+        .route(
+            "/v1/incidents",
+            get(list_incidents).route_layer(with(Guard::Read)),
+        )
+        .route(
+            "/v1/incidents/{id}",
+            get(get_incident).route_layer(with(Guard::Read)),
+        )
+        .route(
+            "/v1/incidents/{id}/approve",
+            post(approve).route_layer(with(Guard::Admin)),
+        )
+        .route(
+            "/v1/incidents/{id}/reject",
+            post(reject).route_layer(with(Guard::Admin)),
+        )
+        .route(
+            "/v1/freezes",
+            get(list_freezes).route_layer(with(Guard::Read)),
+        )
         .route(
             "/v1/freezes/{service}",
-            get(get_freeze).put(put_freeze).delete(delete_freeze),
+            get(get_freeze).route_layer(with(Guard::Read)).merge(
+                put(put_freeze)
+                    .delete(delete_freeze)
+                    .route_layer(with(Guard::Admin)),
+            ),
         )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(json_errors))
         .with_state(app)
 }
 
@@ -104,10 +200,8 @@ async fn ingest_signals(
 
 async fn alertmanager(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    app.admit("alertmanager", &headers, TokenKind::Ingest)?;
     let s = ingest::alertmanager::parse(&body).map_err(|e| malformed(&app, "alertmanager", e))?;
     ingest_signals(&app, "alertmanager", s).await
 }
@@ -117,7 +211,6 @@ async fn grafana(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    app.admit("grafana", &headers, TokenKind::Ingest)?;
     auth::grafana_signature(&app, &headers, &body)?;
     let s = ingest::grafana::parse(&body).map_err(|e| malformed(&app, "grafana", e))?;
     ingest_signals(&app, "grafana", s).await
@@ -125,20 +218,16 @@ async fn grafana(
 
 async fn signals(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    app.admit("signal", &headers, TokenKind::Ingest)?;
     let s = ingest::signals::parse(&body).map_err(|e| malformed(&app, "signal", e))?;
     ingest_signals(&app, "signal", s).await
 }
 
 async fn post_release(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    app.admit("release", &headers, TokenKind::Ingest)?;
     let r = ingest::releases::parse(&body, app.clock.now())
         .map_err(|e| malformed(&app, "release", e))?;
     let release = r.clone();
@@ -161,18 +250,12 @@ async fn post_release(
 
 async fn get_releases(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(service): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, TokenKind::Read)?;
     Ok(Json(json!({"items": app.store.releases(&service)?})))
 }
 
-async fn get_breaches(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, TokenKind::Read)?;
+async fn get_breaches(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"items": app.store.open_breaches()?})))
 }
 
@@ -183,10 +266,8 @@ struct StateQuery {
 
 async fn list_incidents(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Query(q): Query<StateQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, TokenKind::Read)?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(IncidentState::parse(s).ok_or_else(|| {
@@ -201,10 +282,8 @@ async fn list_incidents(
 
 async fn get_incident(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, TokenKind::Read)?;
     incident_view(&app, &id).map(Json)
 }
 
@@ -233,12 +312,10 @@ struct VoteBody {
 
 async fn vote(
     app: Arc<App>,
-    headers: HeaderMap,
     id: String,
     body: Bytes,
     vote: VoteKind,
 ) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, TokenKind::Admin)?;
     let b: VoteBody = ingest::json(&body, "vote").map_err(|e| ApiError::bad_request(e.message))?;
     if b.person.trim().is_empty() {
         return Err(ApiError::bad_request(
@@ -263,36 +340,28 @@ async fn vote(
 
 async fn approve(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    vote(app, headers, id, body, VoteKind::Approve).await
+    vote(app, id, body, VoteKind::Approve).await
 }
 
 async fn reject(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    vote(app, headers, id, body, VoteKind::Reject).await
+    vote(app, id, body, VoteKind::Reject).await
 }
 
-async fn list_freezes(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    app.authorize(&headers, TokenKind::Read)?;
+async fn list_freezes(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"items": app.store.freezes()?})))
 }
 
 async fn get_freeze(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(service): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, TokenKind::Read)?;
     Ok(match app.store.freeze(&service)? {
         None => Json(json!({"frozen": false, "service": service})).into_response(),
         Some(f) => (
@@ -327,11 +396,9 @@ fn freeze_body(body: &[u8]) -> Result<FreezeBody, ApiError> {
 
 async fn put_freeze(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(service): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, TokenKind::Admin)?;
     let b = freeze_body(&body)?;
     let by = b.by.unwrap_or_else(|| "admin".to_string());
     match app
@@ -352,11 +419,9 @@ async fn put_freeze(
 
 async fn delete_freeze(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(service): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    app.authorize(&headers, TokenKind::Admin)?;
     let b = freeze_body(&body)?;
     let by = b.by.unwrap_or_else(|| "admin".to_string());
     match app

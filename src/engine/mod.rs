@@ -20,6 +20,9 @@ use crate::rules::{Action, Mode, Rule, RuleSet};
 #[cfg(test)]
 mod tests;
 
+/// Refused votes kept on an incident (all of them stay in the timeline).
+const MAX_REFUSED_VOTES: usize = 50;
+
 /// Everything the engine knows. Rebuilt from the store at start.
 #[derive(Clone, Debug, Default)]
 pub struct State {
@@ -1006,7 +1009,10 @@ impl State {
             VoteKind::Reject => "reject",
         };
         let refuse = |me: &mut State, tx: &mut Tx, why: String, conflict: bool| {
-            if let Some(inc) = me.incidents.get_mut(id) {
+            // Refused votes are kept on the incident up to a bound; the timeline has them all.
+            if let Some(inc) = me.incidents.get_mut(id).filter(|i| {
+                i.approvals.votes.iter().filter(|v| !v.counted).count() < MAX_REFUSED_VOTES
+            }) {
                 inc.approvals.votes.push(Vote {
                     person: person.to_string(),
                     vote,
@@ -1289,12 +1295,17 @@ impl State {
         if !ok_state || step.state != StepState::Intended || step.attempts + 1 != attempt {
             return Reply::Go(false);
         }
+        let first_start = inc.steps.iter().all(|s| s.started_at.is_none());
+        let Some(step) = inc.steps.get_mut(index) else {
+            return Reply::Go(false);
+        };
         step.state = StepState::Started;
         step.attempts = attempt;
         step.started_at = Some(tx.now);
         let name = step.name.clone();
         let argv = step.argv.clone();
-        let freeze = inc.freeze && index == 0 && attempt == 1;
+        // Freeze when the first step that actually runs starts (the release is suspect from then).
+        let freeze = inc.freeze && first_start;
         let service = inc.service.clone();
         tx.note_with(
             id,
