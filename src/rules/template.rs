@@ -45,6 +45,19 @@ pub fn value_is_safe(v: &str) -> bool {
 
 impl Template {
     pub fn parse(source: &str, scope: Scope) -> Result<Template, String> {
+        // `${file:/srv/{{ x }}}` would let whoever posts releases or alerts pick which secret is
+        // read: a reference must be literal.
+        let mut rest = source;
+        while let Some(start) = rest.find("${") {
+            let inner = &rest[start + 2..];
+            let end = inner.find('}').unwrap_or(inner.len());
+            if inner[..end].contains("{{") {
+                return Err(format!(
+                    "template `{source}`: a secret reference (${{env:..}} / ${{file:..}}) may not contain a template"
+                ));
+            }
+            rest = &inner[end..];
+        }
         let mut parts = Vec::new();
         let mut rest = source;
         while let Some(open) = rest.find("{{") {
@@ -194,6 +207,19 @@ mod tests {
                 .unwrap_err()
                 .contains("opening")
         );
+    }
+
+    #[test]
+    fn no_templates_inside_secret_references() {
+        for bad in [
+            "${file:/srv/{{ release.previous.version }}/key}",
+            "${env:TOKEN_{{ labels.team }}}",
+            "x ${file:{{ service }}}",
+        ] {
+            let e = Template::parse(bad, Scope::Step).unwrap_err();
+            assert!(e.contains("secret reference"), "{bad}: {e}");
+        }
+        assert!(Template::parse("--token=${env:T} {{ service }}", Scope::Step).is_ok());
     }
 
     #[test]

@@ -1,0 +1,848 @@
+//! The step presets under `rules/presets/`: every file lints clean and stays in shadow mode, each
+//! HTTP preset sends exactly the request its vendor documents (checked against a fake vendor
+//! server on loopback that answers the way the vendor documents, errors included), and each CLI
+//! preset renders to the documented argv. No real CLI or vendor API is ever called.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use rollbackd::engine::StepResult;
+use rollbackd::rules::{self, Action, Body, Context, Mode, Rule, Severity, StepSpec};
+use rollbackd::steps::{self, HttpStep};
+use serde_json::{Value, json};
+
+const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/presets");
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+
+// Fake credentials, set once for the whole test process (see `set_env`).
+const LD_TOKEN: &str = "api-00000000-preset-test-token";
+const CF_TOKEN: &str = "cf-preset-test-token-0000";
+const CF_ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
+const UPSTASH_TOKEN: &str = "AX-preset-test-token-0000";
+
+static ENV: Once = Once::new();
+
+/// Puts the presets' `${env:NAME}` secrets into this process's environment. Every test calls it
+/// before doing anything else.
+fn set_env() {
+    ENV.call_once(|| {
+        for (name, value) in [
+            ("LD_API_TOKEN", LD_TOKEN),
+            ("CLOUDFLARE_API_TOKEN", CF_TOKEN),
+            ("CLOUDFLARE_ZONE_ID", CF_ZONE),
+            ("UPSTASH_REDIS_REST_TOKEN", UPSTASH_TOKEN),
+        ] {
+            // SAFETY: `set_var` is unsound only while another thread reads or writes the
+            // environment. Every test in this binary calls `set_env` first, and `Once` runs this
+            // closure on one thread while all other callers block until it returns, so no other
+            // thread of this process touches the environment meanwhile; afterwards it is only read.
+            unsafe { std::env::set_var(name, value) };
+        }
+    });
+}
+
+// ---- presets ----
+
+fn preset_text(file: &str) -> String {
+    std::fs::read_to_string(Path::new(PRESETS).join(file))
+        .unwrap_or_else(|e| panic!("cannot read preset {file}: {e}"))
+}
+
+/// Loads one preset through `rules::load_str`, after replacing each `from` (which must occur) by
+/// `to`: how the tests point a vendor base URL at a fake server.
+fn load_preset(file: &str, replace: &[(&str, &str)]) -> Rule {
+    let mut text = preset_text(file);
+    for (from, to) in replace {
+        assert!(text.contains(from), "{file} does not contain {from}");
+        text = text.replace(from, to);
+    }
+    let (set, problems) = rules::load_str(file, &text, &Context::default());
+    let set = set.unwrap_or_else(|| panic!("{file} does not load: {problems:#?}"));
+    assert!(
+        problems.iter().all(|p| p.severity == Severity::Warning),
+        "{problems:#?}"
+    );
+    assert_eq!(set.rules.len(), 1, "{file} holds one rule");
+    let rule = set.rules.into_iter().next().expect("one rule");
+    assert_eq!(rule.mode, Mode::Shadow, "{file} must ship in shadow mode");
+    rule
+}
+
+/// The template variables the engine builds for a step (see `engine::plan_steps`), for an alert
+/// `{service="web", environment="production", namespace="web-prod"}` and a release pair; `extra`
+/// overrides or adds names.
+fn vars(rule: &Rule, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut v: BTreeMap<String, String> = [
+        ("labels.service", "web"),
+        ("labels.environment", "production"),
+        ("labels.namespace", "web-prod"),
+        ("service", "web"),
+        ("environment", "production"),
+        ("incident.id", "inc-000042"),
+        ("release.previous.deployment_id", "dpl_8fT3kq2Lm"),
+        ("release.previous.version", "v1.4.0"),
+        ("release.current.deployment_id", "dpl_9Zx1aBcDe"),
+        ("release.current.version", "v1.5.0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    v.insert("rule".into(), rule.name.clone());
+    for (k, val) in extra {
+        v.insert(k.to_string(), val.to_string());
+    }
+    v
+}
+
+fn step<'a>(rule: &'a Rule, name: &str) -> &'a StepSpec {
+    rule.steps
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("{} has no step {name:?}", rule.name))
+}
+
+/// The argv of a `run` step, rendered as the engine renders it (one element at a time).
+fn render_argv(step: &StepSpec, vars: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+    match &step.action {
+        Action::Run { argv, .. } => argv.iter().map(|t| t.render(vars)).collect(),
+        Action::Http { .. } => panic!("step {:?} is not a run step", step.name),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Renders an `http` step's URL like the engine and performs it with the daemon's step runner.
+async fn run_http_step(step: &StepSpec, vars: &BTreeMap<String, String>) -> StepResult {
+    let Action::Http {
+        method,
+        url,
+        headers,
+        body,
+        expect_status,
+    } = &step.action
+    else {
+        panic!("step {:?} is not an http step", step.name)
+    };
+    let url = url.render(vars).expect("url renders");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client");
+    steps::run_http(
+        &client,
+        HttpStep {
+            method,
+            url: &url,
+            headers,
+            body,
+            expect_status,
+        },
+        step.timeout,
+        4096,
+    )
+    .await
+}
+
+// ---- a fake vendor: records every request, answers with a vendor-specific handler ----
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    query: Option<String>,
+    /// Header names lowercased, in arrival order, repeated names kept.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of a header (None when absent or repeated).
+    fn header(&self, name: &str) -> Option<&str> {
+        match self.all(name).as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Value,
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+#[derive(Clone)]
+struct FakeState {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    handler: Handler,
+}
+
+struct Fake {
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Fake {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = FakeState {
+            seen: seen.clone(),
+            handler: Arc::new(handler),
+        };
+        let app = Router::new().fallback(record).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake vendor");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("fake vendor serves");
+        });
+        Fake {
+            base: format!("http://{addr}"),
+            seen,
+        }
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    fn only_request(&self) -> Seen {
+        let all = self.requests();
+        assert_eq!(all.len(), 1, "exactly one request expected: {all:#?}");
+        all.into_iter().next().expect("one request")
+    }
+}
+
+async fn record(
+    State(state): State<FakeState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let seen = Seen {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    let reply = (state.handler)(&seen);
+    state.seen.lock().expect("lock").push(seen);
+    let mut resp = (
+        StatusCode::from_u16(reply.status).expect("status"),
+        [("content-type", "application/json")],
+        reply.body.to_string(),
+    )
+        .into_response();
+    for (k, v) in reply.headers {
+        resp.headers_mut()
+            .insert(k, v.parse().expect("header value"));
+    }
+    resp
+}
+
+// ---- LaunchDarkly ----
+
+const LD_FLAG_PATH: &str = "/api/v2/flags/portal/new-share-links";
+
+/// LaunchDarkly's update-feature-flag endpoint as documented: the raw access token in
+/// `Authorization`, a semantic patch only with `domain-model=launchdarkly.semanticpatch` (else the
+/// body is read as a JSON patch: 400), errors as `{"code", "message", "id"}`.
+fn fake_launchdarkly(token: &'static str, rate_limited: bool) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let error = |status: u16, code: &str, message: &str| {
+            Reply::json(
+                status,
+                json!({"code": code, "message": message, "id": "30ce6058-87da-11e4-b116-123b93f75cba"}),
+            )
+        };
+        if rate_limited {
+            return error(429, "rate_limited", "Too many requests")
+                .with_header("x-ratelimit-reset", "1718000000000");
+        }
+        if r.header("authorization") != Some(token) {
+            return error(401, "unauthorized", "Invalid access token");
+        }
+        if r.path != LD_FLAG_PATH {
+            return error(404, "not_found", "Invalid resource identifier");
+        }
+        if r.method != "PATCH" {
+            return error(405, "method_not_allowed", "Method not allowed");
+        }
+        let semantic = r
+            .header("content-type")
+            .is_some_and(|c| c.contains("domain-model=launchdarkly.semanticpatch"));
+        let Some(body) = r.json() else {
+            return error(400, "invalid_request", "Invalid JSON");
+        };
+        if !semantic {
+            return error(400, "invalid_request", "Invalid JSON patch");
+        }
+        let off = body["instructions"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|x| x["kind"] == "turnFlagOff"));
+        let Some(env) = body["environmentKey"].as_str() else {
+            return error(400, "invalid_request", "environmentKey is required");
+        };
+        Reply::json(
+            200,
+            json!({
+                "key": "new-share-links",
+                "environments": { env: { "on": !off } },
+            }),
+        )
+    }
+}
+
+fn launchdarkly_preset(fake: &Fake) -> Rule {
+    load_preset(
+        "launchdarkly.yaml",
+        &[("https://app.launchdarkly.com", &fake.base)],
+    )
+}
+
+#[tokio::test]
+async fn launchdarkly_turns_the_flag_off_with_a_semantic_patch() {
+    set_env();
+    let fake = Fake::start(fake_launchdarkly(LD_TOKEN, false)).await;
+    let rule = launchdarkly_preset(&fake);
+    let step = step(&rule, "turn off new-share-links flag");
+    assert!(step.idempotent, "semantic patches are idempotent");
+
+    let r = run_http_step(step, &vars(&rule, &[])).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.exit_code, Some(200));
+    assert!(r.output.contains(r#""on":false"#), "{}", r.output);
+
+    let req = fake.only_request();
+    assert_eq!(req.method, "PATCH");
+    assert_eq!(req.path, LD_FLAG_PATH);
+    assert_eq!(req.query, None);
+    // The raw access token: LaunchDarkly's API takes no "Bearer" prefix.
+    assert_eq!(req.header("authorization"), Some(LD_TOKEN));
+    assert_eq!(
+        req.header("content-type"),
+        Some("application/json; domain-model=launchdarkly.semanticpatch"),
+        "one Content-Type, with the semantic-patch domain model: {:?}",
+        req.all("content-type")
+    );
+    assert_eq!(
+        req.json(),
+        Some(json!({
+            "environmentKey": "production",
+            "comment": "rollbackd: turning the flag off while the release is rolled back",
+            "instructions": [{"kind": "turnFlagOff"}],
+        }))
+    );
+}
+
+#[tokio::test]
+async fn launchdarkly_refusals_fail_the_step() {
+    set_env();
+    // A token LaunchDarkly does not accept: 401 "Invalid access token".
+    let fake = Fake::start(fake_launchdarkly("api-some-other-token", false)).await;
+    let rule = launchdarkly_preset(&fake);
+    let r = run_http_step(
+        step(&rule, "turn off new-share-links flag"),
+        &vars(&rule, &[]),
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(401));
+    assert_eq!(r.error.as_deref(), Some("unexpected HTTP status 401"));
+    assert!(r.output.contains("Invalid access token"), "{}", r.output);
+    assert!(
+        !r.output.contains(LD_TOKEN) && !r.error.unwrap_or_default().contains(LD_TOKEN),
+        "the token never appears in the record"
+    );
+
+    // Rate limited: 429.
+    let fake = Fake::start(fake_launchdarkly(LD_TOKEN, true)).await;
+    let rule = launchdarkly_preset(&fake);
+    let r = run_http_step(
+        step(&rule, "turn off new-share-links flag"),
+        &vars(&rule, &[]),
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(429));
+}
+
+// ---- Cloudflare ----
+
+fn cloudflare_purge_path() -> String {
+    format!("/client/v4/zones/{CF_ZONE}/purge_cache")
+}
+
+/// Cloudflare's purge-cache endpoint as documented: `Authorization: Bearer <token>`, a JSON body,
+/// the `{success, errors, messages, result}` envelope, and 429 with `retry-after` over the API
+/// rate limit.
+fn fake_cloudflare(token: &'static str, rate_limited: bool) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let error = |status: u16, code: u32, message: &str| {
+            Reply::json(
+                status,
+                json!({"success": false, "errors": [{"code": code, "message": message}], "messages": [], "result": null}),
+            )
+        };
+        if rate_limited {
+            return error(
+                429,
+                971,
+                "Please wait and consider throttling your request speed",
+            )
+            .with_header("retry-after", "300");
+        }
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return error(403, 10000, "Authentication error");
+        }
+        if r.method != "POST" || r.path != cloudflare_purge_path() {
+            return error(404, 7003, "Could not route to the requested path");
+        }
+        if r.header("content-type") != Some("application/json") || r.json().is_none() {
+            return error(400, 6003, "Invalid request headers");
+        }
+        Reply::json(
+            200,
+            json!({"success": true, "errors": [], "messages": [], "result": {"id": CF_ZONE}}),
+        )
+    }
+}
+
+fn cloudflare_preset(fake: &Fake) -> Rule {
+    load_preset(
+        "cloudflare.yaml",
+        &[("https://api.cloudflare.com", &fake.base)],
+    )
+}
+
+#[tokio::test]
+async fn cloudflare_purges_everything_with_a_bearer_token() {
+    set_env();
+    let fake = Fake::start(fake_cloudflare(CF_TOKEN, false)).await;
+    let rule = cloudflare_preset(&fake);
+    let step = step(&rule, "purge cloudflare cache");
+    assert!(step.idempotent);
+
+    // The rendered URL (what an incident records) keeps the zone as a reference.
+    let Action::Http { url, .. } = &step.action else {
+        panic!("http step")
+    };
+    let rendered = url.render(&vars(&rule, &[])).expect("renders");
+    assert!(
+        rendered.ends_with("/client/v4/zones/${env:CLOUDFLARE_ZONE_ID}/purge_cache"),
+        "{rendered}"
+    );
+
+    let r = run_http_step(step, &vars(&rule, &[])).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.exit_code, Some(200));
+
+    let req = fake.only_request();
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, cloudflare_purge_path());
+    assert_eq!(req.query, None);
+    assert_eq!(
+        req.header("authorization").map(str::to_string),
+        Some(format!("Bearer {CF_TOKEN}"))
+    );
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.json(), Some(json!({"purge_everything": true})));
+}
+
+#[tokio::test]
+async fn cloudflare_refusals_fail_the_step() {
+    set_env();
+    // Over the API rate limit: 429 with retry-after.
+    let fake = Fake::start(fake_cloudflare(CF_TOKEN, true)).await;
+    let rule = cloudflare_preset(&fake);
+    let r = run_http_step(step(&rule, "purge cloudflare cache"), &vars(&rule, &[])).await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(429));
+
+    // A token without access to the zone.
+    let fake = Fake::start(fake_cloudflare("another-token", false)).await;
+    let rule = cloudflare_preset(&fake);
+    let r = run_http_step(step(&rule, "purge cloudflare cache"), &vars(&rule, &[])).await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(403));
+    assert!(r.output.contains(r#""success":false"#), "{}", r.output);
+}
+
+// ---- Upstash ----
+
+/// Upstash Redis's REST API as documented: `Authorization: Bearer <token>`, a command as a JSON
+/// array POSTed to the REST URL, `{"result": ...}` on success, `{"error": ...}` with 400/401/405.
+fn fake_upstash(token: &'static str) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return Reply::json(401, json!({"error": "Unauthorized"}));
+        }
+        if !matches!(r.method.as_str(), "HEAD" | "GET" | "POST" | "PUT") {
+            return Reply::json(405, json!({"error": "Method not allowed"}));
+        }
+        match (r.path.as_str(), r.json()) {
+            ("/", Some(Value::Array(cmd)))
+                if cmd.len() == 1
+                    && cmd[0].as_str().map(str::to_ascii_uppercase).as_deref()
+                        == Some("FLUSHDB") =>
+            {
+                Reply::json(200, json!({"result": "OK"}))
+            }
+            _ => Reply::json(400, json!({"error": "ERR syntax error"})),
+        }
+    }
+}
+
+fn upstash_preset(fake: &Fake) -> Rule {
+    load_preset(
+        "upstash.yaml",
+        &[("${env:UPSTASH_REDIS_REST_URL}", &fake.base)],
+    )
+}
+
+#[tokio::test]
+async fn upstash_flushes_the_cache_database() {
+    set_env();
+    let fake = Fake::start(fake_upstash(UPSTASH_TOKEN)).await;
+    let rule = upstash_preset(&fake);
+    let step = step(&rule, "flush upstash cache database");
+    assert!(step.idempotent);
+
+    let r = run_http_step(step, &vars(&rule, &[])).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.exit_code, Some(200));
+    assert_eq!(r.output, r#"{"result":"OK"}"#);
+
+    let req = fake.only_request();
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/");
+    assert_eq!(
+        req.header("authorization").map(str::to_string),
+        Some(format!("Bearer {UPSTASH_TOKEN}"))
+    );
+    assert_eq!(req.json(), Some(json!(["FLUSHDB"])));
+}
+
+#[tokio::test]
+async fn upstash_bad_token_fails_the_step() {
+    set_env();
+    let fake = Fake::start(fake_upstash("some-other-token")).await;
+    let rule = upstash_preset(&fake);
+    let r = run_http_step(
+        step(&rule, "flush upstash cache database"),
+        &vars(&rule, &[]),
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(401));
+    assert_eq!(r.output, r#"{"error":"Unauthorized"}"#);
+}
+
+// ---- CLI presets: rendered argv, nothing run ----
+
+#[test]
+fn vercel_renders_rollback_to_the_previous_deployment() {
+    set_env();
+    let rule = load_preset("vercel.yaml", &[]);
+    let s = step(&rule, "vercel rollback to previous deployment");
+    assert!(s.idempotent);
+    assert!(
+        s.timeout > Duration::from_secs(4 * 60),
+        "the step outlives --timeout 4m"
+    );
+    assert_eq!(
+        render_argv(s, &vars(&rule, &[])).expect("renders"),
+        strings(&[
+            "vercel",
+            "rollback",
+            "dpl_8fT3kq2Lm",
+            "--timeout",
+            "4m",
+            "--yes",
+            "--token",
+            "${env:VERCEL_TOKEN}",
+            "--scope",
+            "my-team",
+        ])
+    );
+    // A deployment id with shell syntax never reaches the argv.
+    let err = render_argv(
+        s,
+        &vars(
+            &rule,
+            &[("release.previous.deployment_id", "dpl_1; rm -rf /")],
+        ),
+    )
+    .expect_err("unsafe value refused");
+    assert!(err.contains("refusing"), "{err}");
+}
+
+#[test]
+fn kubernetes_rollout_undo_is_marked_not_idempotent() {
+    set_env();
+    let rule = load_preset("kubernetes.yaml", &[]);
+    let undo = step(&rule, "kubectl rollout undo");
+    assert!(!undo.idempotent, "undo twice flips back to the bad release");
+    assert_eq!(undo.retries, 0);
+    assert!(
+        undo.probe.is_none(),
+        "a kubectl probe would read any error as 'absent' and undo again"
+    );
+    assert_eq!(
+        render_argv(undo, &vars(&rule, &[])).expect("renders"),
+        strings(&[
+            "kubectl",
+            "rollout",
+            "undo",
+            "deployment/web",
+            "-n",
+            "web-prod"
+        ])
+    );
+    let wait = step(&rule, "wait for the rollout");
+    assert!(wait.idempotent);
+    assert_eq!(
+        render_argv(wait, &vars(&rule, &[])).expect("renders"),
+        strings(&[
+            "kubectl",
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "web-prod",
+            "--timeout=5m",
+        ])
+    );
+    // No namespace label on the alert: the step refuses to render, nothing would run.
+    let mut no_ns = vars(&rule, &[]);
+    no_ns.remove("labels.namespace");
+    assert!(
+        render_argv(undo, &no_ns)
+            .expect_err("missing label")
+            .contains("labels.namespace")
+    );
+    // The commented --to-revision alternative is written with names the templates know.
+    assert!(
+        preset_text("kubernetes.yaml")
+            .contains(r#""--to-revision={{ release.previous.deployment_id }}""#)
+    );
+}
+
+#[test]
+fn kubernetes_set_image_renders_the_previous_image() {
+    set_env();
+    let rule = load_preset("kubernetes-set-image.yaml", &[]);
+    let set = step(&rule, "set the previous image");
+    assert!(set.idempotent);
+    assert_eq!(
+        render_argv(set, &vars(&rule, &[])).expect("renders"),
+        strings(&[
+            "kubectl",
+            "set",
+            "image",
+            "deployment/web",
+            "web=registry.example.com/acme/web:v1.4.0",
+            "-n",
+            "web-prod",
+        ])
+    );
+    assert!(step(&rule, "wait for the rollout").idempotent);
+}
+
+#[test]
+fn helm_renders_rollback_to_the_revision_ci_posted() {
+    set_env();
+    let rule = load_preset("helm.yaml", &[]);
+    let s = step(&rule, "helm rollback to previous revision");
+    assert!(s.idempotent);
+    assert!(
+        s.timeout > Duration::from_secs(8 * 60),
+        "the step outlives helm's --timeout 8m"
+    );
+    // CI posts the Helm revision number as the release's deployment_id.
+    let v = vars(&rule, &[("release.previous.deployment_id", "41")]);
+    assert_eq!(
+        render_argv(s, &v).expect("renders"),
+        strings(&[
+            "helm",
+            "rollback",
+            "web",
+            "41",
+            "--namespace",
+            "web-prod",
+            "--wait",
+            "--timeout",
+            "8m",
+        ])
+    );
+}
+
+#[test]
+fn migrate_renders_goto_the_previous_schema_version() {
+    set_env();
+    let rule = load_preset("migrate.yaml", &[]);
+    // The alert's service "web" maps to the schema's pseudo-service "web-db".
+    let labels: BTreeMap<String, String> = [("labels.service", "web")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(rule.service.render(&labels).expect("service"), "web-db");
+    assert!(
+        rule.approval.is_some(),
+        "a down-migration waits for a human"
+    );
+
+    let s = step(&rule, "migrate goto previous schema version");
+    assert!(!s.idempotent, "down-migrations are not repeated");
+    assert_eq!(s.retries, 0);
+    assert!(
+        s.probe.is_none(),
+        "`migrate version` exits 0 whatever the version"
+    );
+    let v = vars(
+        &rule,
+        &[
+            ("service", "web-db"),
+            ("release.previous.version", "20240611093000"),
+            ("release.current.version", "20240618120000"),
+        ],
+    );
+    assert_eq!(
+        render_argv(s, &v).expect("renders"),
+        strings(&[
+            "migrate",
+            "-path",
+            "/srv/portal/migrations",
+            "-database",
+            "${env:DATABASE_URL}",
+            "goto",
+            "20240611093000",
+        ])
+    );
+}
+
+// ---- the directory as a whole ----
+
+#[test]
+fn presets_lint_clean_and_are_not_loaded_from_the_rules_dir() {
+    set_env();
+    let (set, problems) = rules::load_dir(Path::new(PRESETS), &Context::default());
+    let set = set.unwrap_or_else(|| panic!("presets do not load: {problems:#?}"));
+    // The only finding is the migration preset's approval role, which no `people:` entry holds.
+    assert!(
+        problems.iter().all(|p| p.severity == Severity::Warning
+            && p.file.ends_with("migrate.yaml")
+            && p.message.contains("database-owner")),
+        "{problems:#?}"
+    );
+    let names: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "preset-cloudflare-purge-everything",
+            "preset-helm-rollback",
+            "preset-kubernetes-set-image",
+            "preset-kubernetes-rollout-undo",
+            "preset-launchdarkly-flag-off",
+            "preset-migrate-down",
+            "preset-upstash-flushdb",
+            "preset-vercel-rollback",
+        ]
+    );
+    assert!(set.rules.iter().all(|r| r.mode == Mode::Shadow));
+
+    // The daemon reads only the top level of its rules directory.
+    let (top, problems) = rules::load_dir(Path::new(RULES), &Context::default());
+    let top = top.unwrap_or_else(|| panic!("rules/ does not load: {problems:#?}"));
+    assert!(
+        top.rules.iter().all(|r| !r.name.starts_with("preset-")),
+        "rules/presets/ must not be loaded by the daemon"
+    );
+}
+
+#[test]
+fn presets_hold_secrets_only_as_references() {
+    set_env();
+    let (set, _) = rules::load_dir(Path::new(PRESETS), &Context::default());
+    let set = set.expect("presets load");
+    let is_ref = |v: &str| v.starts_with("${env:") || v.starts_with("${file:");
+    for rule in &set.rules {
+        for s in &rule.steps {
+            match &s.action {
+                Action::Http { headers, body, .. } => {
+                    for (k, v) in headers {
+                        if k.eq_ignore_ascii_case("authorization") {
+                            let token = v.strip_prefix("Bearer ").unwrap_or(v);
+                            assert!(is_ref(token), "{}: {k}: {v}", rule.name);
+                        }
+                    }
+                    assert!(
+                        !matches!(body, Body::Raw(_)),
+                        "{}: literal JSON bodies only",
+                        rule.name
+                    );
+                }
+                Action::Run { argv, .. } => {
+                    let argv: Vec<&str> = argv.iter().map(|t| t.source()).collect();
+                    for pair in argv.windows(2) {
+                        if matches!(pair[0], "--token" | "-t" | "-database") {
+                            assert!(is_ref(pair[1]), "{}: {} {}", rule.name, pair[0], pair[1]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
