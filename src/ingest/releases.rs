@@ -36,7 +36,7 @@ pub fn parse(body: &[u8], now: Timestamp) -> Result<Release, IngestError> {
         }
         if v.len() > 256 || !value_is_safe(v) {
             return Err(IngestError::new(format!(
-                "{field}: {v:?} must be at most 256 characters of [A-Za-z0-9._:/@+=-]"
+                "{field}: {v:?} must be at most 256 characters of [A-Za-z0-9._:/@+=-], without `..` or a leading `-`"
             )));
         }
     }

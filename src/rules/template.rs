@@ -38,9 +38,13 @@ const STEP_VARS: &[&str] = &[
     "release.current.version",
 ];
 
+/// The contract's charset `[A-Za-z0-9._:/@+=-]*`, and two refusals on top of it: no `..` (a path
+/// climbing out of where a step expects it) and no leading `-` (a value read as an option).
 pub fn value_is_safe(v: &str) -> bool {
     v.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b".:/@+=-_".contains(&b))
+        && !v.contains("..")
+        && !v.starts_with('-')
 }
 
 impl Template {
@@ -108,7 +112,7 @@ impl Template {
                         .ok_or_else(|| format!("`{{{{ {name} }}}}` has no value here"))?;
                     if !value_is_safe(v) {
                         return Err(format!(
-                            "value of `{{{{ {name} }}}}` ({v:?}) has characters outside [A-Za-z0-9._:/@+=-]; refusing to use it"
+                            "value of `{{{{ {name} }}}}` ({v:?}) is not a plain token (only [A-Za-z0-9._:/@+=-], no `..`, no leading `-`); refusing to use it"
                         ));
                     }
                     out.push_str(v);
