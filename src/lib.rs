@@ -29,6 +29,7 @@ pub mod executor;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod pagerduty;
 pub mod rules;
 pub mod steps;
 pub mod store;

@@ -44,10 +44,7 @@ const META_TIMELINE_SEQ: &[u8] = b"timeline_seq";
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+        let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         let timeline_seq = read_u64(&meta, META_TIMELINE_SEQ)?;
         Ok(Store {
@@ -229,6 +226,29 @@ impl Store {
     pub fn freeze(&self, service: &str) -> Result<Option<Freeze>> {
         get(&self.freezes, service.as_bytes())
     }
+}
+
+/// sled releases its file lock from a background thread after the last handle is dropped, so a
+/// reopen in the same process can briefly see `WouldBlock`; wait for it (up to ~1 s), nothing else.
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    let mut wait = std::time::Duration::from_millis(10);
+    for _ in 0..8 {
+        match sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::LowSpace)
+            .open()
+        {
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            other => return Ok(other?),
+        }
+    }
+    Ok(sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::LowSpace)
+        .open()?)
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {

@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod grafana;
+pub mod pagerduty;
 pub mod releases;
 pub mod signals;
 
