@@ -10,6 +10,8 @@
 //! - [`executor`]: performs effects (steps, verification) and reports back as events.
 //! - [`steps`], [`checks`]: one command or HTTP request; one verification check.
 //! - [`store`]: the only place that says `sled`.
+//! - [`notify`]: delivers the durable outbox (Slack, webhooks, PagerDuty); [`pagerduty`]: its REST
+//!   and Events API client.
 //! - [`cli`]: operator commands, thin clients of the HTTP API.
 //! - [`api`]: thin HTTP handlers; [`metrics`]: the owned Prometheus registry; [`clock`]: time.
 //!
@@ -29,6 +31,7 @@ pub mod executor;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod pagerduty;
 pub mod rules;
 pub mod steps;
@@ -124,6 +127,21 @@ impl Daemon {
             ready: AtomicBool::new(false),
         });
         let stop_engine = CancellationToken::new();
+        let outbox = Arc::new(tokio::sync::Notify::new());
+        let notifier = Arc::new(notify::Notifier {
+            store: store.clone(),
+            engine: app.engine.clone(),
+            config: config.clone(),
+            http: executor.http.clone(),
+            pagerduty: config
+                .pagerduty
+                .as_ref()
+                .map(|p| pagerduty::PdClient::from_config(executor.http.clone(), p)),
+            clock: self.clock.clone(),
+            wake: outbox.clone(),
+            stopping: CancellationToken::new(),
+        });
+        let notifier_task = tokio::spawn(notifier.clone().run());
         let driver = Driver {
             state,
             rules,
@@ -132,7 +150,7 @@ impl Daemon {
             clock: self.clock,
             metrics,
             dry_run: self.dry_run,
-            outbox: Arc::new(tokio::sync::Notify::new()),
+            outbox,
         };
         let ex = executor.clone();
         let engine_task =
@@ -147,6 +165,8 @@ impl Daemon {
                 "running steps did not finish within the grace period; they will be judged from the step journal at the next start"
             );
         }
+        notifier.stopping.cancel();
+        let _ = notifier_task.await;
         stop_engine.cancel();
         let _ = engine_task.await;
         server?;

@@ -146,6 +146,10 @@ pub struct Breach {
     pub decision: Option<Decision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incident: Option<String>,
+    /// The PagerDuty incident whose signals opened this breach, if any: the incident is then
+    /// announced on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty_incident: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<Timestamp>,
 }
@@ -359,6 +363,27 @@ pub struct Freeze {
     pub incident: Option<String>,
     pub since: Timestamp,
     pub by: String,
+}
+
+/// What one PagerDuty webhook delivery means to the engine, after signature and parsing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PagerDutyInput {
+    /// An `incident.*` event. `incident_key` is the Events API dedup key of the PagerDuty
+    /// incident (rollbackd's own are `rollbackd/<incident id>`).
+    Incident {
+        signal: Signal,
+        incident_key: Option<String>,
+    },
+    /// A vote: an approve/reject workflow run, or a `/approve` `/reject` note.
+    Vote {
+        pd_incident: String,
+        pd_user: Option<String>,
+        vote: VoteKind,
+        via: String,
+        reason: Option<String>,
+    },
+    /// Well-formed, nothing to do (pings, other event types, workflows that are not ours).
+    Ignored,
 }
 
 /// One announcement for one notifier target, waiting in the durable outbox until delivered.

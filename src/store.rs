@@ -36,6 +36,7 @@ pub struct Store {
     timeline: sled::Tree,
     meta: sled::Tree,
     outbox: sled::Tree,
+    deliveries: sled::Tree,
     timeline_seq: std::sync::Arc<AtomicU64>,
 }
 
@@ -54,6 +55,7 @@ impl Store {
             freezes: db.open_tree("freezes")?,
             timeline: db.open_tree("timeline")?,
             outbox: db.open_tree("outbox")?,
+            deliveries: db.open_tree("deliveries")?,
             meta,
             timeline_seq: std::sync::Arc::new(AtomicU64::new(timeline_seq)),
             db,
@@ -85,6 +87,17 @@ impl Store {
         for f in values::<Freeze>(&self.freezes)? {
             st.freezes.insert(f.service.clone(), f);
         }
+        for kv in self.deliveries.iter() {
+            let (k, v) = kv?;
+            if let (Ok(id), Ok(ms)) = (
+                String::from_utf8(k.to_vec()),
+                <[u8; 8]>::try_from(v.as_ref()),
+            ) {
+                if let Ok(at) = jiff::Timestamp::from_millisecond(i64::from_be_bytes(ms)) {
+                    st.deliveries.insert(id, at);
+                }
+            }
+        }
         Ok(st)
     }
 
@@ -108,6 +121,11 @@ impl Store {
                 Change::OutboxDone { seq, target } => {
                     writes.push((6, outbox_key(*seq, target), None))
                 }
+                Change::Delivery(id, at) => writes.push((
+                    7,
+                    id.as_bytes().to_vec(),
+                    at.map(|t| t.as_millisecond().to_be_bytes().to_vec()),
+                )),
                 Change::Seq(n) => {
                     writes.push((5, META_SEQ.to_vec(), Some(n.to_be_bytes().to_vec())))
                 }
@@ -136,9 +154,10 @@ impl Store {
             &self.timeline,
             &self.meta,
             &self.outbox,
+            &self.deliveries,
         );
         trees
-            .transaction(|(t0, t1, t2, t3, t4, t5, t6)| {
+            .transaction(|(t0, t1, t2, t3, t4, t5, t6, t7)| {
                 for (tree, key, value) in &writes {
                     let t = match tree {
                         0 => t0,
@@ -147,7 +166,8 @@ impl Store {
                         3 => t3,
                         4 => t4,
                         5 => t5,
-                        _ => t6,
+                        6 => t6,
+                        _ => t7,
                     };
                     match value {
                         Some(v) => {

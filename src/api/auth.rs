@@ -104,6 +104,17 @@ impl App {
         headers: &HeaderMap,
         kind: TokenKind,
     ) -> Result<(), ApiError> {
+        self.quota(source)?;
+        self.authorize(headers, kind).inspect_err(|_| {
+            self.metrics
+                .ingest_rejected
+                .with_label_values(&[source, "auth"])
+                .inc();
+        })
+    }
+
+    /// The source's ingress quota: 429 with `Retry-After` beyond it.
+    pub fn quota(&self, source: &str) -> Result<(), ApiError> {
         if let Err(wait) = self.limiters.check(source) {
             self.metrics
                 .ingest_rejected
@@ -116,12 +127,7 @@ impl App {
             e.retry_after = Some(wait.as_secs().max(1));
             return Err(e);
         }
-        self.authorize(headers, kind).inspect_err(|_| {
-            self.metrics
-                .ingest_rejected
-                .with_label_values(&[source, "auth"])
-                .inc();
-        })
+        Ok(())
     }
 }
 

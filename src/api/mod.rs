@@ -29,6 +29,8 @@ pub use error::ApiError;
 #[derive(Clone, Copy)]
 enum Guard {
     Ingest(&'static str),
+    /// A quota only: the source proves itself with a signature on the body.
+    Quota(&'static str),
     Read,
     Admin,
 }
@@ -40,6 +42,7 @@ async fn guard(
 ) -> Result<Response, ApiError> {
     match g {
         Guard::Ingest(source) => app.admit(source, req.headers(), TokenKind::Ingest)?,
+        Guard::Quota(source) => app.quota(source)?,
         Guard::Read => app.authorize(req.headers(), TokenKind::Read)?,
         Guard::Admin => app.authorize(req.headers(), TokenKind::Admin)?,
     }
@@ -88,6 +91,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v1/webhooks/grafana",
             post(grafana).route_layer(ingest("grafana")),
+        )
+        .route(
+            "/v1/webhooks/pagerduty",
+            post(pagerduty).route_layer(with(Guard::Quota("pagerduty"))),
         )
         .route("/v1/signals", post(signals).route_layer(ingest("signal")))
         .route(
@@ -214,6 +221,67 @@ async fn grafana(
     auth::grafana_signature(&app, &headers, &body)?;
     let s = ingest::grafana::parse(&body).map_err(|e| malformed(&app, "grafana", e))?;
     ingest_signals(&app, "grafana", s).await
+}
+
+/// PagerDuty Webhooks V3: the signature is checked on the exact bytes before anything is parsed;
+/// every verified, well-formed delivery gets a 2xx (a 4xx would make PagerDuty disable the
+/// subscription), duplicates included.
+async fn pagerduty(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let Some(pd) = &app.config.pagerduty else {
+        return Err(ApiError::not_found(
+            "PagerDuty is not configured (add `pagerduty:` with webhook_secrets to the config)",
+        ));
+    };
+    let secrets: Vec<&str> = pd.webhook_secrets.iter().map(|s| s.expose()).collect();
+    let signature = headers
+        .get("x-pagerduty-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = ingest::pagerduty::verify_signature(&secrets, signature, &body) {
+        app.metrics
+            .ingest_rejected
+            .with_label_values(&["pagerduty", "auth"])
+            .inc();
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        return Err(ApiError::new(status, e.message()));
+    }
+    let event = ingest::pagerduty::parse(&body).map_err(|e| malformed(&app, "pagerduty", e))?;
+    let delivery = headers
+        .get("x-webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(String::from)
+        .unwrap_or_else(|| event.id.clone());
+    let input = ingest::pagerduty::input(
+        &event,
+        pd.workflows.get("approve").map(String::as_str),
+        pd.workflows.get("reject").map(String::as_str),
+    );
+    if matches!(input, crate::model::PagerDutyInput::Incident { .. }) {
+        app.metrics
+            .signals_received
+            .with_label_values(&["pagerduty"])
+            .inc();
+    }
+    let reply = app
+        .engine
+        .send(Event::PagerDuty {
+            delivery: delivery.clone(),
+            input,
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "delivery": delivery,
+            "event_type": event.event_type,
+            "duplicate": reply == Reply::Duplicate,
+        })),
+    )
+        .into_response())
 }
 
 async fn signals(

@@ -32,8 +32,13 @@ pub struct State {
     /// Per service, ordered by `deployed_at` (then arrival).
     pub releases: BTreeMap<String, Vec<Release>>,
     pub freezes: BTreeMap<String, Freeze>,
+    /// PagerDuty deliveries seen (`X-Webhook-Id`), kept [`DELIVERY_MEMORY`] for de-duplication.
+    pub deliveries: BTreeMap<String, Timestamp>,
     pub next_seq: u64,
 }
+
+/// PagerDuty retries a delivery for up to 48 hours; remember ids a day longer.
+pub const DELIVERY_MEMORY: Duration = Duration::from_secs(72 * 3600);
 
 /// What the engine is told about.
 #[derive(Clone, Debug)]
@@ -79,6 +84,11 @@ pub enum Event {
         incident: String,
         index: usize,
         result: StepResult,
+    },
+    /// A verified PagerDuty webhook delivery.
+    PagerDuty {
+        delivery: String,
+        input: PagerDutyInput,
     },
     /// The notifier's word on one outbox entry.
     Delivery {
@@ -154,7 +164,12 @@ pub enum Change {
     Release(Box<Release>),
     Freeze(String, Option<Freeze>),
     Outbox(Box<OutboxEntry>),
-    OutboxDone { seq: u64, target: String },
+    OutboxDone {
+        seq: u64,
+        target: String,
+    },
+    /// A PagerDuty delivery id seen at a time, or forgotten (`None`).
+    Delivery(String, Option<Timestamp>),
     Seq(u64),
 }
 
@@ -284,6 +299,7 @@ impl State {
                 by,
             } => self.on_unfreeze(&mut tx, &service, reason, &by),
             Event::Delivery { entry, outcome } => Self::on_delivery(&mut tx, *entry, outcome),
+            Event::PagerDuty { delivery, input } => self.on_pagerduty(&mut tx, delivery, input),
         };
         self.evaluate(&mut tx);
         tx.out.reply = reply;
@@ -398,6 +414,7 @@ impl State {
                             clearing_since: None,
                             decision: None,
                             incident: None,
+                            pagerduty_incident: None,
                             closed_at: None,
                         };
                         tx.note(
@@ -415,6 +432,10 @@ impl State {
                         continue;
                     };
                     let mut changed = false;
+                    if s.source == Source::Pagerduty && b.pagerduty_incident.is_none() {
+                        b.pagerduty_incident = Some(s.key.clone());
+                        changed = true;
+                    }
                     match b.alerts.get_mut(&s.key) {
                         Some(a) if a.firing && a.starts_at <= start => {}
                         Some(a) => {
@@ -500,6 +521,18 @@ impl State {
     /// Closes cleared breaches, acts on due deadlines, expires approvals.
     fn evaluate(&mut self, tx: &mut Tx) {
         let now = tx.now;
+        let forget_before = sub(now, DELIVERY_MEMORY);
+        let old: Vec<String> = self
+            .deliveries
+            .iter()
+            .filter(|(_, at)| **at < forget_before)
+            .take(1000)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old {
+            self.deliveries.remove(&id);
+            tx.out.changes.push(Change::Delivery(id, None));
+        }
         let keys: Vec<(String, String)> = self.breaches.keys().cloned().collect();
         for key in keys {
             let Some(rule) = tx.ctx.rules.get(&key.0) else {
@@ -673,7 +706,7 @@ impl State {
             approvals: approval,
             steps,
             freeze: rule.freeze,
-            pagerduty_incident: None,
+            pagerduty_incident: b.pagerduty_incident.clone(),
             rollback_started_at: None,
             verify_deadline: None,
             checks: Vec::new(),
@@ -942,6 +975,84 @@ impl State {
                 last_error: None,
             })));
         }
+    }
+
+    fn on_pagerduty(&mut self, tx: &mut Tx, delivery: String, input: PagerDutyInput) -> Reply {
+        if self.deliveries.contains_key(&delivery) {
+            return Reply::Duplicate;
+        }
+        self.deliveries.insert(delivery.clone(), tx.now);
+        tx.out
+            .changes
+            .push(Change::Delivery(delivery, Some(tx.now)));
+        match input {
+            PagerDutyInput::Ignored => {}
+            PagerDutyInput::Incident {
+                signal,
+                incident_key,
+            } => {
+                let ours = incident_key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix("rollbackd/"));
+                match ours {
+                    // Our own approval incident: link it, and never treat it as an alert
+                    // (a rule matching it would feed on itself).
+                    Some(id) => {
+                        if let Some(inc) = self.incidents.get_mut(id)
+                            && inc.pagerduty_incident.is_none()
+                        {
+                            inc.pagerduty_incident = Some(signal.key.clone());
+                            tx.note(
+                                id,
+                                "pagerduty_linked",
+                                "pagerduty",
+                                format!("announced on PagerDuty incident {}", signal.key),
+                            );
+                            self.save_incident(tx, id);
+                        }
+                    }
+                    None => self.on_signal(tx, signal),
+                }
+            }
+            PagerDutyInput::Vote {
+                pd_incident,
+                pd_user,
+                vote,
+                via,
+                reason,
+            } => {
+                let Some(id) = self
+                    .incidents
+                    .values()
+                    .filter(|i| i.pagerduty_incident.as_deref() == Some(pd_incident.as_str()))
+                    .max_by_key(|i| i.opened_at)
+                    .map(|i| i.id.clone())
+                else {
+                    tx.note(
+                        &format!("pagerduty:{pd_incident}"),
+                        "vote_ignored",
+                        pd_user.as_deref().unwrap_or("pagerduty"),
+                        format!("{via} vote on PagerDuty incident {pd_incident}, which no rollbackd incident is announced on"),
+                    );
+                    return Reply::Ok;
+                };
+                let person = pd_user
+                    .as_deref()
+                    .and_then(|u| {
+                        tx.ctx
+                            .people
+                            .iter()
+                            .find(|p| p.pagerduty_user.as_deref() == Some(u))
+                    })
+                    .map(|p| p.id.clone())
+                    .unwrap_or_else(|| {
+                        format!("pagerduty-user:{}", pd_user.as_deref().unwrap_or("unknown"))
+                    });
+                // Refusals are recorded by on_vote; PagerDuty itself always gets a 2xx.
+                self.on_vote(tx, &id, &person, vote, &via, reason);
+            }
+        }
+        Reply::Ok
     }
 
     fn on_delivery(tx: &mut Tx, mut e: OutboxEntry, outcome: Delivery) -> Reply {

@@ -1347,3 +1347,129 @@ fn shadow_incidents_announce_nothing() {
     let out = w.st.handle(&ctx, Event::Tick, t(600.0));
     assert!(!out.changes.iter().any(|c| matches!(c, Change::Outbox(_))));
 }
+
+fn pd_vote(
+    w: &mut World,
+    delivery: &str,
+    pd_incident: &str,
+    pd_user: &str,
+    vote: VoteKind,
+) -> Reply {
+    w.send(
+        Event::PagerDuty {
+            delivery: delivery.into(),
+            input: PagerDutyInput::Vote {
+                pd_incident: pd_incident.into(),
+                pd_user: Some(pd_user.into()),
+                vote,
+                via: "pagerduty-workflow".into(),
+                reason: None,
+            },
+        },
+        t(650.0),
+    )
+}
+
+fn pd_incident_signal(pd_id: &str, key: Option<&str>, labels: &[(&str, &str)]) -> PagerDutyInput {
+    PagerDutyInput::Incident {
+        signal: Signal {
+            source: Source::Pagerduty,
+            key: pd_id.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            status: SignalStatus::Firing,
+            starts_at: Some(t(0.0)),
+            ends_at: None,
+        },
+        incident_key: key.map(String::from),
+    }
+}
+
+#[test]
+fn pagerduty_votes_map_users_to_people_and_deliveries_dedupe() {
+    let (mut w, id) = approval_world("");
+    for p in &mut w.people {
+        p.pagerduty_user = Some(format!("PD{}", p.id.to_uppercase()));
+    }
+    // PagerDuty tells us which of its incidents is ours (the Events API dedup key).
+    w.send(
+        Event::PagerDuty {
+            delivery: "d1".into(),
+            input: pd_incident_signal(
+                "Q1",
+                Some(&format!("rollbackd/{id}")),
+                &[("alertname", "HighErrorRate"), ("service", "web")],
+            ),
+        },
+        t(601.0),
+    );
+    assert_eq!(
+        w.st.incidents[&id].pagerduty_incident.as_deref(),
+        Some("Q1")
+    );
+    assert!(
+        w.breach("web").unwrap().alerts.len() == 1,
+        "our own PagerDuty incident is never an alert"
+    );
+    // Unknown PagerDuty user: recorded, not counted.
+    pd_vote(&mut w, "d2", "Q1", "PNOBODY", VoteKind::Approve);
+    assert!(
+        w.st.incidents[&id]
+            .approvals
+            .votes
+            .iter()
+            .any(|v| !v.counted && v.person == "pagerduty-user:PNOBODY")
+    );
+    assert_eq!(
+        pd_vote(&mut w, "d3", "Q1", "PDADA", VoteKind::Approve),
+        Reply::Ok
+    );
+    // The same delivery again (PagerDuty retries): nothing changes.
+    assert_eq!(
+        pd_vote(&mut w, "d3", "Q1", "PDADA", VoteKind::Approve),
+        Reply::Duplicate
+    );
+    assert_eq!(w.st.incidents[&id].state, IncidentState::AwaitingApproval);
+    pd_vote(&mut w, "d4", "Q1", "PDCY", VoteKind::Approve);
+    assert_eq!(w.st.incidents[&id].state, IncidentState::RollingBack);
+    let vias: Vec<&str> = w.st.incidents[&id]
+        .approvals
+        .votes
+        .iter()
+        .filter(|v| v.counted)
+        .map(|v| v.via.as_str())
+        .collect();
+    assert_eq!(vias, ["pagerduty-workflow", "pagerduty-workflow"]);
+    // A vote on a PagerDuty incident we do not know is recorded, and answered 2xx.
+    assert_eq!(
+        pd_vote(&mut w, "d5", "QOTHER", "PDADA", VoteKind::Reject),
+        Reply::Ok
+    );
+    assert!(w.timeline.iter().any(|e| e.subject == "pagerduty:QOTHER"));
+    // Delivery ids are forgotten after three days.
+    w.tick(t(650.0 + 72.0 * 3600.0 + 1.0));
+    assert!(w.st.deliveries.is_empty());
+}
+
+#[test]
+fn a_breach_from_a_pagerduty_incident_is_announced_on_it() {
+    let yaml = rule("r", "    sources: [pagerduty]\n")
+        .replace("alertname=\"HighErrorRate\"", "priority=~\"P0|P1\"");
+    let mut w = World::new(&yaml);
+    with_releases(&mut w);
+    w.send(
+        Event::PagerDuty {
+            delivery: "d1".into(),
+            input: pd_incident_signal(
+                "PX9",
+                None,
+                &[("priority", "P1"), ("service", "web"), ("region", "eu")],
+            ),
+        },
+        t(0.0),
+    );
+    w.run_until(t(600.0));
+    assert_eq!(w.only_incident().pagerduty_incident.as_deref(), Some("PX9"));
+}

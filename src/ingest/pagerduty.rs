@@ -369,6 +369,63 @@ pub fn note_vote(content: &str) -> Option<(bool, Option<String>)> {
     Some((approve, (!reason.is_empty()).then(|| reason.to_string())))
 }
 
+/// What a verified, parsed delivery means: a signal, a vote, or nothing. `approve` and `reject`
+/// are the configured workflow ids.
+pub fn input(
+    e: &PdEvent,
+    approve: Option<&str>,
+    reject: Option<&str>,
+) -> crate::model::PagerDutyInput {
+    use crate::model::{PagerDutyInput, VoteKind};
+    let pd_user = e.agent.as_ref().map(|a| a.id.clone());
+    match &e.kind {
+        PdKind::Incident(i) => match signal(e) {
+            Some(signal) => PagerDutyInput::Incident {
+                signal,
+                incident_key: i.incident_key.clone(),
+            },
+            None => PagerDutyInput::Ignored,
+        },
+        PdKind::WorkflowStarted {
+            incident_id,
+            workflow_id,
+        } => {
+            let vote = if Some(workflow_id.as_str()) == approve {
+                VoteKind::Approve
+            } else if Some(workflow_id.as_str()) == reject {
+                VoteKind::Reject
+            } else {
+                return PagerDutyInput::Ignored;
+            };
+            PagerDutyInput::Vote {
+                pd_incident: incident_id.clone(),
+                pd_user,
+                vote,
+                via: "pagerduty-workflow".to_string(),
+                reason: None,
+            }
+        }
+        PdKind::Note {
+            incident_id,
+            content,
+        } => match note_vote(content) {
+            Some((approve, reason)) => PagerDutyInput::Vote {
+                pd_incident: incident_id.clone(),
+                pd_user,
+                vote: if approve {
+                    VoteKind::Approve
+                } else {
+                    VoteKind::Reject
+                },
+                via: "pagerduty-note".to_string(),
+                reason,
+            },
+            None => PagerDutyInput::Ignored,
+        },
+        PdKind::Ping | PdKind::Other => PagerDutyInput::Ignored,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,110 @@
+//! What announcements say. The reference plan's templates are the defaults:
+//! internal ("Rollback initiated for release vX.Y.Z due to <issue>. Expect <impact>. Next update in
+//! 15 minutes."), external, and the post-incident summary.
+
+use crate::model::{Incident, OutboxEntry};
+
+/// One line that says what happened, for titles and fallbacks.
+pub fn headline(e: &OutboxEntry, inc: &Incident) -> String {
+    let svc = service(inc);
+    match e.kind.as_str() {
+        "approval_requested" => format!(
+            "Approval needed: roll {svc} back to {}",
+            inc.release_to.version
+        ),
+        "approved" => format!("Rollback of {svc} approved"),
+        "rejected" => format!("Rollback of {svc} rejected"),
+        "expired" => format!("Rollback of {svc} not approved in time"),
+        "cancelled" => format!("Rollback of {svc} cancelled: the breach cleared"),
+        "rollback_started" => format!("Rollback initiated: {svc}"),
+        "step_failed" => format!("Rollback step failed: {svc}"),
+        "rolled_back" => format!("Rolled back: {svc} is on {}", inc.release_to.version),
+        "rollback_failed" => format!("ROLLBACK FAILED: {svc} needs a human now"),
+        "freeze_lifted" => format!("Releases of {} unfrozen", inc.service),
+        other => format!("{other}: {svc}"),
+    }
+}
+
+fn service(inc: &Incident) -> String {
+    if inc.environment.is_empty() {
+        inc.service.clone()
+    } else {
+        format!("{} ({})", inc.service, inc.environment)
+    }
+}
+
+/// Why the rollback happens, in words an on-call reads at 3 a.m.
+pub fn issue(inc: &Incident) -> String {
+    let alert = inc
+        .labels
+        .get("alertname")
+        .cloned()
+        .unwrap_or_else(|| inc.rule.clone());
+    format!(
+        "{alert} breaching since {} (rule {})",
+        inc.breach_started_at, inc.rule
+    )
+}
+
+/// The internal template.
+pub fn internal(inc: &Incident) -> String {
+    format!(
+        "Rollback initiated for release {} due to {}. Expect {} to return to {} ({}). Next update in 15 minutes.",
+        inc.release_from.version,
+        issue(inc),
+        service(inc),
+        inc.release_to.version,
+        inc.release_to.deployment_id
+    )
+}
+
+/// The external template, for agencies and clients.
+pub fn external(inc: &Incident) -> String {
+    format!(
+        "We rolled back today's {} update to maintain reliability. Features remain available; no action required. We will advise when rescheduled.",
+        inc.service
+    )
+}
+
+/// The body of an announcement: what happened and what to do.
+pub fn body(e: &OutboxEntry, inc: &Incident, link: Option<&str>) -> String {
+    let mut text = match e.kind.as_str() {
+        "approval_requested" => {
+            let roles = inc.approvals.require_roles.join(", ");
+            let deadline = inc
+                .approvals
+                .deadline
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".to_string());
+            format!(
+                "rollbackd wants to roll {} back from {} ({}) to {} ({}) because of {}. Needs {} approval(s) covering roles [{roles}] by {deadline} (then {}). To approve, run the \"Approve rollback\" workflow on this incident or add a note starting with /approve; to refuse, /reject.",
+                service(inc),
+                inc.release_from.version,
+                inc.release_from.deployment_id,
+                inc.release_to.version,
+                inc.release_to.deployment_id,
+                issue(inc),
+                inc.approvals.quorum,
+                inc.approvals.on_timeout,
+            )
+        }
+        "rollback_started" => internal(inc),
+        "rolled_back" => format!(
+            "{} is back on {} ({}); checks passed. Releases stay frozen until a human lifts the freeze. External notice: \"{}\"",
+            service(inc),
+            inc.release_to.version,
+            inc.release_to.deployment_id,
+            external(inc)
+        ),
+        "rollback_failed" => format!(
+            "Escalation: the rollback of {} did not finish: {}. The service may be half rolled back; releases stay frozen. Take over now.",
+            service(inc),
+            e.detail
+        ),
+        _ => e.detail.clone(),
+    };
+    if let Some(l) = link {
+        text.push_str(&format!(" Incident: {l}"));
+    }
+    text
+}
