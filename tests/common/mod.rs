@@ -2,6 +2,8 @@
 //! temporary directory, talked to over real HTTP.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
