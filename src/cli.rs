@@ -108,6 +108,64 @@ impl Client {
         Ok(())
     }
 
+    /// Fails (exit 1) when the chain is broken.
+    pub async fn verify(&self, id: &str) -> Result<(), CliError> {
+        let (_, v) = self
+            .call(reqwest::Method::GET, &format!("/v1/incidents/{id}"), None)
+            .await?;
+        let chain = &v["timeline_chain"];
+        self.print(chain, |c| {
+            if c["ok"] == true {
+                format!(
+                    "{id}: timeline intact ({} entries, head {})\n",
+                    c["entries"],
+                    s(&c["head"])
+                )
+            } else {
+                format!(
+                    "{id}: timeline BROKEN at entry {} of {}: a record was edited or removed\n",
+                    c["broken_at"], c["entries"]
+                )
+            }
+        });
+        if chain["ok"] == true {
+            Ok(())
+        } else {
+            Err(CliError::Api {
+                status: 200,
+                message: format!("the timeline of {id} does not verify"),
+            })
+        }
+    }
+
+    pub async fn report(&self, id: &str) -> Result<(), CliError> {
+        let path = if self.json {
+            format!("/v1/incidents/{id}/report?format=json")
+        } else {
+            format!("/v1/incidents/{id}/report")
+        };
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path);
+        let mut req = reqwest::Client::new().get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| CliError::Unreachable {
+            url: url.clone(),
+            why: e.to_string(),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        if status >= 400 {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text);
+            return Err(CliError::Api { status, message });
+        }
+        print!("{text}");
+        Ok(())
+    }
+
     pub async fn vote(
         &self,
         id: &str,

@@ -12,6 +12,7 @@
 //! - [`store`]: the only place that says `sled`.
 //! - [`notify`]: delivers the durable outbox (Slack, webhooks, PagerDuty); [`pagerduty`]: its REST
 //!   and Events API client.
+//! - [`report`]: an incident's change-log record and postmortem draft (Markdown, JSON).
 //! - [`cli`]: operator commands, thin clients of the HTTP API.
 //! - [`api`]: thin HTTP handlers; [`metrics`]: the owned Prometheus registry; [`clock`]: time.
 //!
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod pagerduty;
+pub mod report;
 pub mod rules;
 pub mod steps;
 pub mod store;

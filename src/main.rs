@@ -51,6 +51,8 @@ enum Command {
         /// Only this state, e.g. awaiting_approval.
         #[arg(long)]
         state: Option<String>,
+        #[command(subcommand)]
+        action: Option<IncidentAction>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -101,16 +103,29 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum IncidentAction {
+    /// Check an incident's hash-chained timeline; exit 1 when a record was edited or removed.
+    Verify { id: String },
+    /// Print the change-log record and postmortem draft (Markdown; --json for the JSON form).
+    Report { id: String },
+}
+
 #[derive(clap::Args)]
 struct ApiArgs {
     /// rollbackd's address.
-    #[arg(long, env = "ROLLBACKD_URL", default_value = "http://127.0.0.1:9750")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLBACKD_URL",
+        default_value = "http://127.0.0.1:9750"
+    )]
     url: String,
     /// Bearer token (admin for approve/reject/freeze/unfreeze).
-    #[arg(long, env = "ROLLBACKD_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "ROLLBACKD_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the API's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -153,9 +168,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Lint { config, rules_dir } => lint(config, rules_dir),
-        Command::Incidents { state, api } => {
+        Command::Incidents { state, action, api } => {
             let c = api.client();
-            operate(async move { c.incidents(state.as_deref()).await })
+            match action {
+                None => operate(async move { c.incidents(state.as_deref()).await }),
+                Some(IncidentAction::Verify { id }) => operate(async move { c.verify(&id).await }),
+                Some(IncidentAction::Report { id }) => operate(async move { c.report(&id).await }),
+            }
         }
         Command::Approve {
             id,

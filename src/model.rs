@@ -416,6 +416,40 @@ pub struct TimelineEntry {
     pub message: String,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub data: serde_json::Value,
+    /// Hash of the previous entry of the same subject ("" for the first): the chain that makes
+    /// an edited or removed record detectable. Filled in by the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    /// SHA-256 over `prev_hash` and this entry without its hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+impl TimelineEntry {
+    /// The chain hash of this entry after `prev` (hex).
+    pub fn chain_hash(&self, prev: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut bare = self.clone();
+        bare.prev_hash = None;
+        bare.hash = None;
+        let mut h = Sha256::new();
+        h.update(prev.as_bytes());
+        h.update(b"\n");
+        h.update(serde_json::to_vec(&bare).unwrap_or_default());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Whether a subject's timeline chain holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainStatus {
+    pub ok: bool,
+    pub entries: usize,
+    /// The hash of the last entry: anchor it elsewhere (a ticket, a note) to detect a rewrite.
+    pub head: String,
+    /// Index of the first entry that does not match, when broken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<usize>,
 }
 
 /// `ts + d`, saturating at the far future instead of overflowing on absurd inputs.

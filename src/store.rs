@@ -134,9 +134,19 @@ impl Store {
         let base = self
             .timeline_seq
             .fetch_add(timeline.len() as u64, Ordering::SeqCst);
+        let mut heads: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
         for (i, t) in timeline.iter().enumerate() {
             let seq = base + i as u64 + 1;
-            writes.push((4, timeline_key(&t.subject, seq), Some(json(t)?)));
+            let prev = match heads.get(t.subject.as_str()) {
+                Some(h) => h.clone(),
+                None => self.chain_head(&t.subject)?,
+            };
+            let mut t = t.clone();
+            let hash = t.chain_hash(&prev);
+            t.prev_hash = Some(prev);
+            t.hash = Some(hash.clone());
+            heads.insert(timeline[i].subject.as_str(), hash);
+            writes.push((4, timeline_key(&t.subject, seq), Some(json(&t)?)));
         }
         if !timeline.is_empty() {
             let last = base + timeline.len() as u64;
@@ -208,6 +218,48 @@ impl Store {
             .scan_prefix(prefix)
             .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
             .collect()
+    }
+
+    /// The hash of a subject's last timeline entry ("" when it has none).
+    fn chain_head(&self, subject: &str) -> Result<String> {
+        let mut prefix = subject.as_bytes().to_vec();
+        prefix.push(0);
+        match self.timeline.scan_prefix(prefix).next_back() {
+            Some(kv) => {
+                let t: TimelineEntry = serde_json::from_slice(&kv?.1)?;
+                Ok(t.hash.unwrap_or_default())
+            }
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Recomputes a subject's chain: every entry must point at its predecessor and hash to what
+    /// it says.
+    pub fn verify_chain(&self, subject: &str) -> Result<ChainStatus> {
+        let entries = self.timeline(subject)?;
+        let mut prev = String::new();
+        for (i, t) in entries.iter().enumerate() {
+            let ok = t.prev_hash.as_deref() == Some(prev.as_str())
+                && t.hash.as_deref() == Some(t.chain_hash(&prev).as_str());
+            if !ok {
+                return Ok(ChainStatus {
+                    ok: false,
+                    entries: entries.len(),
+                    head: entries
+                        .last()
+                        .and_then(|t| t.hash.clone())
+                        .unwrap_or_default(),
+                    broken_at: Some(i),
+                });
+            }
+            prev = t.hash.clone().unwrap_or_default();
+        }
+        Ok(ChainStatus {
+            ok: true,
+            entries: entries.len(),
+            head: prev,
+            broken_at: None,
+        })
     }
 
     pub fn open_breaches(&self) -> Result<Vec<Breach>> {
@@ -361,6 +413,8 @@ mod tests {
                     actor: "a".into(),
                     message: "m".into(),
                     data: serde_json::Value::Null,
+                    prev_hash: None,
+                    hash: None,
                 }],
             )
             .await
@@ -379,5 +433,70 @@ mod tests {
         assert_eq!(st.releases["web"][0].deployment_id, "a");
         assert_eq!(s.timeline("inc-1").unwrap().len(), 1);
         assert!(s.timeline("inc-").unwrap().is_empty());
+    }
+
+    fn entry(subject: &str, message: &str) -> TimelineEntry {
+        TimelineEntry {
+            at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            subject: subject.into(),
+            kind: "k".into(),
+            actor: "rollbackd".into(),
+            message: message.into(),
+            data: serde_json::Value::Null,
+            prev_hash: None,
+            hash: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_timeline_chain_detects_an_edited_or_removed_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.commit(
+            &[],
+            &[
+                entry("inc-9", "one"),
+                entry("inc-8", "other"),
+                entry("inc-9", "two"),
+            ],
+        )
+        .await
+        .unwrap();
+        s.commit(&[], &[entry("inc-9", "three")]).await.unwrap();
+        let st = s.verify_chain("inc-9").unwrap();
+        assert!(st.ok && st.entries == 3 && st.head.len() == 64, "{st:?}");
+        let t = s.timeline("inc-9").unwrap();
+        assert_eq!(t[1].prev_hash, t[0].hash);
+        assert_eq!(t[0].prev_hash.as_deref(), Some(""));
+
+        // Someone edits the second record in place (a valid JSON record, a different message).
+        let keys: Vec<sled::IVec> = s
+            .timeline
+            .scan_prefix(b"inc-9\0")
+            .keys()
+            .map(|k| k.unwrap())
+            .collect();
+        let mut edited: TimelineEntry =
+            serde_json::from_slice(&s.timeline.get(&keys[1]).unwrap().unwrap()).unwrap();
+        edited.message = "nothing happened".into();
+        s.timeline
+            .insert(&keys[1], serde_json::to_vec(&edited).unwrap())
+            .unwrap();
+        let st = s.verify_chain("inc-9").unwrap();
+        assert_eq!((st.ok, st.broken_at), (false, Some(1)));
+
+        // Put it back, then remove the first record instead.
+        edited.message = "two".into();
+        s.timeline
+            .insert(&keys[1], serde_json::to_vec(&edited).unwrap())
+            .unwrap();
+        assert!(s.verify_chain("inc-9").unwrap().ok);
+        s.timeline.remove(&keys[0]).unwrap();
+        let st = s.verify_chain("inc-9").unwrap();
+        assert_eq!((st.ok, st.broken_at), (false, Some(0)));
+        assert!(
+            s.verify_chain("inc-8").unwrap().ok,
+            "other subjects are untouched"
+        );
     }
 }

@@ -118,6 +118,10 @@ pub fn router(app: Arc<App>) -> Router {
             get(get_incident).route_layer(with(Guard::Read)),
         )
         .route(
+            "/v1/incidents/{id}/report",
+            get(get_report).route_layer(with(Guard::Read)),
+        )
+        .route(
             "/v1/incidents/{id}/approve",
             post(approve).route_layer(with(Guard::Admin)),
         )
@@ -367,7 +371,43 @@ fn incident_view(app: &App, id: &str) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(&inc).map_err(|e| ApiError::internal(e.to_string()))?;
     v["timeline"] =
         serde_json::to_value(timeline).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["timeline_chain"] = serde_json::to_value(app.store.verify_chain(id)?)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(v)
+}
+
+#[derive(Deserialize)]
+struct ReportQuery {
+    format: Option<String>,
+}
+
+/// The change-log record and postmortem draft: Markdown, or JSON with `?format=json`.
+async fn get_report(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let inc = app
+        .store
+        .incident(&id)?
+        .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+    let timeline = app.store.timeline(&id)?;
+    let chain = app.store.verify_chain(&id)?;
+    let breach_closed = app.store.breach(&inc.breach)?.and_then(|b| b.closed_at);
+    let freeze = app.store.freeze(&inc.service)?;
+    let report =
+        crate::report::Report::new(&inc, breach_closed, freeze.as_ref(), &timeline, &chain);
+    match q.format.as_deref() {
+        None | Some("markdown") | Some("md") => Ok((
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            report.markdown(),
+        )
+            .into_response()),
+        Some("json") => Ok(Json(report).into_response()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "format `{other}` is not one of: markdown, json"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]

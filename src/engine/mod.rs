@@ -228,6 +228,8 @@ impl Tx<'_> {
             actor: actor.to_string(),
             message,
             data,
+            prev_hash: None,
+            hash: None,
         });
     }
 }
@@ -473,6 +475,8 @@ impl State {
                                 b.started_at
                             ),
                             data: serde_json::Value::Null,
+                            prev_hash: None,
+                            hash: None,
                         });
                     }
                     if changed {
@@ -510,6 +514,8 @@ impl State {
                                 add(since, rule.clear_after)
                             ),
                             data: serde_json::Value::Null,
+                            prev_hash: None,
+                            hash: None,
                         });
                     }
                     Self::save_breach(tx, b);
