@@ -339,6 +339,9 @@ pub struct Incident {
     pub steps: Vec<StepRun>,
     /// Freeze the service's releases when the first step starts.
     pub freeze: bool,
+    /// The rule's own `internal` / `external` announcement texts, rendered for this incident.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub messages: BTreeMap<String, String>,
     /// The PagerDuty incident this incident is announced on, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pagerduty_incident: Option<String>,

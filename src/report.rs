@@ -370,6 +370,7 @@ mod tests {
                 ),
             ],
             freeze: true,
+            messages: Default::default(),
             pagerduty_incident: Some("Q1ABCDEF".into()),
             rollback_started_at: Some(ts("2026-11-24T10:17:00Z")),
             verify_deadline: Some(ts("2026-11-24T10:28:00Z")),

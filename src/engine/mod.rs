@@ -661,6 +661,22 @@ impl State {
         );
         vars.insert("release.current.version".into(), current.version.clone());
 
+        let mut messages = BTreeMap::new();
+        for (key, t) in &rule.messages {
+            match t.render(&vars) {
+                Ok(text) => {
+                    messages.insert(key.clone(), text);
+                }
+                Err(e) => tx.note(
+                    &id,
+                    "message_default",
+                    "rollbackd",
+                    format!(
+                        "the rule's {key} message cannot be rendered ({e}); using the built-in one"
+                    ),
+                ),
+            }
+        }
         let shadow = rule.mode == Mode::Shadow || tx.ctx.dry_run;
         let steps = plan_steps(&rule.steps, &vars, shadow);
         let after = plan_steps(&rule.after, &vars, shadow);
@@ -712,6 +728,7 @@ impl State {
             approvals: approval,
             steps,
             freeze: rule.freeze,
+            messages,
             pagerduty_incident: b.pagerduty_incident.clone(),
             rollback_started_at: None,
             verify_deadline: None,

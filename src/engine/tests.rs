@@ -1473,3 +1473,23 @@ fn a_breach_from_a_pagerduty_incident_is_announced_on_it() {
     w.run_until(t(600.0));
     assert_eq!(w.only_incident().pagerduty_incident.as_deref(), Some("PX9"));
 }
+
+#[test]
+fn rules_may_override_the_announcement_texts() {
+    let mut w = World::new(&rule(
+        "r",
+        "    messages:\n      internal: \"Rolling {{ service }} back from {{ release.current.version }} to {{ release.previous.version }}\"\n      external: \"{{ labels.region }} customers: {{ service }} update paused\"\n",
+    ));
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(600.0));
+    let inc = w.only_incident();
+    assert_eq!(
+        inc.messages["internal"],
+        "Rolling web back from v-dpl-b to v-dpl-a"
+    );
+    assert_eq!(
+        crate::notify::message::external(inc),
+        "eu-west-1 customers: web update paused"
+    );
+}

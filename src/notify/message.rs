@@ -48,6 +48,9 @@ pub fn issue(inc: &Incident) -> String {
 
 /// The internal template.
 pub fn internal(inc: &Incident) -> String {
+    if let Some(text) = inc.messages.get("internal") {
+        return text.clone();
+    }
     format!(
         "Rollback initiated for release {} due to {}. Expect {} to return to {} ({}). Next update in 15 minutes.",
         inc.release_from.version,
@@ -60,6 +63,9 @@ pub fn internal(inc: &Incident) -> String {
 
 /// The external template, for agencies and clients.
 pub fn external(inc: &Incident) -> String {
+    if let Some(text) = inc.messages.get("external") {
+        return text.clone();
+    }
     format!(
         "We rolled back today's {} update to maintain reliability. Features remain available; no action required. We will advise when rescheduled.",
         inc.service

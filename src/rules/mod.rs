@@ -119,6 +119,8 @@ pub struct Rule {
     pub budget: Option<Budget>,
     pub freeze: bool,
     pub notify: Vec<String>,
+    /// Overrides of the built-in `internal` / `external` announcement texts.
+    pub messages: BTreeMap<String, Template>,
 }
 
 impl Rule {
@@ -298,6 +300,15 @@ struct RawRule {
     freeze: bool,
     #[serde(default)]
     notify: Vec<Spanned<String>>,
+    #[serde(default)]
+    messages: RawMessages,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMessages {
+    internal: Option<Spanned<String>>,
+    external: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -673,6 +684,15 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
             );
         }
     }
+    let mut messages = BTreeMap::new();
+    for (key, text) in [
+        ("internal", &r.messages.internal),
+        ("external", &r.messages.external),
+    ] {
+        if let Some(t) = text.as_ref().and_then(|t| lint.template(t, Scope::Step)) {
+            messages.insert(key.to_string(), t);
+        }
+    }
     if lint.problems[before..]
         .iter()
         .any(|p| p.severity == Severity::Error)
@@ -699,6 +719,7 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
         budget,
         freeze: r.freeze,
         notify: r.notify.into_iter().map(|n| n.value).collect(),
+        messages,
     })
 }
 
