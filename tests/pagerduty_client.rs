@@ -542,6 +542,7 @@ fn incident() -> Incident {
         },
         steps: vec![],
         freeze: false,
+        messages: Default::default(),
         pagerduty_incident: None,
         rollback_started_at: None,
         verify_deadline: None,
