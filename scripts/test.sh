@@ -15,6 +15,7 @@ need_pkgs=()
 type -P prometheus >/dev/null || need_pkgs+=(prometheus)
 type -P prometheus-alertmanager >/dev/null || need_pkgs+=(prometheus-alertmanager)
 type -P kill >/dev/null || need_pkgs+=(procps) # the black-box harness sends SIGTERM with kill(1)
+type -P chromium >/dev/null || need_pkgs+=(chromium) # tests/status_page.rs renders the page in headless Chromium
 
 if ((${#need_pkgs[@]})); then
     say "installing missing test dependencies: ${need_pkgs[*]}"

@@ -291,6 +291,22 @@ impl Store {
         values(&self.outbox)
     }
 
+    /// The newest `n` releases of every service.
+    pub fn recent_releases(
+        &self,
+        n: usize,
+    ) -> Result<std::collections::BTreeMap<String, Vec<Release>>> {
+        let mut all: std::collections::BTreeMap<String, Vec<Release>> = Default::default();
+        for r in values::<Release>(&self.releases)? {
+            all.entry(r.service.clone()).or_default().push(r);
+        }
+        for list in all.values_mut() {
+            list.sort_by_key(|r| std::cmp::Reverse(r.deployed_at));
+            list.truncate(n);
+        }
+        Ok(all)
+    }
+
     pub fn freezes(&self) -> Result<Vec<Freeze>> {
         values(&self.freezes)
     }

@@ -97,6 +97,41 @@ impl App {
         }
     }
 
+    /// The status page: the read token as a bearer token, or as the password of HTTP Basic
+    /// authentication (any user name) so a browser can ask for it.
+    pub fn authorize_page(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let t = &self.config.tokens;
+        let Some(read) = &t.read else {
+            return self.authorize(headers, TokenKind::Read);
+        };
+        let basic = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .and_then(|b| decode_base64(b.trim()))
+            .and_then(|raw| String::from_utf8(raw).ok());
+        if let Some(userpass) = basic {
+            let password = userpass.split_once(':').map(|(_, p)| p).unwrap_or("");
+            let ok = std::iter::once(read)
+                .chain(t.admin.iter())
+                .any(|w| token_matches(password, w));
+            if ok {
+                return Ok(());
+            }
+        } else if self.authorize(headers, TokenKind::Read).is_ok() {
+            return Ok(());
+        }
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the status page needs the read token (as the Basic password, or a Bearer token)",
+        );
+        e.www_authenticate = true;
+        Err(e)
+    }
+
     /// Quota, then token, for an ingest source; refusals are counted by reason.
     pub fn admit(
         &self,
@@ -166,6 +201,31 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
         .map_err(|_| refuse("X-Grafana-Alerting-Signature does not match the body"))
 }
 
+/// Standard base64 (with or without padding), for HTTP Basic credentials.
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
@@ -174,4 +234,15 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(super::decode_base64("dXNlcjpwYXNz").unwrap(), b"user:pass");
+        assert_eq!(super::decode_base64("YTpi").unwrap(), b"a:b");
+        assert_eq!(super::decode_base64("YQ==").unwrap(), b"a");
+        assert!(super::decode_base64("!!").is_none());
+    }
 }

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub error: String,
     pub detail: Value,
     pub retry_after: Option<u64>,
+    /// Ask a browser for credentials (`WWW-Authenticate: Basic`).
+    pub www_authenticate: bool,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             error: error.into(),
             detail: Value::Null,
             retry_after: None,
+            www_authenticate: false,
         }
     }
 
@@ -78,6 +81,12 @@ impl IntoResponse for ApiError {
             Json(json!({"error": self.error, "detail": self.detail})),
         )
             .into_response();
+        if self.www_authenticate {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"rollbackd\", charset=\"UTF-8\""),
+            );
+        }
         if let Some(s) = self.retry_after
             && let Ok(v) = s.to_string().parse()
         {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+pub mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -141,6 +142,7 @@ pub fn router(app: Arc<App>) -> Router {
                     .route_layer(with(Guard::Admin)),
             ),
         )
+        .route("/", get(status_page))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -544,6 +546,22 @@ async fn delete_freeze(
         Reply::Ok => Ok(Json(json!({"frozen": false, "service": service})).into_response()),
         other => Err(ApiError::from_reply(other)),
     }
+}
+
+async fn status_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.authorize_page(&headers)?;
+    let html = status::render(&app)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response())
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

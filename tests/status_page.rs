@@ -1,0 +1,190 @@
+//! The status page as a person sees it: rendered by a real headless Chromium during a live
+//! incident. Chromium comes from Debian's `chromium` package (`scripts/test.sh` installs it).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const READ: &str = "statusPageReadToken0123456789ab";
+const ADMIN: &str = "statusPageAdminToken0123456789ab";
+
+fn chromium() -> String {
+    for name in ["chromium", "chromium-browser"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+        {
+            return name.to_string();
+        }
+    }
+    panic!("chromium is not installed: `apt-get install -y chromium` (scripts/test.sh does it)");
+}
+
+/// The page's DOM after Chromium loaded and rendered it, and a screenshot next to it.
+fn render(url: &str, shot: &std::path::Path) -> String {
+    let profile = tempfile::tempdir().expect("profile");
+    let common_flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1280,1400",
+    ];
+    let out = Command::new(chromium())
+        .args(common_flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = Command::new(chromium())
+        .args(common_flags)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(url)
+        .output();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_person_sees_the_live_incident_its_approvals_breaches_freezes_and_releases() {
+    let rules = r#"rules:
+  - name: checkout-errors
+    match: ['alertname="CheckoutErrors"']
+    group_by: [service]
+    service: "{{ labels.service }}"
+    breach: { sustained: 2s }
+    release: { max_age: 1h }
+    approval: { require_roles: [founder, client-success-lead], quorum: 2, timeout: 10m }
+    steps:
+      - name: roll back
+        run: [/bin/true]
+  - name: slow-breach
+    match: ['alertname="Latency"']
+    group_by: [service]
+    service: search
+    breach: { sustained: 1h }
+    steps:
+      - name: roll back
+        run: [/bin/true]
+"#;
+    let config = format!(
+        "tokens: {{ read: \"{READ}\", admin: \"{ADMIN}\" }}\npeople:\n  - {{ id: ada, roles: [founder] }}\n  - {{ id: cy, roles: [client-success-lead] }}\n"
+    );
+    let setup = Setup::new(&config, rules);
+    let d = setup.start();
+    for (v, ago) in [("v1.4.0", -900.0), ("v1.5.0", -600.0)] {
+        let (s, b) = post(
+            &d.url("/v1/releases"),
+            None,
+            &json!({"service": "checkout", "environment": "production", "version": v, "deployment_id": format!("dpl-{v}"), "deployed_at": ts(ago)}),
+        );
+        assert_eq!(s, 201, "{b}");
+    }
+    post(
+        &d.url("/v1/webhooks/alertmanager"),
+        None,
+        &am_alert(
+            "firing",
+            json!({"alertname": "CheckoutErrors", "service": "checkout"}),
+            &ts(-5.0),
+            "f1",
+        ),
+    );
+    // A hostile label value must show as text, never as markup.
+    post(
+        &d.url("/v1/webhooks/alertmanager"),
+        None,
+        &am_alert(
+            "firing",
+            json!({"alertname": "Latency", "service": "<script>document.title='pwned'</script>"}),
+            &ts(-1.0),
+            "f2",
+        ),
+    );
+    let id = wait_for(Duration::from_secs(10), || {
+        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), Some(READ));
+        v["items"][0]["id"].as_str().map(String::from)
+    })
+    .expect("awaiting approval");
+    let (s, _) = post(
+        &d.url(&format!("/v1/incidents/{id}/approve")),
+        Some(ADMIN),
+        &json!({"person": "ada"}),
+    );
+    assert_eq!(s, 200);
+    let (s, _) = post(&d.url("/v1/freezes/billing"), None, &json!({}));
+    assert_eq!(s, 405, "freezes are PUT");
+    let r = client()
+        .put(d.url("/v1/freezes/billing"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"reason": "quarter close"}))
+        .send()
+        .expect("freeze");
+    assert_eq!(r.status().as_u16(), 200);
+
+    // Without the read token a browser is asked for it.
+    let r = client().get(d.url("/")).send().expect("page");
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+
+    let url = d.base.replace("http://", &format!("http://ops:{READ}@")) + "/";
+    let shot = setup.path().join("status.png");
+    let dom = render(&url, &shot);
+    assert!(
+        dom.contains("<title>rollbackd: 1 active, 2 breaches</title>"),
+        "{dom}"
+    );
+    for seen in [
+        "Waiting for approval",
+        &id,
+        "checkout v1.5.0 → v1.4.0",
+        "ada Approve",
+        "2 of roles [founder, client-success-lead]",
+        "Open breaches",
+        "checkout-errors",
+        "slow-breach",
+        "Release freezes",
+        "billing",
+        "quarter close",
+        "Recent releases",
+        "dpl-v1.5.0",
+        "awaiting_approval",
+    ] {
+        assert!(
+            dom.contains(seen),
+            "the page does not show {seen:?}:\n{dom}"
+        );
+    }
+    assert!(
+        !dom.contains("<script>document.title"),
+        "label rendered as markup:\n{dom}"
+    );
+    assert!(dom.contains("&lt;script&gt;"), "{dom}");
+    assert!(!dom.contains("pwned</title>"));
+    assert!(shot.exists(), "no screenshot");
+    if let Ok(dir) = std::env::var("ROLLBACKD_KEEP_SCREENSHOT") {
+        let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("status.png"));
+    }
+}
