@@ -38,6 +38,8 @@ pub struct Call {
     pub body: Value,
     pub raw_body: String,
     pub status: u16,
+    /// When the request arrived.
+    pub at: Instant,
 }
 
 impl Call {
@@ -217,6 +219,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let at = Instant::now();
     let path = uri.path().to_string();
     let raw_body = String::from_utf8_lossy(&body).into_owned();
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -252,6 +255,7 @@ async fn handle(
         body: json_body,
         raw_body,
         status,
+        at,
     });
     let mut resp = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
