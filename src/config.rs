@@ -140,6 +140,10 @@ pub struct Config {
     pub limits: Limits,
     /// Output of captured step stdout/stderr kept per step, in bytes.
     pub step_output_bytes: usize,
+    /// Append every accepted input to an input log that `rollbackd replay` reads.
+    pub record_inputs: bool,
+    /// Where the input log goes; default `<data_dir>/inputs.jsonl`.
+    pub inputs_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -156,6 +160,8 @@ impl Default for Config {
             notifiers: BTreeMap::new(),
             limits: Limits::default(),
             step_output_bytes: 4096,
+            record_inputs: false,
+            inputs_file: None,
         }
     }
 }
@@ -237,6 +243,29 @@ impl Config {
             if !(url.expose().starts_with("https://") || url.expose().starts_with("http://")) {
                 return Err(format!(
                     "notifiers.{name}: the URL must start with http:// or https://"
+                ));
+            }
+        }
+        if let Some(pd) = &self.pagerduty {
+            if let Some(k) = &pd.routing_key
+                && k.expose().len() != 32
+            {
+                return Err("pagerduty.routing_key must be the 32-character integration key of an Events API v2 integration".to_string());
+            }
+            if let Some(key) = pd
+                .workflows
+                .keys()
+                .find(|k| *k != "approve" && *k != "reject")
+            {
+                return Err(format!(
+                    "pagerduty.workflows: `{key}` is not `approve` or `reject`"
+                ));
+            }
+            if let Some(from) = &pd.from
+                && !from.contains('@')
+            {
+                return Err(format!(
+                    "pagerduty.from: `{from}` must be the email of a PagerDuty user (REST writes are made as that user)"
                 ));
             }
         }
@@ -387,6 +416,9 @@ mod tests {
             ("notifiers: {x: {slack_webhook: nope}}", "notifiers.x"),
             ("notifiers: {x: {email: a@b}}", "slack_webhook"),
             ("notifiers: {x: {}}", "slack_webhook"),
+            ("pagerduty: {routing_key: short}", "routing_key"),
+            ("pagerduty: {workflows: {aprove: P1}}", "aprove"),
+            ("pagerduty: {from: Rollback Bot}", "pagerduty.from"),
             ("tokens: {read: short}", "shorter"),
             ("rules: [", "t:1:"),
             ("x: \"${vault:a}\"", "not a reference"),

@@ -401,6 +401,10 @@ pub struct OutboxEntry {
     pub kind: String,
     pub detail: String,
     pub at: Timestamp,
+    /// The incident's state when this was announced: messages describe that moment, not the
+    /// state at delivery (which may be much later after an outage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<IncidentState>,
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_at: Option<Timestamp>,

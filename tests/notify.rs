@@ -486,6 +486,25 @@ fn rollback_is_announced_in_order_to_slack_and_a_signed_webhook() {
     let headers = slack_headers(&s);
     assert!(headers[0].contains("approved"), "{headers:?}");
     assert!(headers[1].contains("Rollback initiated"), "{headers:?}");
+    // Each message shows the state of its own moment, not the state at delivery.
+    let states: Vec<String> = s
+        .iter()
+        .map(|r| {
+            r.body["blocks"][2]["fields"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "*State*\napproved",
+            "*State*\nrolling_back",
+            "*State*\nrolled_back"
+        ],
+        "{states:?}"
+    );
     assert!(
         headers[2].contains("Rolled back") && headers[2].contains("v-A"),
         "{headers:?}"

@@ -562,6 +562,11 @@ fn reject_workflow_ends_the_request_and_nothing_runs() {
                     .is_some_and(|n| n.contains("rejected"))
         })
     });
+    // Nobody needs paging about it any more: the alert rollbackd opened is resolved.
+    f.pd.wait_for(Duration::from_secs(5), |c| {
+        c.iter()
+            .any(|c| c.path == "/v2/enqueue" && c.body["event_action"] == "resolve")
+    });
 }
 
 #[test]

@@ -984,6 +984,7 @@ impl State {
         if tx.ctx.pagerduty {
             targets.push("pagerduty".to_string());
         }
+        let state = inc.state;
         for target in targets {
             let seq = self.seq(tx);
             tx.out.changes.push(Change::Outbox(Box::new(OutboxEntry {
@@ -993,6 +994,7 @@ impl State {
                 kind: kind.to_string(),
                 detail: detail.clone(),
                 at: tx.now,
+                state: Some(state),
                 attempts: 0,
                 next_at: None,
                 last_error: None,

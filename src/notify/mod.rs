@@ -44,6 +44,8 @@ impl Notifier {
     pub async fn run(self: Arc<Self>) {
         let mut busy: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<String> = JoinSet::new();
+        // Which target a task delivers for, so a task that panics frees its queue too.
+        let mut owners: std::collections::HashMap<tokio::task::Id, String> = Default::default();
         loop {
             let now = self.clock.now();
             let entries = match self.store.outbox() {
@@ -70,10 +72,12 @@ impl Notifier {
                     _ => {
                         busy.insert(target.clone());
                         let me = self.clone();
-                        tasks.spawn(async move {
+                        let t = target.clone();
+                        let handle = tasks.spawn(async move {
                             me.deliver(e).await;
-                            target
+                            t
                         });
+                        owners.insert(handle.id(), target);
                     }
                 }
             }
@@ -85,8 +89,15 @@ impl Notifier {
                 _ = self.stopping.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok(target) = done {
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(err) => {
+                            tracing::error!(error = %err, "a delivery task failed; its queue continues");
+                            err.id()
+                        }
+                    };
+                    if let Some(target) = owners.remove(&id) {
                         busy.remove(&target);
                     }
                 }
@@ -97,7 +108,15 @@ impl Notifier {
 
     async fn deliver(&self, e: OutboxEntry) {
         let inc = match self.store.incident(&e.incident) {
-            Ok(Some(i)) => i,
+            // As it was when announced: the state and why of that transition.
+            Ok(Some(mut i)) => {
+                if let Some(st) = e.state {
+                    i.state = st;
+                    i.reason = Some(e.detail.clone());
+                    i.updated_at = e.at;
+                }
+                i
+            }
             Ok(None) => {
                 self.report(
                     e,
@@ -306,7 +325,7 @@ impl Notifier {
             // Announced on a PagerDuty incident: a note for each transition; when it is the
             // incident rollbackd opened, a verified rollback also resolves it (idempotent, first).
             (Some(pd_id), key) => {
-                let resolved = match key.filter(|_| e.kind == "rolled_back") {
+                let resolved = match key.filter(|_| ends_the_page(&e.kind)) {
                     Some(k) => pd
                         .enqueue(&event(k, EventAction::Resolve))
                         .await
@@ -322,7 +341,7 @@ impl Notifier {
                 }
             }
             (None, Some(key)) => {
-                let action = if e.kind == "rolled_back" {
+                let action = if ends_the_page(&e.kind) {
                     EventAction::Resolve
                 } else {
                     EventAction::Trigger
@@ -347,6 +366,12 @@ impl Notifier {
             Err(PdError::Permanent(why)) => Delivery::Dropped { error: why },
         }
     }
+}
+
+/// Announcements after which nobody needs to be paged about this incident any more: the alert
+/// rollbackd opened is resolved. A failed rollback keeps paging.
+fn ends_the_page(kind: &str) -> bool {
+    matches!(kind, "rolled_back" | "rejected" | "expired" | "cancelled")
 }
 
 /// The Events API dedup key of a rollbackd incident; PagerDuty's `incident_key` of the incident
