@@ -26,7 +26,7 @@ pub enum EngineError {
 
 pub struct Command {
     event: Event,
-    reply: oneshot::Sender<Result<Reply, EngineError>>,
+    reply: oneshot::Sender<Result<(Reply, jiff::Timestamp), EngineError>>,
 }
 
 /// How the rest of the daemon talks to the engine task.
@@ -38,6 +38,12 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Sends an event and waits until its consequences are durable.
     pub async fn send(&self, event: Event) -> Result<Reply, EngineError> {
+        self.send_at(event).await.map(|(reply, _)| reply)
+    }
+
+    /// As [`EngineHandle::send`], also returning the `now` the engine handled the event at (the
+    /// input log records it, so a replay sees the event at the same instant).
+    pub async fn send_at(&self, event: Event) -> Result<(Reply, jiff::Timestamp), EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command { event, reply })
@@ -96,15 +102,15 @@ impl Driver {
                     let Some(cmd) = cmd else { break };
                     let res = self.apply(cmd.event).await;
                     match res {
-                        Ok((reply, effects)) => {
-                            let _ = cmd.reply.send(Ok(reply));
+                        Ok((reply, effects, now)) => {
+                            let _ = cmd.reply.send(Ok((reply, now)));
                             effects.into_iter().for_each(&perform);
                         }
                         Err(e) => { let _ = cmd.reply.send(Err(e)); }
                     }
                 }
                 _ = sleep => {
-                    if let Ok((_, effects)) = self.apply(Event::Tick).await {
+                    if let Ok((_, effects, _)) = self.apply(Event::Tick).await {
                         effects.into_iter().for_each(&perform);
                     }
                 }
@@ -148,7 +154,7 @@ impl Driver {
         for t in &out.timeline {
             tracing::info!(subject = %t.subject, kind = %t.kind, actor = %t.actor, "{}", t.message);
         }
-        Ok(input.finish(out))
+        Ok(input.finish(out, now))
     }
 }
 
@@ -156,16 +162,16 @@ impl Driver {
 trait Input {
     type Out;
     fn feed(&self, st: &mut State, ctx: &Context, now: jiff::Timestamp) -> crate::engine::Output;
-    fn finish(self, out: crate::engine::Output) -> Self::Out;
+    fn finish(self, out: crate::engine::Output, now: jiff::Timestamp) -> Self::Out;
 }
 
 impl Input for Event {
-    type Out = (Reply, Vec<Effect>);
+    type Out = (Reply, Vec<Effect>, jiff::Timestamp);
     fn feed(&self, st: &mut State, ctx: &Context, now: jiff::Timestamp) -> crate::engine::Output {
         st.handle(ctx, self.clone(), now)
     }
-    fn finish(self, out: crate::engine::Output) -> Self::Out {
-        (out.reply, out.effects)
+    fn finish(self, out: crate::engine::Output, now: jiff::Timestamp) -> Self::Out {
+        (out.reply, out.effects, now)
     }
 }
 
@@ -176,7 +182,7 @@ impl Input for Recover {
     fn feed(&self, st: &mut State, ctx: &Context, now: jiff::Timestamp) -> crate::engine::Output {
         st.recover(ctx, now)
     }
-    fn finish(self, out: crate::engine::Output) -> Self::Out {
+    fn finish(self, out: crate::engine::Output, _now: jiff::Timestamp) -> Self::Out {
         out.effects
     }
 }

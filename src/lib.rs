@@ -30,10 +30,12 @@ pub mod driver;
 pub mod engine;
 pub mod executor;
 pub mod ingest;
+pub mod inputs;
 pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod pagerduty;
+pub mod replay;
 pub mod report;
 pub mod rules;
 pub mod steps;
@@ -67,6 +69,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub limiters: api::Limiters,
     pub ready: AtomicBool,
+    /// The input log (`record_inputs: true`), written by [`App::send_recorded`].
+    pub inputs: Option<inputs::Recorder>,
 }
 
 /// Everything `serve` needs, validated.
@@ -86,6 +90,8 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("input log: {0}")]
+    Inputs(std::io::Error),
 }
 
 impl Daemon {
@@ -127,6 +133,8 @@ impl Daemon {
             metrics: metrics.clone(),
             clock: self.clock.clone(),
             ready: AtomicBool::new(false),
+            inputs: inputs::Recorder::for_config(&config, &self.data_dir)
+                .map_err(ServeError::Inputs)?,
         });
         let stop_engine = CancellationToken::new();
         let outbox = Arc::new(tokio::sync::Notify::new());

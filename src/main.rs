@@ -101,6 +101,9 @@ enum Command {
         /// Rules directory; default: the config's rules_dir, else ./rules.
         rules_dir: Option<PathBuf>,
     },
+    /// Backtest: feed recorded inputs through the engine on a virtual clock and print every
+    /// decision with its time. Exit 0 ok, 1 differs from --expect, 64 bad input or rules.
+    Replay(rollbackd::replay::Args),
 }
 
 #[derive(Subcommand)]
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Lint { config, rules_dir } => lint(config, rules_dir),
+        Command::Replay(args) => ExitCode::from(rollbackd::replay::command(args)),
         Command::Incidents { state, action, api } => {
             let c = api.client();
             match action {

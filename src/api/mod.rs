@@ -197,6 +197,7 @@ fn malformed(app: &App, source: &str, e: IngestError) -> ApiError {
 async fn ingest_signals(
     app: &App,
     source: &str,
+    body: &[u8],
     signals: Vec<Signal>,
 ) -> Result<Response, ApiError> {
     let n = signals.len();
@@ -206,7 +207,8 @@ async fn ingest_signals(
             .with_label_values(&[s.source.as_str()])
             .inc_by(n as u64);
     }
-    app.engine.send(Event::Signals(signals)).await?;
+    app.send_recorded(source, body, Event::Signals(signals))
+        .await?;
     tracing::debug!(source, n, "signals accepted");
     Ok(Json(json!({"accepted": n})).into_response())
 }
@@ -216,7 +218,7 @@ async fn alertmanager(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let s = ingest::alertmanager::parse(&body).map_err(|e| malformed(&app, "alertmanager", e))?;
-    ingest_signals(&app, "alertmanager", s).await
+    ingest_signals(&app, "alertmanager", &body, s).await
 }
 
 async fn grafana(
@@ -226,7 +228,7 @@ async fn grafana(
 ) -> Result<Response, ApiError> {
     auth::grafana_signature(&app, &headers, &body)?;
     let s = ingest::grafana::parse(&body).map_err(|e| malformed(&app, "grafana", e))?;
-    ingest_signals(&app, "grafana", s).await
+    ingest_signals(&app, "grafana", &body, s).await
 }
 
 /// PagerDuty Webhooks V3: the signature is checked on the exact bytes before anything is parsed;
@@ -273,11 +275,14 @@ async fn pagerduty(
             .inc();
     }
     let reply = app
-        .engine
-        .send(Event::PagerDuty {
-            delivery: delivery.clone(),
-            input,
-        })
+        .send_recorded(
+            "pagerduty",
+            &body,
+            Event::PagerDuty {
+                delivery: delivery.clone(),
+                input,
+            },
+        )
         .await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -295,7 +300,7 @@ async fn signals(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let s = ingest::signals::parse(&body).map_err(|e| malformed(&app, "signal", e))?;
-    ingest_signals(&app, "signal", s).await
+    ingest_signals(&app, "signal", &body, s).await
 }
 
 async fn post_release(
@@ -305,7 +310,10 @@ async fn post_release(
     let r = ingest::releases::parse(&body, app.clock.now())
         .map_err(|e| malformed(&app, "release", e))?;
     let release = r.clone();
-    match app.engine.send(Event::Release(r)).await? {
+    match app
+        .send_recorded("release", &body, Event::Release(r))
+        .await?
+    {
         Reply::Duplicate => {
             Ok(Json(json!({"duplicate": true, "release": release})).into_response())
         }
@@ -433,14 +441,17 @@ async fn vote(
         ));
     }
     match app
-        .engine
-        .send(Event::Vote {
-            incident: id.clone(),
-            person: b.person,
-            vote,
-            via: "break-glass".to_string(),
-            reason: b.reason,
-        })
+        .send_recorded(
+            "vote",
+            b"",
+            Event::Vote {
+                incident: id.clone(),
+                person: b.person,
+                vote,
+                via: "break-glass".to_string(),
+                reason: b.reason,
+            },
+        )
         .await?
     {
         Reply::Ok => incident_view(&app, &id).map(Json),
@@ -512,12 +523,15 @@ async fn put_freeze(
     let b = freeze_body(&body)?;
     let by = b.by.unwrap_or_else(|| "admin".to_string());
     match app
-        .engine
-        .send(Event::Freeze {
-            service: service.clone(),
-            reason: b.reason,
-            by,
-        })
+        .send_recorded(
+            "freeze",
+            b"",
+            Event::Freeze {
+                service: service.clone(),
+                reason: b.reason,
+                by,
+            },
+        )
         .await?
     {
         Reply::Ok => Ok(
@@ -535,12 +549,15 @@ async fn delete_freeze(
     let b = freeze_body(&body)?;
     let by = b.by.unwrap_or_else(|| "admin".to_string());
     match app
-        .engine
-        .send(Event::Unfreeze {
-            service: service.clone(),
-            reason: b.reason,
-            by,
-        })
+        .send_recorded(
+            "unfreeze",
+            b"",
+            Event::Unfreeze {
+                service: service.clone(),
+                reason: b.reason,
+                by,
+            },
+        )
         .await?
     {
         Reply::Ok => Ok(Json(json!({"frozen": false, "service": service})).into_response()),

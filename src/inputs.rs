@@ -1,0 +1,742 @@
+//! The input log: every input the engine accepted, one JSON line each, so `rollbackd replay` can
+//! feed the same inputs through the same engine later.
+//!
+//! A line is `{"at": RFC3339, "source": .., "body": <the webhook body as received>}`:
+//! - `at` is the instant the engine handled the input (its `now`), so a replay sees it at the same
+//!   instant;
+//! - `source` is `alertmanager`, `grafana`, `pagerduty`, `signal` or `release` (bodies as the
+//!   HTTP endpoints take them), or `vote`, `freeze`, `unfreeze` for the break-glass API (bodies
+//!   `{"incident", "person", "vote": "approve"|"reject", "via", "reason"}` and
+//!   `{"service", "reason", "by"}`, since the path carries part of those requests);
+//! - `pagerduty` lines may carry `"delivery"` (the `X-Webhook-Id` header; default `event.id`), and
+//!   `release` lines `"received_at"` (the receipt time, which a release without `deployed_at`
+//!   defaults to; default `at`).
+//!
+//! The reader also takes a Prometheus `ALERTS` range-query export (see [`prometheus`]). The
+//! [`Recorder`] appends lines for the daemon when `record_inputs: true`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::driver::EngineError;
+use crate::engine::{Event, Reply};
+use crate::ingest;
+use crate::model::{Labels, Signal, SignalStatus, Source, VoteKind};
+
+/// One input at the instant the engine is to see it.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub at: Timestamp,
+    pub event: Event,
+}
+
+/// A line of an input file that cannot be used, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputError {
+    pub file: String,
+    /// 1-based; 0 when the problem is the file as a whole.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// What parsing needs besides the bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// PagerDuty workflow ids (`pagerduty.workflows.approve` / `.reject` in the config).
+    pub approve_workflow: Option<String>,
+    pub reject_workflow: Option<String>,
+    /// Prometheus exports: the query step; default the smallest gap between two samples.
+    pub step: Option<Duration>,
+}
+
+impl Options {
+    pub fn from_config(c: &crate::config::Config) -> Options {
+        let wf = |k: &str| {
+            c.pagerduty
+                .as_ref()
+                .and_then(|p| p.workflows.get(k).cloned())
+        };
+        Options {
+            approve_workflow: wf("approve"),
+            reject_workflow: wf("reject"),
+            step: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    at: Timestamp,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    body: &'a RawValue,
+    #[serde(default)]
+    delivery: Option<String>,
+    #[serde(default)]
+    received_at: Option<Timestamp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoteBody {
+    incident: String,
+    person: String,
+    vote: VoteKind,
+    #[serde(default)]
+    via: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeBody {
+    service: String,
+    reason: String,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// Parses one input-log line; `Ok(None)` for a blank line or a `#` comment.
+pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
+    let t = text.trim();
+    if t.is_empty() || t.starts_with('#') {
+        return Ok(None);
+    }
+    let raw: RawLine = serde_json::from_str(t)
+        .map_err(|e| format!("not an input line {{\"at\", \"source\", \"body\"}}: {e}"))?;
+    let body = raw.body.get().as_bytes();
+    let at = raw.at;
+    let event = match raw.source.as_ref() {
+        "alertmanager" => Event::Signals(ingest::alertmanager::parse(body).map_err(msg)?),
+        "grafana" => Event::Signals(ingest::grafana::parse(body).map_err(msg)?),
+        "signal" => Event::Signals(ingest::signals::parse(body).map_err(msg)?),
+        "release" => Event::Release(
+            ingest::releases::parse(body, raw.received_at.unwrap_or(at)).map_err(msg)?,
+        ),
+        "pagerduty" => {
+            let e = ingest::pagerduty::parse(body).map_err(msg)?;
+            let input = ingest::pagerduty::input(
+                &e,
+                opts.approve_workflow.as_deref(),
+                opts.reject_workflow.as_deref(),
+            );
+            Event::PagerDuty {
+                delivery: raw.delivery.unwrap_or_else(|| e.id.clone()),
+                input,
+            }
+        }
+        "vote" => {
+            let v: VoteBody =
+                serde_json::from_slice(body).map_err(|e| format!("vote body: {e}"))?;
+            Event::Vote {
+                incident: v.incident,
+                person: v.person,
+                vote: v.vote,
+                via: v.via.unwrap_or_else(|| "break-glass".to_string()),
+                reason: v.reason,
+            }
+        }
+        s @ ("freeze" | "unfreeze") => {
+            let f: FreezeBody =
+                serde_json::from_slice(body).map_err(|e| format!("{s} body: {e}"))?;
+            let by = f.by.unwrap_or_else(|| "admin".to_string());
+            if s == "freeze" {
+                Event::Freeze {
+                    service: f.service,
+                    reason: f.reason,
+                    by,
+                }
+            } else {
+                Event::Unfreeze {
+                    service: f.service,
+                    reason: f.reason,
+                    by,
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "source: `{other}` is not one of alertmanager, grafana, pagerduty, signal, release, vote, freeze, unfreeze"
+            ));
+        }
+    };
+    Ok(Some(Input { at, event }))
+}
+
+fn msg(e: ingest::IngestError) -> String {
+    e.message
+}
+
+/// Reads an events file: JSON lines in the input-log format, or a Prometheus `ALERTS` range-query
+/// export (one JSON document with `"data": {"resultType": "matrix", ..}`). Inputs come out in file
+/// order; see [`sorted`].
+pub fn read_events(text: &str, file: &str, opts: &Options) -> Result<Vec<Input>, InputError> {
+    if looks_like_prometheus(text) {
+        return prometheus(text, opts.step).map_err(|message| InputError {
+            file: file.to_string(),
+            line: 0,
+            message,
+        });
+    }
+    read_lines(text, file, opts)
+}
+
+/// Input-log lines only.
+pub fn read_lines(text: &str, file: &str, opts: &Options) -> Result<Vec<Input>, InputError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match parse_line(line, opts) {
+            Ok(Some(input)) => out.push(input),
+            Ok(None) => {}
+            Err(message) => {
+                return Err(InputError {
+                    file: file.to_string(),
+                    line: i + 1,
+                    message,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A releases file: input-log lines (`source: release`), or bare `POST /v1/releases` bodies, each
+/// seen at its `deployed_at` (which they must then carry).
+pub fn read_releases(text: &str, file: &str) -> Result<Vec<Input>, InputError> {
+    let opts = Options::default();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let err = |message: String| InputError {
+            file: file.to_string(),
+            line: i + 1,
+            message,
+        };
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(t).map_err(|e| err(format!("not JSON: {e}")))?;
+        if v.get("source").is_some() && v.get("body").is_some() {
+            if let Some(input) = parse_line(t, &opts).map_err(err)? {
+                out.push(input);
+            }
+            continue;
+        }
+        let Some(at) = v
+            .get("deployed_at")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse::<Timestamp>().ok())
+        else {
+            return Err(err(
+                "deployed_at: a bare release needs an RFC 3339 deployed_at (it is replayed at that time)"
+                    .to_string(),
+            ));
+        };
+        let r = ingest::releases::parse(t.as_bytes(), at).map_err(|e| err(e.message))?;
+        out.push(Input {
+            at,
+            event: Event::Release(r),
+        });
+    }
+    Ok(out)
+}
+
+/// All inputs in time order. The sort is stable: equal times keep their order, and `first` comes
+/// before `second` at the same time (pass the releases first: a release seen at the same instant
+/// as an alert was known when the alert came). The daemon writes the log after each event is
+/// durable, so two concurrent requests may be written in either order; `at` is the engine's own
+/// time, and sorting restores the order it saw them in.
+pub fn sorted(first: Vec<Input>, second: Vec<Input>) -> Vec<Input> {
+    let mut all = first;
+    all.extend(second);
+    all.sort_by_key(|i| i.at);
+    all
+}
+
+fn looks_like_prometheus(text: &str) -> bool {
+    let head: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .take(64)
+        .collect();
+    // An input line starts with one of its own keys; an API answer with "status" or "data".
+    head.starts_with("{\"status\"") || head.starts_with("{\"data\"")
+}
+
+#[derive(Deserialize)]
+struct PromAnswer {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    data: Option<PromData>,
+}
+
+#[derive(Deserialize)]
+struct PromData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<PromSeries>,
+}
+
+#[derive(Deserialize)]
+struct PromSeries {
+    metric: BTreeMap<String, String>,
+    #[serde(default)]
+    values: Vec<(f64, String)>,
+}
+
+/// A Prometheus `/api/v1/query_range` answer for `ALERTS` (a matrix) as Alertmanager signals.
+///
+/// Each series with `alertstate="firing"` (series without `alertstate` count as firing; `pending`
+/// ones are skipped) is one alert: its labels without `__name__` and `alertstate`, keyed by a hash
+/// of them. Samples closer than 1.5 × `step` belong to one run. A run becomes a firing signal at
+/// its first sample (also its `startsAt`) and a resolve one step after its last sample (also its
+/// `endsAt`), unless the run lasts to the end of the export, where it is still firing. `step` is
+/// the query's step; without it, the smallest gap between two samples of a series (60 s if no
+/// series has two samples). Samples whose value is `0` count as absent.
+pub fn prometheus(text: &str, step: Option<Duration>) -> Result<Vec<Input>, String> {
+    let a: PromAnswer = serde_json::from_str(text)
+        .map_err(|e| format!("not a Prometheus query_range answer: {e}"))?;
+    if a.status != "success" {
+        return Err(format!(
+            "Prometheus answered status `{}`: {}",
+            a.status,
+            a.error.unwrap_or_default()
+        ));
+    }
+    let Some(data) = a.data else {
+        return Err("data: missing".to_string());
+    };
+    if data.result_type != "matrix" {
+        return Err(format!(
+            "data.resultType: `{}`; export a range query (/api/v1/query_range), which answers a matrix",
+            data.result_type
+        ));
+    }
+    let to_ms = |t: f64| (t * 1000.0).round() as i64;
+    let mut series: Vec<(Labels, Vec<i64>)> = Vec::new();
+    for s in data.result {
+        if s.metric.get("alertstate").is_some_and(|v| v != "firing") {
+            continue;
+        }
+        let labels: Labels = s
+            .metric
+            .into_iter()
+            .filter(|(k, _)| k != "__name__" && k != "alertstate")
+            .collect();
+        let mut ts: Vec<i64> = s
+            .values
+            .iter()
+            .filter(|(_, v)| v.trim() != "0")
+            .map(|(t, _)| to_ms(*t))
+            .collect();
+        ts.sort_unstable();
+        ts.dedup();
+        if !ts.is_empty() {
+            series.push((labels, ts));
+        }
+    }
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    let step_ms = match step {
+        Some(s) => (s.as_millis() as i64).max(1),
+        None => series
+            .iter()
+            .flat_map(|(_, ts)| ts.windows(2).map(|w| w[1] - w[0]))
+            .filter(|d| *d > 0)
+            .min()
+            .unwrap_or(60_000),
+    };
+    let end = series.iter().filter_map(|(_, ts)| ts.last()).max().copied();
+    let ts_of =
+        |ms: i64| Timestamp::from_millisecond(ms).map_err(|e| format!("sample time {ms} ms: {e}"));
+    let mut signals: Vec<(i64, Signal)> = Vec::new();
+    for (labels, ts) in series {
+        let key = ingest::label_fingerprint(&labels);
+        let mut i = 0;
+        while i < ts.len() {
+            let first = ts[i];
+            let mut last = first;
+            i += 1;
+            while i < ts.len() && (ts[i] - last) * 2 <= step_ms * 3 {
+                last = ts[i];
+                i += 1;
+            }
+            signals.push((
+                first,
+                Signal {
+                    source: Source::Alertmanager,
+                    key: key.clone(),
+                    labels: labels.clone(),
+                    status: SignalStatus::Firing,
+                    starts_at: Some(ts_of(first)?),
+                    ends_at: None,
+                },
+            ));
+            if Some(last) != end {
+                let gone = last + step_ms;
+                signals.push((
+                    gone,
+                    Signal {
+                        source: Source::Alertmanager,
+                        key: key.clone(),
+                        labels: labels.clone(),
+                        status: SignalStatus::Resolved,
+                        starts_at: Some(ts_of(first)?),
+                        ends_at: Some(ts_of(gone)?),
+                    },
+                ));
+            }
+        }
+    }
+    signals.sort_by_key(|(t, _)| *t);
+    let mut out: Vec<Input> = Vec::new();
+    let mut batch: Vec<Signal> = Vec::new();
+    let mut batch_at: Option<i64> = None;
+    for (t, s) in signals {
+        if batch_at.is_some_and(|b| b != t) {
+            out.push(Input {
+                at: ts_of(batch_at.unwrap_or(t))?,
+                event: Event::Signals(std::mem::take(&mut batch)),
+            });
+        }
+        batch_at = Some(t);
+        batch.push(s);
+    }
+    if let Some(t) = batch_at {
+        out.push(Input {
+            at: ts_of(t)?,
+            event: Event::Signals(batch),
+        });
+    }
+    Ok(out)
+}
+
+/// Appends input-log lines for the daemon. Safe to share between handlers: one `write` per line
+/// under a lock, to a file opened for appending.
+pub struct Recorder {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl Recorder {
+    pub fn open(path: &Path) -> std::io::Result<Recorder> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Recorder {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
+    }
+
+    /// The recorder `record_inputs: true` asks for (`inputs_file`, default
+    /// `<data_dir>/inputs.jsonl`), or `None`.
+    pub fn for_config(
+        c: &crate::config::Config,
+        data_dir: &Path,
+    ) -> std::io::Result<Option<Recorder>> {
+        if !c.record_inputs {
+            return Ok(None);
+        }
+        let path = c
+            .inputs_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("inputs.jsonl"));
+        Recorder::open(&path).map(Some)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one line (the caller's, newline-terminated).
+    pub fn append(&self, line: &str) -> std::io::Result<()> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(line.as_bytes())
+    }
+}
+
+/// An input-log line, all but its `at` (known only once the engine has handled the event).
+pub struct Pending {
+    head: String,
+    tail: String,
+}
+
+impl Pending {
+    /// `body` is the request body as received (it parsed as JSON); an empty body means the event
+    /// itself is the body (votes and freezes, whose path carries part of the request).
+    pub fn new(source: &str, body: &[u8], event: &Event) -> Pending {
+        let body = match serde_json::from_slice::<&RawValue>(body) {
+            // Line breaks can only sit between JSON tokens: replacing them keeps the meaning and
+            // every other byte.
+            Ok(raw) => raw.get().replace(['\n', '\r'], " "),
+            Err(_) => event_body(event).to_string(),
+        };
+        let mut extra = String::new();
+        match event {
+            Event::PagerDuty { delivery, .. } => {
+                extra = format!(
+                    ",\"delivery\":{}",
+                    serde_json::Value::from(delivery.as_str())
+                );
+            }
+            Event::Release(r) => {
+                extra = format!(",\"received_at\":\"{}\"", r.received_at);
+            }
+            _ => {}
+        }
+        Pending {
+            head: format!(
+                ",\"source\":{}{extra},\"body\":",
+                serde_json::Value::from(source)
+            ),
+            tail: body,
+        }
+    }
+
+    pub fn line(&self, at: Timestamp) -> String {
+        format!("{{\"at\":\"{at}\"{}{}}}\n", self.head, self.tail)
+    }
+}
+
+/// The body of a line for events that have no request body of their own.
+fn event_body(event: &Event) -> serde_json::Value {
+    match event {
+        Event::Vote {
+            incident,
+            person,
+            vote,
+            via,
+            reason,
+        } => serde_json::json!({
+            "incident": incident, "person": person, "vote": vote, "via": via, "reason": reason,
+        }),
+        Event::Freeze {
+            service,
+            reason,
+            by,
+        }
+        | Event::Unfreeze {
+            service,
+            reason,
+            by,
+        } => serde_json::json!({"service": service, "reason": reason, "by": by}),
+        _ => serde_json::Value::Null,
+    }
+}
+
+impl crate::App {
+    /// Hands an input to the engine; once its consequences are durable and `record_inputs` is on,
+    /// appends it to the input log at the instant the engine handled it. A failed log write is
+    /// logged and does not fail the request (the input is already acted on).
+    pub async fn send_recorded(
+        &self,
+        source: &str,
+        body: &[u8],
+        event: Event,
+    ) -> Result<Reply, EngineError> {
+        let Some(rec) = &self.inputs else {
+            return self.engine.send(event).await;
+        };
+        let pending = Pending::new(source, body, &event);
+        let (reply, at) = self.engine.send_at(event).await?;
+        if let Err(e) = rec.append(&pending.line(at)) {
+            tracing::error!(error = %e, file = %rec.path().display(), "cannot append to the input log");
+        }
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options::default()
+    }
+
+    #[test]
+    fn lines_of_every_source_parse() {
+        let lines = [
+            r#"{"at":"2026-01-01T10:00:00Z","source":"alertmanager","body":{"version":"4","alerts":[{"status":"firing","labels":{"alertname":"A"},"startsAt":"2026-01-01T09:59:00Z"}]}}"#,
+            r#"{"at":"2026-01-01T10:00:00Z","source":"grafana","body":{"version":"1","alerts":[{"status":"firing","labels":{"alertname":"A"}}]}}"#,
+            r#"{"at":"2026-01-01T10:00:00Z","source":"signal","body":{"labels":{"alertname":"A"},"status":"firing"}}"#,
+            r#"{"at":"2026-01-01T10:00:00Z","source":"release","received_at":"2026-01-01T09:59:59Z","body":{"service":"s","version":"v1","deployment_id":"d1"}}"#,
+            r#"{"at":"2026-01-01T10:00:00Z","source":"pagerduty","body":{"event":{"id":"E1","event_type":"pagey.ping"}}}"#,
+            r#"{"at":"2026-01-01T10:00:00Z","source":"vote","body":{"incident":"inc-000002","person":"ada","vote":"approve"}}"#,
+            r#"{"at":"2026-01-01T10:00:00Z","source":"unfreeze","body":{"service":"s","reason":"fixed"}}"#,
+        ];
+        for l in lines {
+            let i = parse_line(l, &opts()).unwrap().unwrap();
+            assert_eq!(i.at.to_string(), "2026-01-01T10:00:00Z");
+        }
+        let r = parse_line(lines[3], &opts()).unwrap().unwrap();
+        let Event::Release(r) = r.event else { panic!() };
+        assert_eq!(r.deployed_at.to_string(), "2026-01-01T09:59:59Z");
+        let p = parse_line(lines[4], &opts()).unwrap().unwrap();
+        assert!(matches!(p.event, Event::PagerDuty { delivery, .. } if delivery == "E1"));
+        assert!(parse_line("   ", &opts()).unwrap().is_none());
+        assert!(parse_line("# a comment", &opts()).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_lines_say_where() {
+        let text = "\n{\"at\":\"2026-01-01T10:00:00Z\",\"source\":\"signal\",\"body\":{\"labels\":{},\"status\":\"firing\"}}\n";
+        let e = read_lines(text, "in.jsonl", &opts()).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.to_string().starts_with("in.jsonl:2: labels"), "{e}");
+        let e = read_lines(r#"{"at":"x","source":"signal","body":{}}"#, "f", &opts()).unwrap_err();
+        assert!(e.message.contains("not an input line"), "{e}");
+        let e = read_lines(
+            r#"{"at":"2026-01-01T10:00:00Z","source":"carrier-pigeon","body":{}}"#,
+            "f",
+            &opts(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("carrier-pigeon"), "{e}");
+    }
+
+    #[test]
+    fn recorded_lines_read_back_identically() {
+        let body = b"{\n  \"labels\": {\"alertname\": \"A\"},\n  \"status\": \"firing\"\n}\n";
+        let ev = Event::Signals(ingest::signals::parse(body).unwrap());
+        let at: Timestamp = "2026-01-01T10:00:00.123456789Z".parse().unwrap();
+        let line = Pending::new("signal", body, &ev).line(at);
+        assert!(
+            line.ends_with("}\n") && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let back = parse_line(&line, &opts()).unwrap().unwrap();
+        assert_eq!(back.at, at);
+        assert!(matches!(back.event, Event::Signals(s) if s.len() == 1));
+        let vote = Event::Vote {
+            incident: "inc-000001".into(),
+            person: "ada".into(),
+            vote: VoteKind::Approve,
+            via: "break-glass".into(),
+            reason: Some("ok".into()),
+        };
+        let line = Pending::new("vote", b"", &vote).line(at);
+        let back = parse_line(&line, &opts()).unwrap().unwrap();
+        assert!(
+            matches!(back.event, Event::Vote { incident, vote: VoteKind::Approve, .. } if incident == "inc-000001")
+        );
+    }
+
+    #[test]
+    fn recorder_appends_whole_lines_from_many_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec =
+            std::sync::Arc::new(Recorder::open(&dir.path().join("sub/inputs.jsonl")).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let rec = rec.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        rec.append(&format!("{{\"t\":{t},\"i\":{i}}}\n")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        let text = std::fs::read_to_string(rec.path()).unwrap();
+        assert_eq!(text.lines().count(), 1600);
+        assert!(
+            text.lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        );
+    }
+
+    #[test]
+    fn prometheus_runs_become_firing_and_resolved() {
+        // step 30 s: samples at 0,30,60 (run 1), gap, 150,180 (run 2, to the end of the export);
+        // a second series fires once at 60.
+        let text = r#"{"status":"success","data":{"resultType":"matrix","result":[
+          {"metric":{"__name__":"ALERTS","alertname":"A","alertstate":"firing","service":"s"},
+           "values":[[1767261600,"1"],[1767261630,"1"],[1767261660,"1"],[1767261750,"1"],[1767261780,"1"]]},
+          {"metric":{"__name__":"ALERTS","alertname":"B","alertstate":"firing"},
+           "values":[[1767261660,"1"]]},
+          {"metric":{"__name__":"ALERTS","alertname":"A","alertstate":"pending","service":"s"},
+           "values":[[1767261570,"1"]]}]}}"#;
+        let inputs = prometheus(text, None).unwrap();
+        let flat: Vec<(String, String, SignalStatus)> = inputs
+            .iter()
+            .flat_map(|i| {
+                let Event::Signals(s) = &i.event else {
+                    panic!()
+                };
+                s.iter()
+                    .map(|s| (i.at.to_string(), s.labels["alertname"].clone(), s.status))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        use SignalStatus::*;
+        assert_eq!(
+            flat,
+            vec![
+                ("2026-01-01T10:00:00Z".into(), "A".into(), Firing),
+                ("2026-01-01T10:01:00Z".into(), "B".into(), Firing),
+                ("2026-01-01T10:01:30Z".into(), "A".into(), Resolved),
+                ("2026-01-01T10:01:30Z".into(), "B".into(), Resolved),
+                ("2026-01-01T10:02:30Z".into(), "A".into(), Firing),
+            ]
+        );
+        let Event::Signals(s) = &inputs[0].event else {
+            panic!()
+        };
+        assert!(!s[0].labels.contains_key("alertstate") && !s[0].labels.contains_key("__name__"));
+        assert_eq!(s[0].source, Source::Alertmanager);
+        // An explicit, larger step joins the two runs of A.
+        let joined = prometheus(text, Some(Duration::from_secs(90))).unwrap();
+        assert_eq!(joined.len(), 3);
+        assert!(read_events(text, "x", &opts()).is_ok());
+        let e = prometheus(
+            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("matrix"), "{e}");
+    }
+
+    #[test]
+    fn bare_releases_are_seen_at_their_deployment() {
+        let text = r#"{"service":"s","environment":"production","version":"v1","deployment_id":"d1","deployed_at":"2026-01-01T09:00:00Z"}
+{"at":"2026-01-01T09:30:00Z","source":"release","body":{"service":"s","version":"v2","deployment_id":"d2"}}"#;
+        let r = read_releases(text, "rel.jsonl").unwrap();
+        assert_eq!(r[0].at.to_string(), "2026-01-01T09:00:00Z");
+        assert_eq!(r[1].at.to_string(), "2026-01-01T09:30:00Z");
+        let e = read_releases(
+            r#"{"service":"s","version":"v1","deployment_id":"d1"}"#,
+            "rel.jsonl",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.message.contains("deployed_at")), (1, true));
+    }
+}

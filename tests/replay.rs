@@ -1,0 +1,790 @@
+//! `rollbackd replay`: golden files, determinism, `--expect`, bad input, and replay of a recorded
+//! live run against what the live daemon decided.
+//!
+//! Golden files live in `tests/golden/replay/`: `NAME.jsonl` (or `NAME.json`, a Prometheus export)
+//! is the input, `NAME.releases.jsonl` an optional `--releases` file, `NAME.args` extra arguments,
+//! and `NAME.expected.jsonl` the `--format json` output. `BLESS=1 cargo test --test replay`
+//! rewrites the expected files; review the diff before keeping it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/replay")
+}
+
+fn bless() -> bool {
+    std::env::var_os("BLESS").is_some_and(|v| v != "0" && !v.is_empty())
+}
+
+/// `rollbackd replay` on a golden scenario with the golden rules and config.
+fn replay_scenario(name: &str, extra: &[&str]) -> Output {
+    let dir = golden();
+    let events = ["jsonl", "json"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no input for scenario {name}"));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("replay")
+        .arg("--rules")
+        .arg(dir.join("rules"))
+        .arg("--config")
+        .arg(dir.join("rollbackd.yaml"))
+        .arg("--events")
+        .arg(&events)
+        .env_remove("ROLLBACKD_CONFIG");
+    let releases = dir.join(format!("{name}.releases.jsonl"));
+    if releases.exists() {
+        cmd.arg("--releases").arg(releases);
+    }
+    if let Ok(args) = std::fs::read_to_string(dir.join(format!("{name}.args"))) {
+        cmd.args(args.split_whitespace());
+    }
+    cmd.args(extra);
+    cmd.output().expect("run rollbackd replay")
+}
+
+fn check_golden(name: &str, extra: &[&str], expected_file: &str) -> String {
+    let out = replay_scenario(name, extra);
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "replay {name} failed ({}): {stderr}",
+        out.status
+    );
+    let path = golden().join(expected_file);
+    if bless() {
+        std::fs::write(&path, &stdout).expect("bless");
+        return stdout;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `BLESS=1 cargo test --test replay` to create it",
+            path.display()
+        )
+    });
+    if stdout != want {
+        let got: Vec<&str> = stdout.lines().collect();
+        let exp: Vec<&str> = want.lines().collect();
+        let first = got
+            .iter()
+            .zip(exp.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(exp.len()));
+        panic!(
+            "replay of {name} differs from {} at line {}:\n  expected: {}\n  got:      {}\n(BLESS=1 rewrites the file)\nfull output:\n{stdout}\nstderr:\n{stderr}",
+            path.display(),
+            first + 1,
+            exp.get(first).unwrap_or(&"<end>"),
+            got.get(first).unwrap_or(&"<end>"),
+        );
+    }
+    stdout
+}
+
+fn decisions(jsonl: &str) -> Vec<Value> {
+    jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn golden_json(name: &str) -> Vec<Value> {
+    decisions(&check_golden(
+        name,
+        &["--format", "json"],
+        &format!("{name}.expected.jsonl"),
+    ))
+}
+
+fn kinds(ds: &[Value]) -> Vec<&str> {
+    ds.iter().map(|d| d["kind"].as_str().unwrap()).collect()
+}
+
+fn find<'a>(ds: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    ds.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+// ---- golden scenarios ----
+
+#[test]
+fn flapping_alerts_are_absorbed_by_clear_after() {
+    let ds = golden_json("flapping");
+    assert_eq!(
+        kinds(&ds),
+        [
+            "breach_opened",
+            "breach_resolving",
+            "breach_refired",
+            "breach_resolving",
+            "breach_refired",
+            "triggered",
+            "approved",
+            "rolling_back",
+            "would_run",
+            "would_run",
+            "rolled_back",
+            "breach_resolving",
+            "breach_cleared",
+        ]
+    );
+    let t = find(&ds, "triggered")[0];
+    assert_eq!(t["at"], "2026-03-02T10:10:00Z", "acts at start + sustained");
+    assert_eq!(t["group"], "{service=\"web\"}");
+    assert_eq!(t["service"], "web");
+    let runs = find(&ds, "would_run");
+    assert_eq!(
+        runs[0]["argv"],
+        json!([
+            "deployctl",
+            "rollback",
+            "web",
+            "--env",
+            "production",
+            "--to",
+            "dpl_w1"
+        ])
+    );
+    assert_eq!(
+        runs[1]["argv"],
+        json!(["POST", "https://cache.example.com/purge/web"])
+    );
+    assert_eq!(find(&ds, "breach_cleared")[0]["at"], "2026-03-02T10:22:00Z");
+}
+
+#[test]
+fn flapping_table_and_summary() {
+    let out = check_golden("flapping", &[], "flapping.expected.txt");
+    assert!(out.contains("blips absorbed by clear_after: 2"), "{out}");
+    assert!(out.contains("median breach length: 20m"), "{out}");
+}
+
+#[test]
+fn scrape_gaps_keep_the_breach_and_short_blips_clear() {
+    let ds = golden_json("scrape_gaps");
+    let web: Vec<&Value> = ds.iter().filter(|d| d["service"] == "web").collect();
+    let api: Vec<&Value> = ds.iter().filter(|d| d["service"] == "api").collect();
+    assert_eq!(
+        web.iter().filter(|d| d["kind"] == "breach_refired").count(),
+        2
+    );
+    let t: Vec<&&Value> = web.iter().filter(|d| d["kind"] == "triggered").collect();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0]["at"], "2026-03-02T10:10:00Z");
+    assert_eq!(
+        kinds(&api.into_iter().cloned().collect::<Vec<_>>()),
+        ["breach_opened", "breach_resolving", "breach_cleared"]
+    );
+}
+
+#[test]
+fn breach_before_release_is_a_fix_forward() {
+    let ds = golden_json("fix_forward");
+    assert!(find(&ds, "triggered").is_empty());
+    let n = find(&ds, "not_acting");
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0]["at"], "2026-03-02T10:10:00Z");
+    assert_eq!(n[0]["reason_code"], "release_after_breach");
+    assert!(
+        n[0]["reason"].as_str().unwrap().contains("v1.2.0"),
+        "{}",
+        n[0]
+    );
+}
+
+#[test]
+fn two_services_at_once() {
+    let ds = golden_json("two_services");
+    let t = find(&ds, "triggered");
+    assert_eq!(t.len(), 2);
+    assert_eq!(
+        (t[0]["service"].as_str(), t[0]["at"].as_str()),
+        (Some("web"), Some("2026-03-02T10:10:00Z"))
+    );
+    assert_eq!(
+        (t[1]["service"].as_str(), t[1]["at"].as_str()),
+        (Some("shop"), Some("2026-03-02T10:12:00Z"))
+    );
+    assert_ne!(t[0]["incident"], t[1]["incident"]);
+    let runs = find(&ds, "would_run");
+    assert_eq!(runs[0]["argv"][6], "dpl_w1");
+    assert_eq!(runs[2]["argv"][6], "dpl_s1");
+    assert_eq!(find(&ds, "rolled_back").len(), 2);
+}
+
+#[test]
+fn budget_exhaustion_suppresses_the_second_rollback() {
+    let ds = golden_json("budget");
+    assert_eq!(find(&ds, "rolling_back").len(), 1);
+    let s = find(&ds, "suppressed");
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["at"], "2026-03-02T10:50:00Z");
+    assert_eq!(s[0]["reason_code"], "budget");
+}
+
+#[test]
+fn no_previous_release_means_no_incident() {
+    let ds = golden_json("no_previous");
+    let n = find(&ds, "not_acting");
+    let codes: Vec<(&str, &str)> = n
+        .iter()
+        .map(|d| {
+            (
+                d["service"].as_str().unwrap(),
+                d["reason_code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [("shop", "no_release"), ("web", "no_previous_release")]
+    );
+    assert!(find(&ds, "triggered").is_empty());
+}
+
+#[test]
+fn approval_votes_loop_guard_freeze_and_expiry() {
+    let ds = golden_json("approval");
+    let a = find(&ds, "awaiting_approval");
+    assert_eq!(a[0]["deadline"], "2026-03-02T10:10:00Z");
+    assert_eq!(find(&ds, "vote_ignored")[0]["person"], "eve");
+    let approved = find(&ds, "approved");
+    assert_eq!(approved[0]["at"], "2026-03-02T10:08:00Z");
+    assert_eq!(
+        find(&ds, "would_run")[0]["argv"],
+        json!([
+            "deployctl",
+            "rollback",
+            "checkout",
+            "--to",
+            "v1",
+            "--incident",
+            "inc-000002"
+        ])
+    );
+    let codes: Vec<&str> = ds
+        .iter()
+        .filter_map(|d| d["reason_code"].as_str())
+        .collect();
+    assert_eq!(codes, ["loop_guard", "frozen"]);
+    assert_eq!(find(&ds, "unfrozen")[0]["at"], "2026-03-02T10:45:00Z");
+    let expired = find(&ds, "expired");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["at"], "2026-03-02T11:00:00Z");
+}
+
+#[test]
+fn prometheus_alerts_export_backtests() {
+    let ds = golden_json("alerts_export");
+    let t = find(&ds, "triggered");
+    let svc: Vec<(&str, &str)> = t
+        .iter()
+        .map(|d| (d["service"].as_str().unwrap(), d["at"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        svc,
+        [
+            ("web", "2026-03-02T10:10:00Z"),
+            ("shop", "2026-03-02T10:22:00Z")
+        ]
+    );
+    assert_eq!(
+        find(&ds, "breach_refired").len(),
+        1,
+        "the missed evaluations"
+    );
+    let shop_cleared = ds
+        .iter()
+        .filter(|d| d["kind"] == "breach_cleared" && d["service"] == "shop")
+        .count();
+    assert_eq!(shop_cleared, 1, "the 3-minute blip");
+}
+
+#[test]
+fn every_golden_input_has_its_expectation() {
+    for e in std::fs::read_dir(golden()).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        let Some(stem) = name
+            .strip_suffix(".jsonl")
+            .or_else(|| name.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        if stem.ends_with(".expected") || stem.ends_with(".releases") {
+            continue;
+        }
+        assert!(
+            golden().join(format!("{stem}.expected.jsonl")).exists(),
+            "{name} has no {stem}.expected.jsonl"
+        );
+    }
+}
+
+// ---- determinism, --expect, bad input ----
+
+#[test]
+fn replaying_twice_is_byte_identical() {
+    for name in ["approval", "two_services", "alerts_export"] {
+        for format in ["json", "table"] {
+            let a = replay_scenario(name, &["--format", format]);
+            let b = replay_scenario(name, &["--format", format]);
+            assert!(a.status.success());
+            assert_eq!(a.stdout, b.stdout, "{name} {format}");
+            assert_eq!(a.stderr, b.stderr, "{name} {format}");
+        }
+    }
+    // A larger input: many groups, flaps, releases, in one file, twice.
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("big.jsonl");
+    std::fs::write(&events, big_input(600)).unwrap();
+    let run = || {
+        Command::new(BIN)
+            .args(["replay", "--format", "json", "--rules"])
+            .arg(golden().join("rules"))
+            .arg("--events")
+            .arg(&events)
+            .env_remove("ROLLBACKD_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    let n = String::from_utf8_lossy(&a.stdout).lines().count();
+    assert!(n > 1000, "only {n} decisions");
+}
+
+/// Input lines for `services` services: two releases each, then a flapping alert that lasts 12
+/// minutes for every other service and 1 minute for the rest.
+fn big_input(services: usize) -> String {
+    let t0: Timestamp = "2026-03-02T10:00:00Z".parse().unwrap();
+    let at = |secs: i64| {
+        t0.checked_add(jiff::SignedDuration::from_secs(secs))
+            .unwrap()
+    };
+    let mut lines: Vec<(Timestamp, String)> = Vec::new();
+    for s in 0..services {
+        let svc = format!("svc{s}");
+        for (n, age) in [(1, 7200), (2, 600)] {
+            let body = json!({"service": svc, "environment": "production", "version": format!("v{n}"),
+                "deployment_id": format!("dpl_{s}_{n}"), "deployed_at": at(-age).to_string()});
+            lines.push((
+                at(-age),
+                json!({"at": at(-age).to_string(), "source": "release", "body": body}).to_string(),
+            ));
+        }
+        let labels =
+            json!({"alertname": "HighErrorRate", "service": svc, "environment": "production"});
+        let start = (s % 60) as i64 * 10;
+        let len = if s % 2 == 0 { 720 } else { 60 };
+        let mut push = |t: i64, status: &str| {
+            let mut body = json!({"labels": labels, "status": status, "key": format!("k{s}")});
+            if status == "firing" {
+                body["starts_at"] = json!(at(t).to_string());
+            } else {
+                body["ends_at"] = json!(at(t).to_string());
+            }
+            lines.push((
+                at(t),
+                json!({"at": at(t).to_string(), "source": "signal", "body": body}).to_string(),
+            ));
+        };
+        push(start, "firing");
+        push(start + 30, "resolved");
+        push(start + 60, "firing");
+        push(start + len, "resolved");
+    }
+    lines.sort_by_key(|(t, _)| *t);
+    lines.into_iter().map(|(_, l)| l + "\n").collect()
+}
+
+#[test]
+fn expect_passes_on_a_match_and_prints_the_difference_otherwise() {
+    let exp = golden().join("flapping.expected.jsonl");
+    let ok = Command::new(BIN)
+        .args(["replay", "--format", "json", "--rules"])
+        .arg(golden().join("rules"))
+        .arg("--events")
+        .arg(golden().join("flapping.jsonl"))
+        .args(["--until", "2026-03-02T10:30:00Z", "--expect"])
+        .arg(&exp)
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // Expectations written by hand: only some fields; one decision moved, one missing.
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("expect.jsonl");
+    let mut lines: Vec<Value> = decisions(&std::fs::read_to_string(&exp).unwrap())
+        .into_iter()
+        .map(|d| json!({"at": d["at"], "kind": d["kind"], "service": d["service"]}))
+        .collect();
+    lines[5]["at"] = json!("2026-03-02T10:11:00Z"); // triggered, a minute late
+    lines.remove(1); // the first breach_resolving
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&mine, text).unwrap();
+    let bad = Command::new(BIN)
+        .args(["replay", "--format", "json", "--rules"])
+        .arg(golden().join("rules"))
+        .arg("--events")
+        .arg(golden().join("flapping.jsonl"))
+        .args(["--until", "2026-03-02T10:30:00Z", "--expect"])
+        .arg(&mine)
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("1 expected decision(s) not made, 2 decision(s) not expected"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "expect.jsonl:5: {\"at\":\"2026-03-02T10:11:00Z\",\"kind\":\"triggered\",\"service\":\"web\"}"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "+ decision 2: {\"at\":\"2026-03-02T10:03:00Z\",\"kind\":\"breach_resolving\""
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("+ decision 6: {\"at\":\"2026-03-02T10:10:00Z\",\"kind\":\"triggered\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_exits_64_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &events,
+        "# fine so far\n{\"at\":\"2026-03-02T10:00:00Z\",\"source\":\"signal\",\"body\":{\"labels\":{\"a\":\"b\"},\"status\":\"firing\"}}\n{\"at\":\"2026-03-02T10:01:00Z\",\"source\":\"alertmanager\",\"body\":{\"version\":\"3\",\"alerts\":[]}}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["replay", "--rules"])
+        .arg(golden().join("rules"))
+        .arg("--events")
+        .arg(&events)
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains(&format!("{}:3: version", events.display())),
+        "{err}"
+    );
+
+    // Rules with errors: 64 with the lint message.
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/r.yaml"),
+        "rules:\n  - name: Bad Name\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["replay", "--rules"])
+        .arg(dir.path().join("rules"))
+        .arg("--events")
+        .arg(golden().join("flapping.jsonl"))
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("r.yaml:2:"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["replay", "--until", "soon", "--rules"])
+        .arg(golden().join("rules"))
+        .arg("--events")
+        .arg(golden().join("flapping.jsonl"))
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--until"));
+}
+
+// ---- replay equals live ----
+
+const LIVE_RULES: &str = r#"rules:
+  - name: web-errors
+    match: ['alertname="LiveErrors"']
+    group_by: [service]
+    service: "{{ labels.service }}"
+    breach: { sustained: 10s, clear_after: 5s }
+    release: { max_age: 2h }
+    approval: none
+    steps:
+      - name: roll back
+        run: [echo, rollback, "{{ service }}", "{{ release.previous.deployment_id }}"]
+        idempotent: true
+      - name: note
+        run: [echo, "{{ incident.id }}", "{{ release.current.version }}"]
+    freeze: true
+  - name: gated
+    match: ['alertname="GatedErrors"']
+    service: "{{ labels.service }}"
+    breach: { sustained: 10s, clear_after: 5s }
+    release: { max_age: 2h }
+    approval: { require_roles: [founder], timeout: 5m }
+    steps:
+      - name: roll back
+        run: [echo, gated, "{{ release.previous.version }}"]
+"#;
+
+fn ts_of(v: &Value) -> Timestamp {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+        .parse()
+        .unwrap()
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+#[test]
+fn replay_of_a_recorded_live_run_reproduces_its_decisions() {
+    let setup = Setup::new(
+        "record_inputs: true\npeople:\n  - { id: ada, name: Ada, roles: [founder] }\n",
+        LIVE_RULES,
+    );
+    let d = setup.start();
+    let release = |service: &str, n: u32, age_secs: f64| {
+        let (s, v) = post(
+            &d.url("/v1/releases"),
+            None,
+            &json!({"service": service, "environment": "production", "version": format!("v{n}"),
+                    "deployment_id": format!("dpl_{service}_{n}"), "deployed_at": ts(-age_secs)}),
+        );
+        assert_eq!(s, 201, "{v}");
+    };
+    for svc in ["web", "shop", "pay"] {
+        release(svc, 1, 3600.0);
+        release(svc, 2, 600.0);
+    }
+    // web: learned late (started 20 s ago, sustained 10 s): decided on arrival.
+    // shop: started 8 s ago: decided by the deadline timer 2 s later.
+    // pay: gated, learned late; approved over the break-glass API.
+    let fire = |alert: &str, svc: &str, age: f64, fp: &str| {
+        let (s, v) = post(
+            &d.url("/v1/webhooks/alertmanager"),
+            None,
+            &am_alert(
+                "firing",
+                json!({"alertname": alert, "service": svc}),
+                &ts(-age),
+                fp,
+            ),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    fire("LiveErrors", "web", 20.0, "aa01");
+    fire("LiveErrors", "shop", 8.0, "bb02");
+    fire("GatedErrors", "pay", 20.0, "cc03");
+    let by_service = |svc: &str, state: &str| {
+        wait_for(Duration::from_secs(15), || {
+            let (_, v) = get(&d.url("/v1/incidents"), None);
+            v["items"]
+                .as_array()?
+                .iter()
+                .find(|i| i["service"] == svc && i["state"] == state)
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("{svc} never {state}; stderr:\n{}", d.stderr()))
+    };
+    let pay = by_service("pay", "awaiting_approval");
+    let pay_id = pay["id"].as_str().unwrap().to_string();
+    let (s, v) = post(
+        &d.url(&format!("/v1/incidents/{pay_id}/approve")),
+        None,
+        &json!({"person": "ada", "reason": "go"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let mut live = Vec::new();
+    for svc in ["web", "shop", "pay"] {
+        let i = by_service(svc, "rolled_back");
+        let (_, full) = get(
+            &d.url(&format!("/v1/incidents/{}", i["id"].as_str().unwrap())),
+            None,
+        );
+        live.push(full);
+    }
+
+    // The recorded inputs, replayed.
+    let log = setup.path().join("data/inputs.jsonl");
+    let text = std::fs::read_to_string(&log).expect("the input log");
+    let lines: Vec<Value> = decisions(&text);
+    let sources: Vec<&str> = lines
+        .iter()
+        .map(|l| l["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            "release",
+            "release",
+            "release",
+            "release",
+            "release",
+            "release",
+            "alertmanager",
+            "alertmanager",
+            "alertmanager",
+            "vote"
+        ]
+    );
+    // A bit after the last thing that happened live (shop's timer fires after the last input).
+    let last = lines
+        .iter()
+        .map(|l| ts_of(&l["at"]))
+        .chain(live.iter().map(|i| ts_of(&i["updated_at"])))
+        .max()
+        .unwrap();
+    let until = last
+        .checked_add(jiff::SignedDuration::from_secs(1))
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["replay", "--format", "json", "--rules"])
+        .arg(setup.path().join("rules"))
+        .arg("--config")
+        .arg(setup.path().join("rollbackd.yaml"))
+        .arg("--events")
+        .arg(&log)
+        .args(["--until", &until.to_string()])
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed = decisions(&String::from_utf8(out.stdout).unwrap());
+
+    // Kinds the replay reports for an incident, from the live timeline (the executor's own
+    // step_started is the replay's would_run; its bookkeeping is left out).
+    let live_kinds = |inc: &Value| -> Vec<(String, Timestamp)> {
+        inc["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["subject"] == inc["id"])
+            .filter_map(|t| {
+                let k = t["kind"].as_str().unwrap();
+                let k = match k {
+                    "step_started" => "would_run",
+                    "step_done" | "verifying" | "after_check" | "notified" => return None,
+                    k => k,
+                };
+                Some((k.to_string(), ts_of(&t["at"])))
+            })
+            .collect()
+    };
+    for inc in &live {
+        let id = inc["id"].as_str().unwrap();
+        let mine: Vec<&Value> = replayed.iter().filter(|d| d["incident"] == id).collect();
+        assert!(
+            !mine.is_empty(),
+            "replay has no incident {id}: {replayed:#?}"
+        );
+        let trig = mine.iter().find(|d| d["kind"] == "triggered").unwrap();
+        assert_eq!(trig["rule"], inc["rule"]);
+        assert_eq!(trig["group"], inc["group"]);
+        assert_eq!(trig["service"], inc["service"]);
+        let opened = ts_of(&inc["opened_at"]);
+        let decided = ts_of(&trig["at"]);
+        if inc["service"] == "shop" {
+            // Decided by the timer: the replay acts at exactly the deadline; the live timer fires a
+            // little after it (its wake-up margin and scheduling).
+            assert_eq!(decided, ts_of(&inc["deadline"]), "{trig}");
+            let lag = ms(opened) - ms(decided);
+            assert!((0..1000).contains(&lag), "live {opened}, replay {decided}");
+        } else {
+            assert_eq!(ms(opened), ms(decided), "live opened_at vs replay, {id}");
+            assert_eq!(opened, decided, "even to the nanosecond");
+        }
+        // The same steps with the same rendered argv, in order.
+        let live_argv: Vec<&Value> = inc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["argv"])
+            .collect();
+        let replay_argv: Vec<&Value> = mine
+            .iter()
+            .filter(|d| d["kind"] == "would_run")
+            .map(|d| &d["argv"])
+            .collect();
+        assert_eq!(live_argv, replay_argv, "{id}");
+        // The same decisions in the same order, at (nearly) the same times.
+        let lk = live_kinds(inc);
+        let rk: Vec<(String, Timestamp)> = mine
+            .iter()
+            .map(|d| (d["kind"].as_str().unwrap().to_string(), ts_of(&d["at"])))
+            .collect();
+        let names =
+            |v: &[(String, Timestamp)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&lk), names(&rk), "{id}: live {lk:?} replay {rk:?}");
+        for ((k, lt), (_, rt)) in lk.iter().zip(rk.iter()) {
+            let d = (ms(*lt) - ms(*rt)).abs();
+            assert!(d < 2000, "{id} {k}: live {lt} replay {rt}");
+            if ["triggered", "vote", "approved", "awaiting_approval"].contains(&k.as_str())
+                && inc["service"] != "shop"
+            {
+                assert_eq!(lt, rt, "{id} {k}: decided on an input, at its instant");
+            }
+        }
+        if inc["service"] == "pay" {
+            let a = mine
+                .iter()
+                .find(|d| d["kind"] == "awaiting_approval")
+                .unwrap();
+            assert_eq!(ts_of(&a["deadline"]), ts_of(&inc["approvals"]["deadline"]));
+        }
+    }
+    // Breaches opened at the instants the engine saw the alerts.
+    let opened: Vec<&Value> = replayed
+        .iter()
+        .filter(|d| d["kind"] == "breach_opened")
+        .collect();
+    assert_eq!(opened.len(), 3);
+    for inc in &live {
+        let b = opened
+            .iter()
+            .find(|d| d["breach"] == inc["breach"])
+            .unwrap_or_else(|| panic!("no breach_opened for {}", inc["breach"]));
+        let live_open = inc["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["kind"] == "breach_opened")
+            .unwrap();
+        assert_eq!(ts_of(&b["at"]), ts_of(&live_open["at"]));
+        assert_eq!(ts_of(&b["started_at"]), ts_of(&inc["breach_started_at"]));
+    }
+    d.terminate();
+}
