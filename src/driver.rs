@@ -72,6 +72,17 @@ pub fn channel() -> (EngineHandle, mpsc::Receiver<Command>) {
 
 pub type Inbox = mpsc::Receiver<Command>;
 
+/// At most this many queued events share one commit (and one flush).
+const MAX_BATCH: usize = 256;
+
+/// What one engine entry point did, waiting for its batch's commit.
+struct Applied {
+    reply: Option<oneshot::Sender<Result<(Reply, jiff::Timestamp), EngineError>>>,
+    answer: Reply,
+    effects: Vec<Effect>,
+    now: jiff::Timestamp,
+}
+
 impl Driver {
     /// Runs until `stop` is cancelled. `perform` receives every effect after it is durable.
     pub async fn run(
@@ -81,9 +92,7 @@ impl Driver {
         stop: CancellationToken,
     ) {
         // Resume whatever was under way when the process last stopped.
-        if let Ok(effects) = self.apply(Recover).await {
-            effects.into_iter().for_each(&perform);
-        }
+        self.apply(vec![Pending::Recover], &perform).await;
         loop {
             let wake = self.state.next_wakeup(&self.rules).map(|at| {
                 let wait = since(at, self.clock.now());
@@ -100,89 +109,102 @@ impl Driver {
                 _ = stop.cancelled() => break,
                 cmd = inbox.recv() => {
                     let Some(cmd) = cmd else { break };
-                    let res = self.apply(cmd.event).await;
-                    match res {
-                        Ok((reply, effects, now)) => {
-                            let _ = cmd.reply.send(Ok((reply, now)));
-                            effects.into_iter().for_each(&perform);
+                    // Group commit: whatever else is already queued shares this commit.
+                    let mut batch = vec![Pending::Command(Box::new(cmd))];
+                    while batch.len() < MAX_BATCH {
+                        match inbox.try_recv() {
+                            Ok(c) => batch.push(Pending::Command(Box::new(c))),
+                            Err(_) => break,
                         }
-                        Err(e) => { let _ = cmd.reply.send(Err(e)); }
                     }
+                    self.apply(batch, &perform).await;
                 }
-                _ = sleep => {
-                    if let Ok((_, effects, _)) = self.apply(Event::Tick).await {
-                        effects.into_iter().for_each(&perform);
-                    }
-                }
+                _ = sleep => self.apply(vec![Pending::Tick], &perform).await,
             }
         }
     }
 
-    async fn apply<E: Input>(&mut self, input: E) -> Result<E::Out, EngineError> {
-        let now = self.clock.now();
+    /// Feeds each input to the engine in order, commits all their records at once, and only
+    /// then answers each caller and performs each input's effects.
+    async fn apply(&mut self, inputs: Vec<Pending>, perform: &impl Fn(Effect)) {
         let ctx = Context {
             rules: &self.rules,
             people: &self.config.people,
             dry_run: self.dry_run,
             pagerduty: self.config.pagerduty.is_some(),
         };
-        let out = input.feed(&mut self.state, &ctx, now);
-        if let Err(e) = self.store.commit(&out.changes, &out.timeline).await {
+        let mut changes = Vec::new();
+        let mut timeline = Vec::new();
+        let mut applied = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let now = self.clock.now();
+            let (reply, mut out) = match input {
+                Pending::Recover => (None, self.state.recover(&ctx, now)),
+                Pending::Tick => (None, self.state.handle(&ctx, Event::Tick, now)),
+                Pending::Command(c) => {
+                    let c = *c;
+                    (Some(c.reply), self.state.handle(&ctx, c.event, now))
+                }
+            };
+            changes.append(&mut out.changes);
+            timeline.append(&mut out.timeline);
+            applied.push(Applied {
+                reply,
+                answer: out.reply,
+                effects: out.effects,
+                now,
+            });
+        }
+        if let Err(e) = self.store.commit(&changes, &timeline).await {
             // The in-memory state ran ahead of the disk: go back to what is durable.
             tracing::error!(error = %e, "commit failed; reloading state from the store");
             if let Ok(st) = self.store.load_state() {
                 self.state = st;
             }
-            return Err(EngineError::Store(e.to_string()));
+            for a in applied {
+                if let Some(r) = a.reply {
+                    let _ = r.send(Err(EngineError::Store(e.to_string())));
+                }
+            }
+            return;
         }
-        if out
-            .changes
+        if changes
             .iter()
             .any(|c| matches!(c, crate::engine::Change::Outbox(e) if e.attempts == 0))
         {
             self.outbox.notify_one();
         }
         let written = self.clock.now();
-        for t in out.timeline.iter().filter(|t| t.kind == "triggered") {
+        for t in timeline.iter().filter(|t| t.kind == "triggered") {
             if let Some(i) = self.state.incidents.get(&t.subject) {
                 self.metrics
                     .decision_latency
                     .observe(since(written, i.deadline).as_secs_f64());
             }
         }
-        self.metrics.observe_state(&self.state);
-        for t in &out.timeline {
+        if changes.iter().any(|c| {
+            matches!(
+                c,
+                crate::engine::Change::Incident(_) | crate::engine::Change::Breach(_)
+            )
+        }) {
+            self.metrics.observe_state(&self.state);
+        }
+        for t in &timeline {
             tracing::info!(subject = %t.subject, kind = %t.kind, actor = %t.actor, "{}", t.message);
         }
-        Ok(input.finish(out, now))
+        for a in applied {
+            if let Some(r) = a.reply {
+                let _ = r.send(Ok((a.answer, a.now)));
+            }
+            a.effects.into_iter().for_each(perform);
+        }
     }
 }
 
-/// An engine entry point: a normal event, or recovery at start.
-trait Input {
-    type Out;
-    fn feed(&self, st: &mut State, ctx: &Context, now: jiff::Timestamp) -> crate::engine::Output;
-    fn finish(self, out: crate::engine::Output, now: jiff::Timestamp) -> Self::Out;
-}
-
-impl Input for Event {
-    type Out = (Reply, Vec<Effect>, jiff::Timestamp);
-    fn feed(&self, st: &mut State, ctx: &Context, now: jiff::Timestamp) -> crate::engine::Output {
-        st.handle(ctx, self.clone(), now)
-    }
-    fn finish(self, out: crate::engine::Output, now: jiff::Timestamp) -> Self::Out {
-        (out.reply, out.effects, now)
-    }
-}
-
-struct Recover;
-
-impl Input for Recover {
-    type Out = Vec<Effect>;
-    fn feed(&self, st: &mut State, ctx: &Context, now: jiff::Timestamp) -> crate::engine::Output {
-        st.recover(ctx, now)
-    }
-    fn finish(self, out: crate::engine::Output, _now: jiff::Timestamp) -> Self::Out {
-        out.effects
-    }
+/// One engine entry point waiting in a batch.
+enum Pending {
+    Recover,
+    Tick,
+    Command(Box<Command>),
 }

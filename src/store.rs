@@ -326,7 +326,11 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
             .mode(sled::Mode::LowSpace)
             .open()
         {
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            // sled reports the busy lock as ErrorKind::Other "could not acquire lock ... WouldBlock".
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock") =>
+            {
                 std::thread::sleep(wait);
                 wait *= 2;
             }

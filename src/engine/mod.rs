@@ -539,23 +539,35 @@ impl State {
             self.deliveries.remove(&id);
             tx.out.changes.push(Change::Delivery(id, None));
         }
-        let keys: Vec<(String, String)> = self.breaches.keys().cloned().collect();
-        for key in keys {
+        // Only the breaches that are due are touched (and their keys copied): with thousands
+        // open, an event costs a scan, not a copy of every key.
+        let due: Vec<(String, String)> = self
+            .breaches
+            .iter()
+            .filter(|(key, b)| {
+                let Some(rule) = tx.ctx.rules.get(&key.0) else {
+                    return false;
+                };
+                match b.clearing_since {
+                    Some(c) => now >= add(c, rule.clear_after),
+                    None => b.decision.is_none() && now >= b.deadline,
+                }
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
             let Some(rule) = tx.ctx.rules.get(&key.0) else {
                 continue;
             };
             let Some(b) = self.breaches.get(&key) else {
                 continue;
             };
-            if let Some(c) = b.clearing_since {
-                let ends = add(c, rule.clear_after);
-                if now >= ends {
+            match b.clearing_since {
+                Some(c) => {
+                    let ends = add(c, rule.clear_after);
                     self.close_breach(tx, &key, ends);
                 }
-                continue;
-            }
-            if b.decision.is_none() && now >= b.deadline {
-                self.decide(tx, rule, &key);
+                None => self.decide(tx, rule, &key),
             }
         }
         let due: Vec<String> = self
