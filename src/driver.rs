@@ -9,11 +9,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::engine::{Context, Effect, Event, Reply, State};
 use crate::metrics::Metrics;
 use crate::model::since;
-use crate::rules::RuleSet;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +53,7 @@ impl EngineHandle {
 
 pub struct Driver {
     pub state: State,
-    pub rules: Arc<RuleSet>,
-    pub config: Arc<Config>,
+    pub live: Arc<crate::live::Live>,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
@@ -94,7 +91,7 @@ impl Driver {
         // Resume whatever was under way when the process last stopped.
         self.apply(vec![Pending::Recover], &perform).await;
         loop {
-            let wake = self.state.next_wakeup(&self.rules).map(|at| {
+            let wake = self.state.next_wakeup(&self.live.rules()).map(|at| {
                 let wait = since(at, self.clock.now());
                 // A small margin so the tick lands at or after the deadline on the wall clock.
                 tokio::time::Instant::now() + wait + Duration::from_millis(1)
@@ -127,11 +124,12 @@ impl Driver {
     /// Feeds each input to the engine in order, commits all their records at once, and only
     /// then answers each caller and performs each input's effects.
     async fn apply(&mut self, inputs: Vec<Pending>, perform: &impl Fn(Effect)) {
+        let (config, rules) = self.live.snapshot();
         let ctx = Context {
-            rules: &self.rules,
-            people: &self.config.people,
+            rules: &rules,
+            people: &config.people,
             dry_run: self.dry_run,
-            pagerduty: self.config.pagerduty.is_some(),
+            pagerduty: config.pagerduty.is_some(),
         };
         let mut changes = Vec::new();
         let mut timeline = Vec::new();

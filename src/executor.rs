@@ -13,7 +13,7 @@ use crate::driver::EngineHandle;
 use crate::engine::{Effect, Event, Reply, StepResult};
 use crate::metrics::Metrics;
 use crate::model::{Incident, since};
-use crate::rules::{Action, RuleSet};
+use crate::rules::Action;
 use crate::steps::{self, HttpStep};
 use crate::store::Store;
 
@@ -21,7 +21,7 @@ use crate::store::Store;
 pub struct Executor {
     pub engine: EngineHandle,
     pub store: Store,
-    pub rules: Arc<RuleSet>,
+    pub live: Arc<crate::live::Live>,
     pub http: reqwest::Client,
     pub metrics: Arc<Metrics>,
     pub max_output: usize,
@@ -82,7 +82,8 @@ impl Executor {
             return;
         };
         let spec = self
-            .rules
+            .live
+            .rules()
             .get(&inc.rule)
             .and_then(|r| r.steps.get(index))
             .filter(|s| s.name == run.name)
@@ -179,7 +180,8 @@ impl Executor {
             return;
         };
         let spec = self
-            .rules
+            .live
+            .rules()
             .get(&inc.rule)
             .and_then(|r| r.steps.get(index))
             .and_then(|s| s.probe.clone());
@@ -227,8 +229,8 @@ impl Executor {
             if self.stopping.is_cancelled() {
                 return;
             }
-            let spec = self
-                .rules
+            let rules = self.live.rules();
+            let spec = rules
                 .get(&inc.rule)
                 .and_then(|r| r.after.get(index))
                 .filter(|s| s.name == hook.name);
@@ -262,7 +264,12 @@ impl Executor {
         let Some(inc) = self.incident(&id) else {
             return;
         };
-        let Some(verify) = self.rules.get(&inc.rule).and_then(|r| r.verify.clone()) else {
+        let Some(verify) = self
+            .live
+            .rules()
+            .get(&inc.rule)
+            .and_then(|r| r.verify.clone())
+        else {
             let _ = self
                 .engine
                 .send(Event::VerifyFinished {

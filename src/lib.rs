@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the daemon config, embedded defaults, `${env:..}`/`${file:..}` secrets.
+//! - [`live`]: the config and rules in force, swapped whole on reload; the one loader.
 //! - [`rules`]: rule files in, compiled rules and `FILE:LINE:COL` problems out.
 //! - [`model`]: the records (signals, releases, breaches, incidents, freezes, timeline).
 //! - [`ingest`]: one parser per source; bytes in, signals or releases out.
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod executor;
 pub mod ingest;
 pub mod inputs;
+pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod notify;
@@ -61,8 +63,9 @@ use crate::store::Store;
 
 /// What every handler shares.
 pub struct App {
-    pub config: Arc<Config>,
-    pub rules: Arc<RuleSet>,
+    pub live: Arc<live::Live>,
+    /// Where a reload reads the config and rules from.
+    pub source: live::Source,
     pub store: Store,
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
@@ -73,10 +76,102 @@ pub struct App {
     pub inputs: Option<inputs::Recorder>,
 }
 
+impl App {
+    pub fn config(&self) -> Arc<Config> {
+        self.live.config()
+    }
+
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.live.rules()
+    }
+
+    /// Loads the config and rules again and, when they are valid, makes them the active set and
+    /// tells the engine (breaches and waiting incidents of removed rules end, with a reason).
+    /// Refused, with the last good set kept, when they have errors or when a removed rule still
+    /// has a rollback running.
+    pub async fn reload(&self, why: &str) -> Result<Vec<String>, Vec<String>> {
+        let result = self.try_reload(why).await;
+        self.metrics
+            .reload_successful
+            .set(i64::from(result.is_ok()));
+        if result.is_ok() {
+            self.metrics
+                .reload_timestamp
+                .set(self.clock.now().as_second());
+        }
+        match &result {
+            Ok(w) => tracing::info!(
+                trigger = why,
+                warnings = w.len(),
+                "config and rules reloaded"
+            ),
+            Err(e) => {
+                tracing::error!(trigger = why, problems = ?e, "reload refused; the last good config and rules stay active")
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self, _why: &str) -> Result<Vec<String>, Vec<String>> {
+        let loaded = self.source.load().map_err(|e| e.lines())?;
+        let old = self.config();
+        let mut warnings: Vec<String> = loaded.warnings.iter().map(|p| p.to_string()).collect();
+        for (what, changed) in [
+            ("listen", old.listen != loaded.config.listen),
+            ("data_dir", old.data_dir != loaded.config.data_dir),
+            (
+                "limits",
+                format!("{:?}", old.limits) != format!("{:?}", loaded.config.limits),
+            ),
+            (
+                "pagerduty (outbound client)",
+                format!("{:?}", old.pagerduty) != format!("{:?}", loaded.config.pagerduty),
+            ),
+        ] {
+            if changed {
+                warnings.push(format!(
+                    "{what} changed: it takes effect at the next restart"
+                ));
+            }
+        }
+        let busy: Vec<String> = self
+            .store
+            .incidents(None)
+            .map_err(|e| vec![e.to_string()])?
+            .into_iter()
+            .filter(|i| {
+                matches!(
+                    i.state,
+                    model::IncidentState::Approved
+                        | model::IncidentState::RollingBack
+                        | model::IncidentState::Verifying
+                ) && loaded.rules.get(&i.rule).is_none()
+            })
+            .map(|i| {
+                format!(
+                    "rule {} is removed but incident {} is {}; reload again when it has finished",
+                    i.rule, i.id, i.state
+                )
+            })
+            .collect();
+        if !busy.is_empty() {
+            return Err(busy);
+        }
+        self.live.set(loaded.config, loaded.rules);
+        self.engine
+            .send(engine::Event::RulesReloaded)
+            .await
+            .map_err(|e| vec![e.to_string()])?;
+        Ok(warnings)
+    }
+}
+
 /// Everything `serve` needs, validated.
 pub struct Daemon {
     pub config: Config,
     pub rules: RuleSet,
+    /// Where reloads read from.
+    pub source: live::Source,
     pub data_dir: PathBuf,
     pub dry_run: bool,
     pub clock: Arc<dyn Clock>,
@@ -108,13 +203,13 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         metrics.reload_successful.set(1);
         metrics.observe_state(&state);
-        let rules = Arc::new(self.rules);
-        let config = Arc::new(self.config);
+        let config = self.config.clone();
+        let live = Arc::new(live::Live::new(self.config, self.rules));
         let (engine, inbox) = driver::channel();
         let executor = Executor {
             engine: engine.clone(),
             store: store.clone(),
-            rules: rules.clone(),
+            live: live.clone(),
             http: reqwest::Client::builder()
                 .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -126,8 +221,8 @@ impl Daemon {
         };
         let app = Arc::new(App {
             limiters: api::Limiters::new(&config.limits),
-            config: config.clone(),
-            rules: rules.clone(),
+            live: live.clone(),
+            source: self.source.clone(),
             store: store.clone(),
             engine,
             metrics: metrics.clone(),
@@ -141,7 +236,7 @@ impl Daemon {
         let notifier = Arc::new(notify::Notifier {
             store: store.clone(),
             engine: app.engine.clone(),
-            config: config.clone(),
+            live: live.clone(),
             http: executor.http.clone(),
             pagerduty: config
                 .pagerduty
@@ -154,8 +249,7 @@ impl Daemon {
         let notifier_task = tokio::spawn(notifier.clone().run());
         let driver = Driver {
             state,
-            rules,
-            config,
+            live: live.clone(),
             store,
             clock: self.clock,
             metrics,
@@ -165,6 +259,7 @@ impl Daemon {
         let ex = executor.clone();
         let engine_task =
             tokio::spawn(driver.run(inbox, move |effect| ex.perform(effect), stop_engine.clone()));
+        let watcher = tokio::spawn(reload_triggers(app.clone(), stop_engine.clone()));
         app.ready.store(true, Ordering::Release);
         let server = axum::serve(listener, api::router(app.clone()))
             .with_graceful_shutdown(shutdown)
@@ -177,9 +272,46 @@ impl Daemon {
         }
         notifier.stopping.cancel();
         let _ = notifier_task.await;
+        watcher.abort();
         stop_engine.cancel();
         let _ = engine_task.await;
         server?;
         Ok(())
+    }
+}
+
+/// SIGHUP and a change in the config file or rules directory (polled every 2 s; Kubernetes
+/// ConfigMaps swap a symlink, which inotify-style watches miss) both reload.
+async fn reload_triggers(app: Arc<App>, stop: CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = app.source.fingerprint(&app.config().rules_dir);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hangup => {
+                let _ = app.reload("SIGHUP").await;
+                seen = app.source.fingerprint(&app.config().rules_dir);
+            }
+            _ = tick.tick() => {
+                let now = app.source.fingerprint(&app.config().rules_dir);
+                if now != seen {
+                    seen = now;
+                    let _ = app.reload("files changed").await;
+                }
+            }
+        }
     }
 }

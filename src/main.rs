@@ -286,42 +286,32 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut cfg = match load_config(config.as_ref()) {
-        Ok(c) => c,
+    let source = rollbackd::live::Source {
+        config,
+        listen,
+        data_dir,
+        rules_dir,
+    };
+    let loaded = match source.load() {
+        Ok(l) => l,
         Err(e) => {
-            eprintln!("rollbackd: bad config: {e}");
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            eprintln!("rollbackd: {e}; not starting");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(l) = listen {
-        cfg.listen = l;
+    for p in &loaded.warnings {
+        tracing::warn!("{p}");
     }
-    if let Some(d) = data_dir {
-        cfg.data_dir = d;
-    }
-    if let Some(r) = rules_dir {
-        cfg.rules_dir = r;
-    }
+    let (cfg, set) = (loaded.config, loaded.rules);
     let addr = match cfg.listen_addr() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("rollbackd: bad config: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
-    };
-    let (set, problems) = rules::load_dir(&cfg.rules_dir, &cfg.rules_context());
-    for p in &problems {
-        match p.severity {
-            Severity::Error => eprintln!("{p}"),
-            Severity::Warning => tracing::warn!("{p}"),
-        }
-    }
-    let Some(set) = set else {
-        eprintln!(
-            "rollbackd: rules in {} have errors; not starting",
-            cfg.rules_dir.display()
-        );
-        return ExitCode::from(EXIT_CONFIG);
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -351,6 +341,7 @@ fn serve(
         // Tests and scripts read this line to find the port.
         println!("rollbackd listening on http://{bound}");
         let daemon = rollbackd::Daemon {
+            source,
             data_dir: cfg.data_dir.clone(),
             config: cfg,
             rules: set,

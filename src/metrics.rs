@@ -18,6 +18,7 @@ pub struct Metrics {
     pub step_outcomes: IntCounterVec,
     pub decision_latency: Histogram,
     pub reload_successful: IntGauge,
+    pub reload_timestamp: IntGauge,
 }
 
 impl Metrics {
@@ -69,6 +70,11 @@ impl Metrics {
             "1 when the active config and rules loaded cleanly.",
         )
         .expect("static metric definition");
+        let reload_timestamp = IntGauge::new(
+            "rollbackd_config_last_reload_success_timestamp_seconds",
+            "When the active config and rules were loaded (start or reload).",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(signals_received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ingest_rejected.clone()),
@@ -77,6 +83,7 @@ impl Metrics {
             Box::new(step_outcomes.clone()),
             Box::new(decision_latency.clone()),
             Box::new(reload_successful.clone()),
+            Box::new(reload_timestamp.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -103,6 +110,7 @@ impl Metrics {
             step_outcomes,
             decision_latency,
             reload_successful,
+            reload_timestamp,
         }
     }
 

@@ -67,7 +67,7 @@ impl App {
     /// Checks the bearer token for `kind`; an unconfigured kind admits everyone. The admin token
     /// is also accepted where the read token is asked for.
     pub fn authorize(&self, headers: &HeaderMap, kind: TokenKind) -> Result<(), ApiError> {
-        let t = &self.config.tokens;
+        let t = &self.config().tokens;
         let accepted: Vec<&Secret> = match kind {
             TokenKind::Ingest => t.ingest.iter().collect(),
             TokenKind::Admin => t.admin.iter().collect(),
@@ -100,7 +100,7 @@ impl App {
     /// The status page: the read token as a bearer token, or as the password of HTTP Basic
     /// authentication (any user name) so a browser can ask for it.
     pub fn authorize_page(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let t = &self.config.tokens;
+        let t = &self.config().tokens;
         let Some(read) = &t.read else {
             return self.authorize(headers, TokenKind::Read);
         };
@@ -171,7 +171,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// Grafana's optional webhook HMAC: hex HMAC-SHA256 of the body in `X-Grafana-Alerting-Signature`,
 /// over `"<timestamp>:" + body` when `X-Grafana-Alerting-Signature-Timestamp` is present.
 pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    let Some(secret) = &app.config.grafana.webhook_secret else {
+    let Some(secret) = &app.config().grafana.webhook_secret else {
         return Ok(());
     };
     let refuse = |msg: &str| {

@@ -81,7 +81,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    let limit = app.config.limits.max_body_bytes;
+    let limit = app.config().limits.max_body_bytes;
     let with = |g: Guard| middleware::from_fn_with_state((app.clone(), g), guard);
     let ingest = |source: &'static str| with(Guard::Ingest(source));
     Router::new()
@@ -142,6 +142,7 @@ pub fn router(app: Arc<App>) -> Router {
                     .route_layer(with(Guard::Admin)),
             ),
         )
+        .route("/-/reload", post(reload).route_layer(with(Guard::Admin)))
         .route("/", get(status_page))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -239,7 +240,8 @@ async fn pagerduty(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let Some(pd) = &app.config.pagerduty else {
+    let config = app.config();
+    let Some(pd) = &config.pagerduty else {
         return Err(ApiError::not_found(
             "PagerDuty is not configured (add `pagerduty:` with webhook_secrets to the config)",
         ));
@@ -562,6 +564,24 @@ async fn delete_freeze(
     {
         Reply::Ok => Ok(Json(json!({"frozen": false, "service": service})).into_response()),
         other => Err(ApiError::from_reply(other)),
+    }
+}
+
+/// Same as SIGHUP: 200 with the warnings, or 400 with every problem and the last good set kept.
+async fn reload(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    match app.reload("POST /-/reload").await {
+        Ok(warnings) => Ok(Json(json!({
+            "reloaded": true,
+            "rules": app.rules().rules.len(),
+            "warnings": warnings,
+        }))
+        .into_response()),
+        Err(problems) => {
+            let mut e =
+                ApiError::bad_request("reload refused; the last good config and rules stay active");
+            e.detail = json!(problems);
+            Err(e)
+        }
     }
 }
 

@@ -47,7 +47,7 @@ th{{background:#f0f0f0}} .muted{{color:#777}} code{{font-size:.95em}}
 "#,
         active.len(),
         breaches.len(),
-        app.rules.rules.len()
+        app.rules().rules.len()
     );
 
     h.push_str("<h2 id=\"approvals\">Waiting for approval</h2>\n");

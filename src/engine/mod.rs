@@ -85,6 +85,8 @@ pub enum Event {
         index: usize,
         result: StepResult,
     },
+    /// The config and rules were swapped (the context already holds the new set).
+    RulesReloaded,
     /// A verified PagerDuty webhook delivery.
     PagerDuty {
         delivery: String,
@@ -302,6 +304,10 @@ impl State {
             } => self.on_unfreeze(&mut tx, &service, reason, &by),
             Event::Delivery { entry, outcome } => Self::on_delivery(&mut tx, *entry, outcome),
             Event::PagerDuty { delivery, input } => self.on_pagerduty(&mut tx, delivery, input),
+            Event::RulesReloaded => {
+                self.on_rules_reloaded(&mut tx);
+                Reply::Ok
+            }
         };
         self.evaluate(&mut tx);
         tx.out.reply = reply;
@@ -1011,6 +1017,61 @@ impl State {
                 next_at: None,
                 last_error: None,
             })));
+        }
+    }
+
+    /// Breaches of rules that are gone end; incidents of theirs that have not started to roll
+    /// back are cancelled. Breaches of rules that stay keep their start; one not decided yet
+    /// takes the rule's new `sustained`.
+    fn on_rules_reloaded(&mut self, tx: &mut Tx) {
+        let keys: Vec<(String, String)> = self.breaches.keys().cloned().collect();
+        for key in keys {
+            match tx.ctx.rules.get(&key.0) {
+                None => {
+                    let Some(mut b) = self.breaches.remove(&key) else {
+                        continue;
+                    };
+                    b.closed_at = Some(tx.now);
+                    tx.note(
+                        &format!("breach:{}", b.id),
+                        "breach_cleared",
+                        "rollbackd",
+                        format!("rule {} was removed by a reload; the breach ends", b.rule),
+                    );
+                    Self::save_breach(tx, &b);
+                }
+                Some(rule) => {
+                    if let Some(b) = self.breaches.get_mut(&key)
+                        && b.decision.is_none()
+                    {
+                        let deadline = add(b.started_at, rule.sustained);
+                        if deadline != b.deadline {
+                            b.deadline = deadline;
+                            Self::save_breach(tx, b);
+                        }
+                    }
+                }
+            }
+        }
+        let orphans: Vec<String> = self
+            .incidents
+            .values()
+            .filter(|i| {
+                matches!(
+                    i.state,
+                    IncidentState::Triggered | IncidentState::AwaitingApproval
+                ) && tx.ctx.rules.get(&i.rule).is_none()
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        for id in orphans {
+            self.transition(
+                tx,
+                &id,
+                IncidentState::Cancelled,
+                "rollbackd",
+                "its rule was removed by a reload".to_string(),
+            );
         }
     }
 

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::{Config, Notifier as NotifierConfig};
+use crate::config::Notifier as NotifierConfig;
 use crate::driver::EngineHandle;
 use crate::engine::{Delivery, Event};
 use crate::model::{Incident, OutboxEntry, add};
@@ -32,7 +32,7 @@ use crate::store::Store;
 pub struct Notifier {
     pub store: Store,
     pub engine: EngineHandle,
-    pub config: Arc<Config>,
+    pub live: Arc<crate::live::Live>,
     pub http: reqwest::Client,
     pub pagerduty: Option<PdClient>,
     pub clock: Arc<dyn Clock>,
@@ -140,7 +140,8 @@ impl Notifier {
                 return;
             }
         };
-        let outcome = match (e.target.as_str(), self.config.notifiers.get(&e.target)) {
+        let config = self.live.config();
+        let outcome = match (e.target.as_str(), config.notifiers.get(&e.target)) {
             ("pagerduty", _) => self.pagerduty(&e, &inc).await,
             (_, Some(NotifierConfig::Slack { slack_webhook })) => {
                 let body = self.slack_body(&e, &inc);
@@ -184,7 +185,8 @@ impl Notifier {
     }
 
     fn link(&self, inc: &Incident) -> Option<String> {
-        self.config
+        self.live
+            .config()
             .public_url
             .as_ref()
             .map(|u| format!("{}/v1/incidents/{}", u.trim_end_matches('/'), inc.id))
@@ -308,7 +310,8 @@ impl Notifier {
             message::body(e, inc, link.as_deref())
         );
         let routing_key = self
-            .config
+            .live
+            .config()
             .pagerduty
             .as_ref()
             .and_then(|p| p.routing_key.as_ref())
