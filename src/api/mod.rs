@@ -142,6 +142,7 @@ pub fn router(app: Arc<App>) -> Router {
                     .route_layer(with(Guard::Admin)),
             ),
         )
+        .route("/v1/shadow", get(shadow).route_layer(with(Guard::Read)))
         .route("/-/reload", post(reload).route_layer(with(Guard::Admin)))
         .route("/", get(status_page))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -565,6 +566,60 @@ async fn delete_freeze(
         Reply::Ok => Ok(Json(json!({"frozen": false, "service": service})).into_response()),
         other => Err(ApiError::from_reply(other)),
     }
+}
+
+/// Per shadow rule: how often it would have acted, and what humans did after each of those times,
+/// read from the release ledger: redeployed the previous release (they rolled back too), shipped
+/// another release (a fix forward), or nothing yet.
+async fn shadow(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let incidents = app.store.incidents(None)?;
+    let mut per_rule: std::collections::BTreeMap<String, Value> = Default::default();
+    for i in incidents.iter().filter(|i| i.mode == "shadow") {
+        let later: Vec<crate::model::Release> = app
+            .store
+            .releases(&i.service)?
+            .into_iter()
+            .filter(|r| r.environment == i.environment && r.deployed_at > i.opened_at)
+            .collect();
+        let humans = match later.last() {
+            None => "no_action_yet",
+            Some(first) if first.deployment_id == i.release_to.deployment_id => "rolled_back",
+            Some(_) => "fixed_forward",
+        };
+        let e = per_rule.entry(i.rule.clone()).or_insert_with(|| {
+            json!({"rule": i.rule, "would_have_acted": 0, "humans_rolled_back": 0,
+                   "humans_fixed_forward": 0, "no_human_action_yet": 0, "last": null, "incidents": []})
+        });
+        e["would_have_acted"] = json!(e["would_have_acted"].as_u64().unwrap_or(0) + 1);
+        let key = match humans {
+            "rolled_back" => "humans_rolled_back",
+            "fixed_forward" => "humans_fixed_forward",
+            _ => "no_human_action_yet",
+        };
+        e[key] = json!(e[key].as_u64().unwrap_or(0) + 1);
+        if e["last"].is_null() {
+            e["last"] = json!(i.opened_at);
+        }
+        if let Some(list) = e["incidents"].as_array_mut() {
+            list.push(json!({"id": i.id, "service": i.service, "opened_at": i.opened_at,
+                             "release_from": i.release_from, "release_to": i.release_to, "humans": humans}));
+        }
+    }
+    // Shadow rules that never fired are listed too.
+    for r in app
+        .rules()
+        .rules
+        .iter()
+        .filter(|r| r.mode == crate::rules::Mode::Shadow)
+    {
+        per_rule.entry(r.name.clone()).or_insert_with(|| {
+            json!({"rule": r.name, "would_have_acted": 0, "humans_rolled_back": 0,
+                   "humans_fixed_forward": 0, "no_human_action_yet": 0, "last": null, "incidents": []})
+        });
+    }
+    Ok(Json(
+        json!({"items": per_rule.into_values().collect::<Vec<_>>()}),
+    ))
 }
 
 /// Same as SIGHUP: 200 with the warnings, or 400 with every problem and the last good set kept.

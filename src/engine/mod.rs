@@ -864,13 +864,19 @@ impl State {
                 humantime::format_duration(rule.max_age)
             ));
         }
-        let Some(previous) = ledger
+        // The release before the *first* time the current deployment went live: when it is a
+        // redeploy of an older one (a rollback, by hand or by rollbackd), the releases in between
+        // were already rolled back and are never a target.
+        let same_env: Vec<&Release> = ledger
             .iter()
-            .rev()
-            .skip(1)
-            .find(|r| r.environment == current.environment)
+            .filter(|r| r.environment == current.environment)
             .copied()
-        else {
+            .collect();
+        let first = same_env
+            .iter()
+            .position(|r| r.deployment_id == current.deployment_id)
+            .unwrap_or(same_env.len().saturating_sub(1));
+        let Some(previous) = first.checked_sub(1).and_then(|i| same_env.get(i)).copied() else {
             return Err(format!(
                 "no release of {where_} before {} ({}) is known: nothing to roll back to",
                 current.version, current.deployment_id
@@ -1823,16 +1829,20 @@ impl State {
     fn on_release(&mut self, tx: &mut Tx, mut r: Release) -> Reply {
         let frozen = self.freezes.get(&r.service).cloned();
         let ledger = self.releases.entry(r.service.clone()).or_default();
+        // The same deployment at the same time is a repeat; at a later time it is a redeploy
+        // (a rollback by hand, say) and a new ledger entry.
         if let Some(existing) = ledger.iter().find(|x| {
-            x.environment == r.environment && x.deployment_id == r.deployment_id && x.origin == "ci"
+            x.environment == r.environment
+                && x.deployment_id == r.deployment_id
+                && x.deployed_at == r.deployed_at
+                && x.origin == "ci"
         }) {
-            let same = existing.version == r.version && existing.deployed_at == r.deployed_at;
-            return if same {
+            return if existing.version == r.version {
                 Reply::Duplicate
             } else {
                 Reply::Conflict(format!(
-                    "deployment {} of {} is already recorded as {} deployed at {}",
-                    r.deployment_id, r.service, existing.version, existing.deployed_at
+                    "deployment {} of {} at {} is already recorded as version {}",
+                    r.deployment_id, r.service, existing.deployed_at, existing.version
                 ))
             };
         }

@@ -474,15 +474,16 @@ fn ledger_is_ordered_by_deployed_at_not_arrival() {
     w.run_until(t(700.0));
     assert_eq!(w.only_incident().release_to.deployment_id, "dpl-a");
     assert_eq!(w.only_incident().release_from.deployment_id, "dpl-b");
-    // Re-posting is idempotent; a different payload for the same deployment is a conflict.
+    // Re-posting is idempotent; the same deployment at a later time is a redeploy.
     assert_eq!(
         w.release("web", "dpl-a", t(-3600.0), t(800.0)),
         Reply::Duplicate
     );
     assert!(matches!(
-        w.release("web", "dpl-a", t(-3000.0), t(800.0)),
-        Reply::Conflict(_)
+        w.release("web", "dpl-a", t(700.0), t(800.0)),
+        Reply::Release { .. }
     ));
+    assert_eq!(w.st.releases["web"].len(), 3);
 }
 
 #[test]
@@ -928,7 +929,39 @@ fn loop_guard_never_rolls_back_to_what_it_rolled_back_from() {
     w.run_until(t(2000.0));
     assert_eq!(w.incidents().len(), 1, "no second rollback");
     assert!(
+        w.reasons()
+            .iter()
+            .any(|r| r.contains("nothing to roll back to")),
+        "the rolled-back deployment's predecessors are never targets: {:?}",
+        w.reasons()
+    );
+    // The bad deployment comes back by hand and a new release follows it: its predecessor is
+    // the one rollbackd rolled back from, and the loop guard refuses it.
+    w.alert("web", "f1", false, t(2100.0), t(2100.0));
+    w.run_until(t(2300.0));
+    w.release("web", "dpl-b", t(2400.0), t(2400.0));
+    w.release("web", "dpl-c", t(2500.0), t(2500.0));
+    w.alert("web", "f1", true, t(2600.0), t(2600.0));
+    w.run_until(t(4000.0));
+    assert_eq!(w.incidents().len(), 1, "no rollback to dpl-b");
+    assert!(
         w.reasons().iter().any(|r| r.contains("loop guard")),
+        "{:?}",
+        w.reasons()
+    );
+}
+
+#[test]
+fn a_redeploy_by_hand_is_never_rolled_back_into_the_bad_release() {
+    let mut w = World::new(&rule("r", ""));
+    with_releases(&mut w);
+    // A human rolled back by redeploying dpl-a; then the breach starts.
+    w.release("web", "dpl-a", t(-600.0), t(-600.0));
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(700.0));
+    assert!(w.incidents().is_empty(), "dpl-b was already rolled back");
+    assert!(
+        w.reasons()[0].contains("nothing to roll back to"),
         "{:?}",
         w.reasons()
     );
