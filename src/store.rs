@@ -316,6 +316,9 @@ impl Store {
     }
 }
 
+/// sled's page cache (its default is 1 GiB): the engine keeps what it needs in memory anyway.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// sled releases its file lock from a background thread after the last handle is dropped, so a
 /// reopen in the same process can briefly see `WouldBlock`; wait for it (up to ~1 s), nothing else.
 fn open_db(dir: &Path) -> Result<sled::Db> {
@@ -324,6 +327,7 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
         match sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
+            .cache_capacity(CACHE_BYTES)
             .open()
         {
             // sled reports the busy lock as ErrorKind::Other "could not acquire lock ... WouldBlock".
@@ -340,6 +344,7 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
     Ok(sled::Config::new()
         .path(dir)
         .mode(sled::Mode::LowSpace)
+        .cache_capacity(CACHE_BYTES)
         .open()?)
 }
 

@@ -40,7 +40,20 @@ pub fn parse(body: &[u8], now: Timestamp) -> Result<Release, IngestError> {
             )));
         }
     }
-    let deployed_at = time("deployed_at", r.deployed_at.as_deref())?.unwrap_or(now);
+    let deployed_at = match (
+        time("deployed_at", r.deployed_at.as_deref())?,
+        &r.deployed_at,
+    ) {
+        (Some(t), _) => t,
+        (None, None) => now,
+        (None, Some(s)) if s.is_empty() => now,
+        // Go's zero time or earlier: a broken CI timestamp, never "now".
+        (None, Some(s)) => {
+            return Err(IngestError::new(format!(
+                "deployed_at: `{s}` is not a real deployment time"
+            )));
+        }
+    };
     if deployed_at.as_second() > now.as_second() + MAX_SKEW_SECONDS {
         return Err(IngestError::new(format!(
             "deployed_at: {deployed_at} is in the future (now is {now})"
@@ -101,5 +114,19 @@ mod tests {
             let e = parse(body.as_bytes(), now()).unwrap_err();
             assert!(e.message.contains(field), "{body}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod zero_time {
+    #[test]
+    fn go_zero_time_is_refused_not_now() {
+        let now = "2026-11-24T12:00:00Z".parse().unwrap();
+        let e = super::parse(
+            br#"{"service":"a","version":"1","deployment_id":"d","deployed_at":"0001-01-01T00:00:00Z"}"#,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("not a real deployment time"), "{e}");
     }
 }

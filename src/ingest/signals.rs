@@ -33,6 +33,9 @@ pub fn parse(body: &[u8]) -> Result<Vec<Signal>, IngestError> {
             if r.labels.is_empty() {
                 return Err(IngestError::new("labels: at least one label is needed"));
             }
+            if r.key.as_ref().is_some_and(|k| k.len() > 256) {
+                return Err(IngestError::new("key: longer than 256 characters"));
+            }
             let status = match r.status.as_str() {
                 "firing" => SignalStatus::Firing,
                 "resolved" => SignalStatus::Resolved,
