@@ -57,42 +57,13 @@ enum Command {
         api: ApiArgs,
     },
     /// Approve an incident's rollback as PERSON (break-glass; needs the admin token).
-    Approve {
-        id: String,
-        /// The people id whose vote this is.
-        #[arg(long)]
-        person: String,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Approve(VoteArgs),
     /// Reject an incident's rollback as PERSON (needs the admin token).
-    Reject {
-        id: String,
-        #[arg(long)]
-        person: String,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Reject(VoteArgs),
     /// Freeze a service's releases by hand (needs the admin token).
-    Freeze {
-        service: String,
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Freeze(FreezeArgs),
     /// Lift a service's freeze (needs the admin token); the reason goes into the timeline.
-    Unfreeze {
-        service: String,
-        #[arg(long)]
-        reason: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Unfreeze(FreezeArgs),
     /// Check rule files; prints each problem as FILE:LINE:COL: message. Exit 0 clean, 1 problems.
     Lint {
         /// Config to check rules against (people's roles, notifier names).
@@ -104,6 +75,27 @@ enum Command {
     /// Backtest: feed recorded inputs through the engine on a virtual clock and print every
     /// decision with its time. Exit 0 ok, 1 differs from --expect, 64 bad input or rules.
     Replay(rollbackd::replay::Args),
+}
+
+#[derive(clap::Args)]
+struct VoteArgs {
+    id: String,
+    /// The people id whose vote this is.
+    #[arg(long)]
+    person: String,
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+struct FreezeArgs {
+    service: String,
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +136,16 @@ impl ApiArgs {
 
 const EXIT_CONFIG: u8 = 64;
 
+fn vote(v: VoteArgs, approve: bool) -> ExitCode {
+    let c = v.api.client();
+    operate(async move { c.vote(&v.id, approve, &v.person, v.reason.as_deref()).await })
+}
+
+fn freeze(f: FreezeArgs, frozen: bool) -> ExitCode {
+    let c = f.api.client();
+    operate(async move { c.freeze(&f.service, frozen, &f.reason).await })
+}
+
 /// Runs one operator command on a small runtime; errors print and exit 1.
 fn operate<F: std::future::Future<Output = Result<(), rollbackd::cli::CliError>>>(
     f: F,
@@ -180,40 +182,10 @@ fn main() -> ExitCode {
                 Some(IncidentAction::Report { id }) => operate(async move { c.report(&id).await }),
             }
         }
-        Command::Approve {
-            id,
-            person,
-            reason,
-            api,
-        } => {
-            let c = api.client();
-            operate(async move { c.vote(&id, true, &person, reason.as_deref()).await })
-        }
-        Command::Reject {
-            id,
-            person,
-            reason,
-            api,
-        } => {
-            let c = api.client();
-            operate(async move { c.vote(&id, false, &person, reason.as_deref()).await })
-        }
-        Command::Freeze {
-            service,
-            reason,
-            api,
-        } => {
-            let c = api.client();
-            operate(async move { c.freeze(&service, true, &reason).await })
-        }
-        Command::Unfreeze {
-            service,
-            reason,
-            api,
-        } => {
-            let c = api.client();
-            operate(async move { c.freeze(&service, false, &reason).await })
-        }
+        Command::Approve(v) => vote(v, true),
+        Command::Reject(v) => vote(v, false),
+        Command::Freeze(f) => freeze(f, true),
+        Command::Unfreeze(f) => freeze(f, false),
         Command::Serve {
             config,
             listen,

@@ -184,6 +184,18 @@ impl<'a> Report<'a> {
     }
 }
 
+/// What humans did after a shadow incident, from the releases of its service and environment
+/// deployed after it (newest first, as the store lists them, so the first deploy after it
+/// decides): redeployed the previous release (`rolled_back`: they agreed), shipped something else
+/// (`fixed_forward`), or nothing yet.
+pub fn humans_after(inc: &Incident, later: &[crate::model::Release]) -> &'static str {
+    match later.last() {
+        None => "no_action_yet",
+        Some(r) if r.deployment_id == inc.release_to.deployment_id => "rolled_back",
+        Some(_) => "fixed_forward",
+    }
+}
+
 fn steps_table(steps: &[StepRun]) -> String {
     let mut md = String::from(
         "| # | step | state | attempts | exit | duration | command |\n|---|---|---|---|---|---|---|\n",
@@ -276,9 +288,8 @@ mod tests {
     }
 
     /// A full incident: breach, approval by two people, three steps, verification, freeze.
-    #[test]
-    fn report_of_a_full_incident_matches_the_snapshot() {
-        let inc = Incident {
+    fn full_incident() -> Incident {
+        Incident {
             id: "inc-000002".into(),
             rule: "portal-error-rate".into(),
             breach: "b-000001".into(),
@@ -386,7 +397,38 @@ mod tests {
                 Some(0),
             )],
             finished_at: Some(ts("2026-11-24T10:19:00Z")),
+        }
+    }
+
+    #[test]
+    fn humans_after_reads_the_first_deploy_after_the_incident() {
+        let rel = |id: &str| Release {
+            service: "portal".into(),
+            environment: "production".into(),
+            version: id.into(),
+            deployment_id: id.into(),
+            deployed_at: ts("2026-11-24T11:00:00Z"),
+            received_at: ts("2026-11-24T11:00:00Z"),
+            origin: "ci".into(),
+            incident: None,
+            posted_during_freeze: None,
         };
+        let mut inc = full_incident();
+        inc.release_to.deployment_id = "dpl_old".into();
+        assert_eq!(humans_after(&inc, &[]), "no_action_yet");
+        assert_eq!(
+            humans_after(&inc, &[rel("dpl_x"), rel("dpl_old")]),
+            "rolled_back"
+        );
+        assert_eq!(
+            humans_after(&inc, &[rel("dpl_old"), rel("dpl_fix")]),
+            "fixed_forward"
+        );
+    }
+
+    #[test]
+    fn report_of_a_full_incident_matches_the_snapshot() {
+        let inc = full_incident();
         let freeze = Freeze {
             service: "portal".into(),
             reason: "rollback by incident inc-000002 started".into(),

@@ -572,6 +572,10 @@ async fn delete_freeze(
 /// read from the release ledger: redeployed the previous release (they rolled back too), shipped
 /// another release (a fix forward), or nothing yet.
 async fn shadow(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let empty = |rule: &str| {
+        json!({"rule": rule, "would_have_acted": 0, "humans_rolled_back": 0,
+               "humans_fixed_forward": 0, "no_human_action_yet": 0, "last": null, "incidents": []})
+    };
     let incidents = app.store.incidents(None)?;
     let mut per_rule: std::collections::BTreeMap<String, Value> = Default::default();
     for i in incidents.iter().filter(|i| i.mode == "shadow") {
@@ -581,15 +585,10 @@ async fn shadow(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
             .into_iter()
             .filter(|r| r.environment == i.environment && r.deployed_at > i.opened_at)
             .collect();
-        let humans = match later.last() {
-            None => "no_action_yet",
-            Some(first) if first.deployment_id == i.release_to.deployment_id => "rolled_back",
-            Some(_) => "fixed_forward",
-        };
-        let e = per_rule.entry(i.rule.clone()).or_insert_with(|| {
-            json!({"rule": i.rule, "would_have_acted": 0, "humans_rolled_back": 0,
-                   "humans_fixed_forward": 0, "no_human_action_yet": 0, "last": null, "incidents": []})
-        });
+        let humans = crate::report::humans_after(i, &later);
+        let e = per_rule
+            .entry(i.rule.clone())
+            .or_insert_with(|| empty(&i.rule));
         e["would_have_acted"] = json!(e["would_have_acted"].as_u64().unwrap_or(0) + 1);
         let key = match humans {
             "rolled_back" => "humans_rolled_back",
@@ -612,10 +611,9 @@ async fn shadow(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
         .iter()
         .filter(|r| r.mode == crate::rules::Mode::Shadow)
     {
-        per_rule.entry(r.name.clone()).or_insert_with(|| {
-            json!({"rule": r.name, "would_have_acted": 0, "humans_rolled_back": 0,
-                   "humans_fixed_forward": 0, "no_human_action_yet": 0, "last": null, "incidents": []})
-        });
+        per_rule
+            .entry(r.name.clone())
+            .or_insert_with(|| empty(&r.name));
     }
     Ok(Json(
         json!({"items": per_rule.into_values().collect::<Vec<_>>()}),
