@@ -37,6 +37,9 @@ DECISION_BREACHES = int(os.environ.get("BENCH_DECISION_BREACHES", "10000"))
 RSS_KEYS = int(os.environ.get("BENCH_RSS_KEYS", "250000"))
 COLD_INCIDENTS = int(os.environ.get("BENCH_COLD_INCIDENTS", "100000"))
 COLD_RECORDS = int(os.environ.get("BENCH_COLD_RECORDS", "1000000"))
+PARTS = ("ingest", "decision", "rss", "cold_start")
+# BENCH_ONLY=decision,cold_start runs only those parts (and leaves bench/results.json alone).
+ONLY = [x for x in os.environ.get("BENCH_ONLY", ",".join(PARTS)).split(",") if x]
 ALERTMANAGER_NOTES = {"rps": 27000, "rss_mb_276k": 760}
 
 WORK = tempfile.mkdtemp(prefix="rollbackd-bench-")
@@ -481,14 +484,20 @@ def main():
                "wrk": " ".join(WRK_ARGS)}
     results = {"when": iso(datetime.now(timezone.utc)), "machine": machine}
     try:
-        log("1/4 ingest throughput")
-        results["ingest"] = bench_ingest()
-        log("2/4 decision latency")
-        results["decision"] = bench_decision()
-        log("3/4 RSS after distinct alert keys")
-        results["rss"] = bench_rss()
-        log("4/4 cold start")
-        results["cold_start"] = bench_cold_start()
+        unknown = set(ONLY) - set(PARTS)
+        if unknown:
+            raise SystemExit(f"BENCH_ONLY: unknown part(s) {sorted(unknown)}; parts: {', '.join(PARTS)}")
+        runs = {"ingest": ("ingest throughput", bench_ingest),
+                "decision": ("decision latency", bench_decision),
+                "rss": ("RSS after distinct alert keys", bench_rss),
+                "cold_start": ("cold start", bench_cold_start)}
+        for i, part in enumerate(PARTS):
+            title, run = runs[part]
+            if part in ONLY:
+                log(f"{i + 1}/{len(PARTS)} {title}")
+                results[part] = run()
+            else:
+                results[part] = {}
     finally:
         for p in list(PROCS):
             stop(p)
@@ -517,7 +526,10 @@ def main():
     }
     results["targets"] = targets
     results["alertmanager_notes"] = ALERTMANAGER_NOTES
-    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+    out = os.path.join(ROOT, "bench", "results.json")
+    if set(ONLY) != set(PARTS):
+        out = os.path.join(WORK, "results.json")
+    with open(out, "w") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
 
@@ -555,7 +567,7 @@ def main():
     print(f"{'-' * w0}  {'-' * w1}  ---  ------")
     for name, value, detail, ok in rows:
         print(f"{name:<{w0}}  {value:<{w1}}  {ok:<3}  {detail}")
-    print(f"\nwritten: bench/results.json; logs in {WORK}")
+    print(f"\nwritten: {os.path.relpath(out, ROOT)}; logs in {WORK}")
 
 
 if __name__ == "__main__":

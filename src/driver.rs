@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::engine::{Context, Effect, Event, Reply, State};
+use crate::engine::{Change, Context, Effect, Event, Reply, State};
 use crate::metrics::Metrics;
 use crate::model::since;
 use crate::store::Store;
@@ -91,7 +91,7 @@ impl Driver {
         // Resume whatever was under way when the process last stopped.
         self.apply(vec![Pending::Recover], &perform).await;
         loop {
-            let wake = self.state.next_wakeup(&self.live.rules()).map(|at| {
+            let wake = self.state.next_wakeup().map(|at| {
                 let wait = since(at, self.clock.now());
                 // A small margin so the tick lands at or after the deadline on the wall clock.
                 tokio::time::Instant::now() + wait + Duration::from_millis(1)
@@ -134,6 +134,7 @@ impl Driver {
         let mut changes = Vec::new();
         let mut timeline = Vec::new();
         let mut applied = Vec::with_capacity(inputs.len());
+        let mut loaded = Vec::new();
         for input in inputs {
             let now = self.clock.now();
             let (reply, mut out) = match input {
@@ -141,6 +142,9 @@ impl Driver {
                 Pending::Tick => (None, self.state.handle(&ctx, Event::Tick, now)),
                 Pending::Command(c) => {
                     let c = *c;
+                    if let Some(id) = self.load_named(&c.event) {
+                        loaded.push(id);
+                    }
                     (Some(c.reply), self.state.handle(&ctx, c.event, now))
                 }
             };
@@ -168,7 +172,7 @@ impl Driver {
         }
         if changes
             .iter()
-            .any(|c| matches!(c, crate::engine::Change::Outbox(e) if e.attempts == 0))
+            .any(|c| matches!(c, Change::Outbox(e) if e.attempts == 0))
         {
             self.outbox.notify_one();
         }
@@ -180,14 +184,13 @@ impl Driver {
                     .observe(since(written, i.deadline).as_secs_f64());
             }
         }
-        if changes.iter().any(|c| {
-            matches!(
-                c,
-                crate::engine::Change::Incident(_) | crate::engine::Change::Breach(_)
-            )
-        }) {
+        if changes
+            .iter()
+            .any(|c| matches!(c, Change::Incident(_) | Change::Breach(_)))
+        {
             self.metrics.observe_state(&self.state);
         }
+        self.let_go(&changes, loaded);
         for t in &timeline {
             tracing::info!(subject = %t.subject, kind = %t.kind, actor = %t.actor, "{}", t.message);
         }
@@ -196,6 +199,42 @@ impl Driver {
                 let _ = r.send(Ok((a.answer, a.now)));
             }
             a.effects.into_iter().for_each(perform);
+        }
+    }
+}
+
+impl Driver {
+    /// Puts a finished incident an event names back in memory from the store.
+    fn load_named(&mut self, event: &Event) -> Option<String> {
+        let id = self.state.incident_named(event)?;
+        if self.state.incidents.contains_key(id) {
+            return None;
+        }
+        let id = id.to_string();
+        match self.store.incident(&id) {
+            Ok(Some(i)) => {
+                self.state.incidents.insert(id.clone(), i);
+                Some(id)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(incident = %id, error = %e, "cannot read incident");
+                None
+            }
+        }
+    }
+
+    /// Lets go of the incidents the engine no longer works on (they are durable in the store and
+    /// summarised in the index), so memory holds the active ones, not the history.
+    fn let_go(&mut self, changes: &[Change], loaded: Vec<String>) {
+        let touched = changes.iter().filter_map(|c| match c {
+            Change::Incident(i) => Some(i.id.clone()),
+            _ => None,
+        });
+        for id in touched.chain(loaded) {
+            if self.state.incidents.get(&id).is_some_and(|i| !i.resident()) {
+                self.state.incidents.remove(&id);
+            }
         }
     }
 }

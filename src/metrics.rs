@@ -118,7 +118,7 @@ impl Metrics {
     pub fn observe_state(&self, st: &State) {
         self.breaches_open.set(st.breaches.len() as i64);
         for s in IncidentState::ALL {
-            let n = st.incidents.values().filter(|i| i.state == s).count();
+            let n = st.index.count(s);
             self.incidents
                 .with_label_values(&[s.as_str()])
                 .set(n as i64);

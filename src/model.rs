@@ -358,6 +358,63 @@ pub struct Incident {
     pub finished_at: Option<Timestamp>,
 }
 
+impl Incident {
+    /// `after` hooks of a rollback that started are still to run.
+    pub fn after_pending(&self) -> bool {
+        self.rollback_started_at.is_some()
+            && self.after.iter().any(|s| {
+                matches!(
+                    s.state,
+                    StepState::Pending | StepState::Started | StepState::Intended
+                )
+            })
+    }
+
+    /// The engine still needs the whole record in memory: it is active, or hooks are to run.
+    pub fn resident(&self) -> bool {
+        self.state.is_active() || self.after_pending()
+    }
+}
+
+/// What the engine keeps of every incident, finished or not, to look across incidents (one
+/// rollback per service, budgets, the loop guard, PagerDuty links, counts) without holding them
+/// all. Stored beside each incident so a start reads these, not every incident.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IncidentSummary {
+    pub id: String,
+    pub service: String,
+    pub environment: String,
+    pub state: IncidentState,
+    pub opened_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_started_at: Option<Timestamp>,
+    /// The deployment it rolls back from.
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty_incident: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_deadline: Option<Timestamp>,
+    /// See [`Incident::resident`].
+    pub resident: bool,
+}
+
+impl From<&Incident> for IncidentSummary {
+    fn from(i: &Incident) -> Self {
+        IncidentSummary {
+            id: i.id.clone(),
+            service: i.service.clone(),
+            environment: i.environment.clone(),
+            state: i.state,
+            opened_at: i.opened_at,
+            rollback_started_at: i.rollback_started_at,
+            from: i.release_from.deployment_id.clone(),
+            pagerduty_incident: i.pagerduty_incident.clone(),
+            approval_deadline: i.approvals.deadline,
+            resident: i.resident(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Freeze {
     pub service: String,

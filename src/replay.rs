@@ -274,7 +274,7 @@ impl<'a> Replayer<'a> {
     /// Ticks at every wakeup before `to` (and at `to` when `inclusive`).
     fn advance(&mut self, to: Timestamp, inclusive: bool) {
         let mut last = None;
-        while let Some(w) = self.state.next_wakeup(self.rules) {
+        while let Some(w) = self.state.next_wakeup() {
             if w > to || (w == to && !inclusive) {
                 break;
             }

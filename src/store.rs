@@ -37,6 +37,8 @@ pub struct Store {
     meta: sled::Tree,
     outbox: sled::Tree,
     deliveries: sled::Tree,
+    /// One [`IncidentSummary`] per incident, written with it.
+    summaries: sled::Tree,
     timeline_seq: std::sync::Arc<AtomicU64>,
 }
 
@@ -56,6 +58,7 @@ impl Store {
             timeline: db.open_tree("timeline")?,
             outbox: db.open_tree("outbox")?,
             deliveries: db.open_tree("deliveries")?,
+            summaries: db.open_tree("incident_summaries")?,
             meta,
             timeline_seq: std::sync::Arc::new(AtomicU64::new(timeline_seq)),
             db,
@@ -70,11 +73,20 @@ impl Store {
         };
         for b in values::<Breach>(&self.breaches)? {
             if b.closed_at.is_none() {
+                st.index.breach(&b);
                 st.breaches.insert((b.rule.clone(), b.group.clone()), b);
             }
         }
-        for i in values::<Incident>(&self.incidents)? {
-            st.incidents.insert(i.id.clone(), i);
+        // Every incident's summary feeds the index; only the incidents the engine still works on
+        // (active, or hooks to run) are read whole.
+        self.summarise_older_records()?;
+        for s in values::<IncidentSummary>(&self.summaries)? {
+            st.index.incident(&s);
+            if s.resident
+                && let Some(i) = self.incident(&s.id)?
+            {
+                st.incidents.insert(i.id.clone(), i);
+            }
         }
         // Keys sort by service, environment, deployed_at: arrival order within equal times is
         // lost, which the ledger does not rely on.
@@ -110,7 +122,11 @@ impl Store {
         for c in changes {
             match c {
                 Change::Breach(b) => writes.push((0, b.id.as_bytes().to_vec(), Some(json(b)?))),
-                Change::Incident(i) => writes.push((1, i.id.as_bytes().to_vec(), Some(json(i)?))),
+                Change::Incident(i) => {
+                    writes.push((1, i.id.as_bytes().to_vec(), Some(json(i)?)));
+                    let summary = IncidentSummary::from(i.as_ref());
+                    writes.push((8, i.id.as_bytes().to_vec(), Some(json(&summary)?)));
+                }
                 Change::Release(r) => writes.push((2, release_key(r), Some(json(r)?))),
                 Change::Freeze(service, f) => writes.push((
                     3,
@@ -165,9 +181,10 @@ impl Store {
             &self.meta,
             &self.outbox,
             &self.deliveries,
+            &self.summaries,
         );
         trees
-            .transaction(|(t0, t1, t2, t3, t4, t5, t6, t7)| {
+            .transaction(|(t0, t1, t2, t3, t4, t5, t6, t7, t8)| {
                 for (tree, key, value) in &writes {
                     let t = match tree {
                         0 => t0,
@@ -177,7 +194,8 @@ impl Store {
                         4 => t4,
                         5 => t5,
                         6 => t6,
-                        _ => t7,
+                        7 => t7,
+                        _ => t8,
                     };
                     match value {
                         Some(v) => {
@@ -197,6 +215,20 @@ impl Store {
                 }
             })?;
         self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Data written before summaries existed: summarise every incident once.
+    fn summarise_older_records(&self) -> Result<()> {
+        if !self.summaries.is_empty() || self.incidents.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for i in values::<Incident>(&self.incidents)? {
+            batch.insert(i.id.as_bytes(), json(&IncidentSummary::from(&i))?);
+        }
+        self.summaries.apply_batch(batch)?;
+        self.db.flush()?;
         Ok(())
     }
 

@@ -17,8 +17,11 @@ use crate::config::Person;
 use crate::model::*;
 use crate::rules::{Action, Mode, Rule, RuleSet};
 
+mod index;
 #[cfg(test)]
 mod tests;
+
+pub use index::{BreachKey, Index, Rollback};
 
 /// Refused votes kept on an incident (all of them stay in the timeline).
 const MAX_REFUSED_VOTES: usize = 50;
@@ -35,6 +38,8 @@ pub struct State {
     /// PagerDuty deliveries seen (`X-Webhook-Id`), kept [`DELIVERY_MEMORY`] for de-duplication.
     pub deliveries: BTreeMap<String, Timestamp>,
     pub next_seq: u64,
+    /// Derived from the above; see [`State::reindex`].
+    pub index: Index,
 }
 
 /// PagerDuty retries a delivery for up to 48 hours; remember ids a day longer.
@@ -328,7 +333,7 @@ impl State {
             },
         };
         for inc in self.incidents.values() {
-            if !inc.state.is_active() && after_pending(inc) {
+            if !inc.state.is_active() && inc.after_pending() {
                 tx.out.effects.push(Effect::RunAfter {
                     incident: inc.id.clone(),
                 });
@@ -356,22 +361,35 @@ impl State {
     }
 
     /// When the engine next needs a [`Event::Tick`]: the earliest breach deadline, clear time or
-    /// approval deadline.
-    pub fn next_wakeup(&self, rules: &RuleSet) -> Option<Timestamp> {
-        let breaches = self.breaches.values().filter_map(|b| {
-            let rule = rules.get(&b.rule)?;
-            match b.clearing_since {
-                Some(c) => Some(add(c, rule.clear_after)),
-                None if b.decision.is_none() => Some(b.deadline),
-                None => None,
-            }
-        });
-        let approvals = self
-            .incidents
-            .values()
-            .filter(|i| i.state == IncidentState::AwaitingApproval)
-            .filter_map(|i| i.approvals.deadline);
-        breaches.chain(approvals).min()
+    /// approval deadline (possibly a little early: a tick with nothing due changes nothing).
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        self.index.next_wakeup()
+    }
+
+    /// The incident an event works on, when it names one. Finished incidents need not stay in
+    /// [`State::incidents`] (the index keeps what the engine looks across); a caller that let one
+    /// go puts it back from the store before handing the event over.
+    pub fn incident_named<'a>(&'a self, event: &'a Event) -> Option<&'a str> {
+        match event {
+            Event::Vote { incident, .. }
+            | Event::StepStarting { incident, .. }
+            | Event::StepFinished { incident, .. }
+            | Event::VerifyFinished { incident, .. }
+            | Event::ProbeResult { incident, .. }
+            | Event::AfterFinished { incident, .. } => Some(incident),
+            Event::PagerDuty { input, .. } => match input {
+                PagerDutyInput::Incident { incident_key, .. } => incident_key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix("rollbackd/")),
+                PagerDutyInput::Vote { pd_incident, .. } => self.index.announced_on(pd_incident),
+                PagerDutyInput::Ignored => None,
+            },
+            Event::Unfreeze { service, .. } => self
+                .freezes
+                .get(service)
+                .and_then(|f| f.incident.as_deref()),
+            _ => None,
+        }
     }
 
     fn seq(&mut self, tx: &mut Tx) -> u64 {
@@ -380,12 +398,14 @@ impl State {
         self.next_seq
     }
 
-    fn save_breach(tx: &mut Tx, b: &Breach) {
+    fn save_breach(index: &mut Index, tx: &mut Tx, b: &Breach) {
+        index.breach(b);
         tx.out.changes.push(Change::Breach(Box::new(b.clone())));
     }
 
-    fn save_incident(&self, tx: &mut Tx, id: &str) {
+    fn save_incident(&mut self, tx: &mut Tx, id: &str) {
         if let Some(i) = self.incidents.get(id) {
+            self.index.incident(&IncidentSummary::from(i));
             tx.out.changes.push(Change::Incident(Box::new(i.clone())));
         }
     }
@@ -486,7 +506,7 @@ impl State {
                         });
                     }
                     if changed {
-                        Self::save_breach(tx, b);
+                        Self::save_breach(&mut self.index, tx, b);
                     }
                 }
                 SignalStatus::Resolved => {
@@ -524,7 +544,7 @@ impl State {
                             hash: None,
                         });
                     }
-                    Self::save_breach(tx, b);
+                    Self::save_breach(&mut self.index, tx, b);
                 }
             }
         }
@@ -545,22 +565,17 @@ impl State {
             self.deliveries.remove(&id);
             tx.out.changes.push(Change::Delivery(id, None));
         }
-        // Only the breaches that are due are touched (and their keys copied): with thousands
-        // open, an event costs a scan, not a copy of every key.
-        let due: Vec<(String, String)> = self
-            .breaches
-            .iter()
-            .filter(|(key, b)| {
-                let Some(rule) = tx.ctx.rules.get(&key.0) else {
-                    return false;
-                };
-                match b.clearing_since {
-                    Some(c) => now >= add(c, rule.clear_after),
-                    None => b.decision.is_none() && now >= b.deadline,
-                }
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let rules = tx.ctx.rules;
+        let breaches = &self.breaches;
+        let due = self.index.due_breaches(now, |key| {
+            let b = breaches.get(key)?;
+            let rule = rules.get(&key.0)?;
+            match b.clearing_since {
+                Some(c) => Some(add(c, rule.clear_after)),
+                None if b.decision.is_none() => Some(b.deadline),
+                None => None,
+            }
+        });
         for key in due {
             let Some(rule) = tx.ctx.rules.get(&key.0) else {
                 continue;
@@ -576,17 +591,14 @@ impl State {
                 None => self.decide(tx, rule, &key),
             }
         }
-        let due: Vec<String> = self
-            .incidents
-            .values()
-            .filter(|i| {
+        for id in self.index.due_approvals(now) {
+            let due = self.incidents.get(&id).is_some_and(|i| {
                 i.state == IncidentState::AwaitingApproval
                     && i.approvals.deadline.is_some_and(|d| now >= d)
-            })
-            .map(|i| i.id.clone())
-            .collect();
-        for id in due {
-            self.approval_timed_out(tx, &id);
+            });
+            if due {
+                self.approval_timed_out(tx, &id);
+            }
         }
     }
 
@@ -601,7 +613,7 @@ impl State {
             "rollbackd",
             format!("cleared: no alert fired for clear_after since {at}"),
         );
-        Self::save_breach(tx, &b);
+        Self::save_breach(&mut self.index, tx, &b);
         if let Some(id) = &b.incident
             && let Some(inc) = self.incidents.get(id)
             && matches!(
@@ -635,7 +647,7 @@ impl State {
                     acted: false,
                     reason: reason.clone(),
                 });
-                State::save_breach(tx, b);
+                State::save_breach(&mut me.index, tx, b);
             }
             tx.note(&subject, "not_acting", "rollbackd", reason);
         };
@@ -761,7 +773,7 @@ impl State {
                 reason: format!("incident {id} opened"),
             });
             b.incident = Some(id.clone());
-            Self::save_breach(tx, b);
+            Self::save_breach(&mut self.index, tx, b);
         }
         let late = since(now, b.deadline);
         tx.note_with(
@@ -888,15 +900,14 @@ impl State {
                 current.deployment_id
             ));
         }
-        if let Some(prior) = self.incidents.values().find(|i| {
-            i.service == service
-                && i.environment == current.environment
-                && i.rollback_started_at.is_some()
-                && i.release_from.deployment_id == previous.deployment_id
-        }) {
+        if let Some((prior, _)) = self
+            .index
+            .rollbacks(service)
+            .find(|(_, r)| r.environment == current.environment && r.from == previous.deployment_id)
+        {
             return Err(format!(
-                "loop guard: incident {} already rolled back from {} ({}); never rolling back to it",
-                prior.id, previous.version, previous.deployment_id
+                "loop guard: incident {prior} already rolled back from {} ({}); never rolling back to it",
+                previous.version, previous.deployment_id
             ));
         }
         Ok((current.clone(), previous.clone()))
@@ -926,9 +937,10 @@ impl State {
             ));
         }
         if let Some(other) = self
-            .incidents
-            .values()
-            .find(|i| i.id != id && i.service == service && i.state.is_active())
+            .index
+            .active(service)
+            .filter(|other| other.as_str() != id)
+            .find_map(|other| self.incidents.get(other))
         {
             return Some(format!(
                 "incident {} is already {} for service {service}: one rollback at a time",
@@ -938,10 +950,9 @@ impl State {
         if let Some(budget) = rule.budget {
             let from = sub(now, budget.per);
             let used = self
-                .incidents
-                .values()
-                .filter(|i| i.service == service)
-                .filter(|i| i.rollback_started_at.is_some_and(|t| t >= from))
+                .index
+                .rollbacks(service)
+                .filter(|(_, r)| r.started_at >= from)
                 .count();
             if used >= budget.max as usize {
                 return Some(format!(
@@ -964,7 +975,7 @@ impl State {
         if !to.is_active() {
             inc.finished_at = Some(tx.now);
             inc.reason = Some(why.clone());
-            if inc.rollback_started_at.is_some() && after_pending(inc) {
+            if inc.after_pending() {
                 tx.out.effects.push(Effect::RunAfter {
                     incident: id.to_string(),
                 });
@@ -1030,6 +1041,8 @@ impl State {
     /// back are cancelled. Breaches of rules that stay keep their start; one not decided yet
     /// takes the rule's new `sustained`.
     fn on_rules_reloaded(&mut self, tx: &mut Tx) {
+        // Due instants depend on the rules: note every breach again.
+        self.index.reset_breaches(self.breaches.values());
         let keys: Vec<(String, String)> = self.breaches.keys().cloned().collect();
         for key in keys {
             match tx.ctx.rules.get(&key.0) {
@@ -1044,7 +1057,7 @@ impl State {
                         "rollbackd",
                         format!("rule {} was removed by a reload; the breach ends", b.rule),
                     );
-                    Self::save_breach(tx, &b);
+                    Self::save_breach(&mut self.index, tx, &b);
                 }
                 Some(rule) => {
                     if let Some(b) = self.breaches.get_mut(&key)
@@ -1053,15 +1066,16 @@ impl State {
                         let deadline = add(b.started_at, rule.sustained);
                         if deadline != b.deadline {
                             b.deadline = deadline;
-                            Self::save_breach(tx, b);
+                            Self::save_breach(&mut self.index, tx, b);
                         }
                     }
                 }
             }
         }
         let orphans: Vec<String> = self
-            .incidents
-            .values()
+            .index
+            .all_active()
+            .filter_map(|id| self.incidents.get(id))
             .filter(|i| {
                 matches!(
                     i.state,
@@ -1125,13 +1139,7 @@ impl State {
                 via,
                 reason,
             } => {
-                let Some(id) = self
-                    .incidents
-                    .values()
-                    .filter(|i| i.pagerduty_incident.as_deref() == Some(pd_incident.as_str()))
-                    .max_by_key(|i| i.opened_at)
-                    .map(|i| i.id.clone())
-                else {
+                let Some(id) = self.index.announced_on(&pd_incident).map(str::to_string) else {
                     tx.note(
                         &format!("pagerduty:{pd_incident}"),
                         "vote_ignored",
@@ -1969,15 +1977,6 @@ fn render_action(a: &Action, vars: &BTreeMap<String, String>) -> Result<Vec<Stri
         Action::Run { argv, .. } => argv.iter().map(|t| t.render(vars)).collect(),
         Action::Http { method, url, .. } => url.render(vars).map(|u| vec![method.clone(), u]),
     }
-}
-
-fn after_pending(inc: &Incident) -> bool {
-    inc.after.iter().any(|s| {
-        matches!(
-            s.state,
-            StepState::Pending | StepState::Started | StepState::Intended
-        )
-    })
 }
 
 /// Exponential backoff with deterministic jitter (so replays agree): 1s, 2s, 4s … capped at 60s,
