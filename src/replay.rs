@@ -314,7 +314,7 @@ impl<'a> Replayer<'a> {
                 let vars = b
                     .labels
                     .iter()
-                    .map(|(k, v)| (format!("labels.{k}"), v.clone()))
+                    .map(|(k, v)| (format!("labels.{k}"), v.to_string()))
                     .collect();
                 BreachInfo {
                     rule: b.rule.clone(),

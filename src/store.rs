@@ -113,13 +113,42 @@ impl Store {
         Ok(st)
     }
 
-    /// Writes one event's records atomically and durably.
+    /// Writes records atomically and durably.
     pub async fn commit(&self, changes: &[Change], timeline: &[TimelineEntry]) -> Result<()> {
+        if self.write(changes, timeline)? {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything written so far is on disk.
+    async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Writes records atomically (one transaction), not yet durably: [`Store::flush`] makes them
+    /// so. Returns whether anything was written. Of several changes to one record only the last
+    /// is written.
+    fn write(&self, changes: &[Change], timeline: &[TimelineEntry]) -> Result<bool> {
         if changes.is_empty() && timeline.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut writes: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for c in changes {
+        let mut seen = std::collections::HashSet::new();
+        for c in changes.iter().rev() {
+            let first = |tree: usize, key: &[u8], seen: &mut std::collections::HashSet<_>| {
+                seen.insert((tree, key.to_vec()))
+            };
+            let later = match c {
+                Change::Breach(b) => !first(0, b.id.as_bytes(), &mut seen),
+                Change::Incident(i) => !first(1, i.id.as_bytes(), &mut seen),
+                Change::Seq(_) => !first(5, META_SEQ, &mut seen),
+                _ => false,
+            };
+            if later {
+                continue;
+            }
             match c {
                 Change::Breach(b) => writes.push((0, b.id.as_bytes().to_vec(), Some(json(b)?))),
                 Change::Incident(i) => {
@@ -147,6 +176,7 @@ impl Store {
                 }
             }
         }
+        writes.reverse();
         let base = self
             .timeline_seq
             .fetch_add(timeline.len() as u64, Ordering::SeqCst);
@@ -214,8 +244,7 @@ impl Store {
                     StoreError::Sled(sled::Error::Unsupported("transaction aborted".into()))
                 }
             })?;
-        self.db.flush_async().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Data written before summaries existed: summarise every incident once.

@@ -433,12 +433,12 @@ impl State {
                             id: id.clone(),
                             rule: rule.name.clone(),
                             group: group.clone(),
-                            group_labels,
-                            labels: s.labels.clone(),
+                            group_labels: LabelSet::from(&group_labels),
+                            labels: LabelSet::from(&s.labels),
                             started_at: start,
                             first_seen: now,
                             deadline: add(start, rule.sustained),
-                            alerts: BTreeMap::new(),
+                            alerts: AlertMap::default(),
                             clearing_since: None,
                             decision: None,
                             incident: None,
@@ -474,7 +474,7 @@ impl State {
                         }
                         None => {
                             b.alerts.insert(
-                                s.key.clone(),
+                                &s.key,
                                 AlertState {
                                     firing: true,
                                     starts_at: start,
@@ -654,7 +654,7 @@ impl State {
         let label_vars: BTreeMap<String, String> = b
             .labels
             .iter()
-            .map(|(k, v)| (format!("labels.{k}"), v.clone()))
+            .map(|(k, v)| (format!("labels.{k}"), v.to_string()))
             .collect();
         let service = match rule.service.render(&label_vars) {
             Ok(s) if !s.is_empty() => s,
@@ -748,7 +748,7 @@ impl State {
                 "enforce"
             }
             .into(),
-            labels: b.labels.clone(),
+            labels: b.labels.to_labels(),
             breach_started_at: b.started_at,
             deadline: b.deadline,
             opened_at: now,

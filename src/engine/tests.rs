@@ -201,7 +201,7 @@ impl World {
         self.st
             .breaches
             .values()
-            .find(|b| b.group_labels.get("service").map(String::as_str) == Some(service))
+            .find(|b| b.group_labels.get("service") == Some(service))
     }
 
     /// Performs pending RunStep effects with the given outcome, as the executor would.

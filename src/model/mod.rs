@@ -9,6 +9,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+mod compact;
+pub use compact::{AlertMap, LabelSet};
+
 pub type Labels = BTreeMap<String, String>;
 
 /// Where a signal came from; rules may restrict themselves with `sources:`.
@@ -132,13 +135,13 @@ pub struct Breach {
     pub id: String,
     pub rule: String,
     pub group: String,
-    pub group_labels: Labels,
+    pub group_labels: LabelSet,
     /// Labels of the first firing signal: what `{{ labels.X }}` renders from.
-    pub labels: Labels,
+    pub labels: LabelSet,
     pub started_at: Timestamp,
     pub first_seen: Timestamp,
     pub deadline: Timestamp,
-    pub alerts: BTreeMap<String, AlertState>,
+    pub alerts: AlertMap,
     /// Set while no alert of the group fires: the breach ends at `clearing_since + clear_after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clearing_since: Option<Timestamp>,
