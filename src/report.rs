@@ -244,7 +244,7 @@ fn fmt_secs(s: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::*;
 
@@ -288,7 +288,7 @@ mod tests {
     }
 
     /// A full incident: breach, approval by two people, three steps, verification, freeze.
-    fn full_incident() -> Incident {
+    pub(crate) fn full_incident() -> Incident {
         Incident {
             id: "inc-000002".into(),
             rule: "portal-error-rate".into(),

@@ -585,4 +585,43 @@ mod tests {
             "other subjects are untouched"
         );
     }
+
+    #[tokio::test]
+    async fn a_start_reads_summaries_and_only_the_incidents_still_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = crate::report::tests::full_incident();
+        let mut waiting = done.clone();
+        waiting.id = "inc-000009".into();
+        waiting.state = IncidentState::AwaitingApproval;
+        waiting.rollback_started_at = None;
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit(
+                &[
+                    Change::Incident(Box::new(done.clone())),
+                    Change::Incident(Box::new(waiting.clone())),
+                ],
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let st = s.load_state().unwrap();
+        assert_eq!(st.incidents.keys().collect::<Vec<_>>(), ["inc-000009"]);
+        assert_eq!(st.index.count(done.state), 1);
+        assert_eq!(
+            st.index.active(&done.service).collect::<Vec<_>>(),
+            ["inc-000009"]
+        );
+        assert_eq!(st.index.rollbacks(&done.service).count(), 1);
+        assert_eq!(s.incident(&done.id).unwrap(), Some(done.clone()));
+
+        // Data written before summaries existed is summarised once, at the next start.
+        s.summaries.clear().unwrap();
+        let st = s.load_state().unwrap();
+        assert_eq!(s.summaries.len(), 2);
+        assert_eq!(st.incidents.len(), 1);
+        assert_eq!(st.index.rollbacks(&done.service).count(), 1);
+    }
 }
