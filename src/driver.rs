@@ -137,6 +137,21 @@ impl Driver {
         let mut loaded = Vec::new();
         for input in inputs {
             let now = self.clock.now();
+            let event = match &input {
+                Pending::Command(c) => Some(&c.event),
+                _ => None,
+            };
+            if let Err(e) = self.load_breaches(&rules, event, now) {
+                // Deciding without a breach that is open on disk could open a second one.
+                tracing::error!(error = %e, "cannot read breaches; not handling the event");
+                match input {
+                    Pending::Command(c) => {
+                        let _ = c.reply.send(Err(EngineError::Store(e.to_string())));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+                continue;
+            }
             let (reply, mut out) = match input {
                 Pending::Recover => (None, self.state.recover(&ctx, now)),
                 Pending::Tick => (None, self.state.handle(&ctx, Event::Tick, now)),
@@ -191,6 +206,8 @@ impl Driver {
             self.metrics.observe_state(&self.state);
         }
         self.let_go(&changes, loaded);
+        // Open breaches stay on disk and in the index; the next event reads back what it needs.
+        self.state.breaches.clear();
         for t in &timeline {
             tracing::info!(subject = %t.subject, kind = %t.kind, actor = %t.actor, "{}", t.message);
         }
@@ -204,6 +221,24 @@ impl Driver {
 }
 
 impl Driver {
+    /// Puts the open breaches an event (or a tick) needs back in memory from the store.
+    fn load_breaches(
+        &mut self,
+        rules: &crate::rules::RuleSet,
+        event: Option<&Event>,
+        now: jiff::Timestamp,
+    ) -> Result<(), crate::store::StoreError> {
+        for seq in self.state.breaches_needed(rules, event, now) {
+            // An agenda entry may name a breach that has closed since: that one stays closed.
+            if let Some(b) = self.store.breach(&crate::engine::breach_id(seq))?
+                && b.closed_at.is_none()
+            {
+                self.state.breaches.insert(seq, b);
+            }
+        }
+        Ok(())
+    }
+
     /// Puts a finished incident an event names back in memory from the store.
     fn load_named(&mut self, event: &Event) -> Option<String> {
         let id = self.state.incident_named(event)?;

@@ -116,7 +116,7 @@ impl Metrics {
 
     /// Gauges that mirror engine state, refreshed after each event.
     pub fn observe_state(&self, st: &State) {
-        self.breaches_open.set(st.breaches.len() as i64);
+        self.breaches_open.set(st.index.open_count() as i64);
         for s in IncidentState::ALL {
             let n = st.index.count(s);
             self.incidents

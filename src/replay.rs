@@ -260,7 +260,7 @@ impl<'a> Replayer<'a> {
             decisions: self.decisions.len(),
             kinds,
             breaches_closed: lengths.len(),
-            breaches_open_at_end: self.state.breaches.len(),
+            breaches_open_at_end: self.state.index.open_count(),
             median_breach_ms: median,
             blips_absorbed: self.per_rule.values().map(|r| r.blips_absorbed).sum(),
             rules: self.per_rule,

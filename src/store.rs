@@ -71,10 +71,11 @@ impl Store {
             next_seq: read_u64(&self.meta, META_SEQ)?,
             ..State::default()
         };
-        for b in values::<Breach>(&self.breaches)? {
+        for kv in self.breaches.iter() {
+            let b: Breach = serde_json::from_slice(&kv?.1)?;
+            // The index knows every open breach; the driver reads one back when an event needs it.
             if b.closed_at.is_none() {
                 st.index.breach(&b);
-                st.breaches.insert((b.rule.clone(), b.group.clone()), b);
             }
         }
         // Every incident's summary feeds the index; only the incidents the engine still works on

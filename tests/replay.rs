@@ -244,9 +244,10 @@ fn no_previous_release_means_no_incident() {
             )
         })
         .collect();
+    // Breaches due at the same instant are decided in the order they opened.
     assert_eq!(
         codes,
-        [("shop", "no_release"), ("web", "no_previous_release")]
+        [("web", "no_previous_release"), ("shop", "no_release")]
     );
     assert!(find(&ds, "triggered").is_empty());
 }

@@ -2,13 +2,38 @@
 //! every breach or incident. Rebuilt from the records at load and kept current by the engine each
 //! time it saves a record (every change to a breach or incident is saved, so nothing is missed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use jiff::Timestamp;
+use sha2::{Digest, Sha256};
 
 use crate::model::{Breach, IncidentState, IncidentSummary};
 
-pub type BreachKey = (String, String);
+/// A breach's number: `b-000042` is 42. Open breaches are kept by it.
+pub type BreachSeq = u64;
+
+/// The number in a breach id (`b-000042`).
+pub fn breach_seq(id: &str) -> Option<BreachSeq> {
+    id.strip_prefix("b-")?.parse().ok()
+}
+
+/// The breach id for a number.
+pub fn breach_id(seq: BreachSeq) -> String {
+    format!("b-{seq:06}")
+}
+
+/// (rule, group) in 16 bytes: what the index knows every open breach by, so that memory holds
+/// 16 bytes per open breach rather than its names.
+fn key_hash(rule: &str, group: &str) -> u128 {
+    let mut h = Sha256::new();
+    h.update(rule.as_bytes());
+    h.update([0]);
+    h.update(group.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
 
 /// A rollback that started, as the budget and the loop guard need it.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,10 +46,12 @@ pub struct Rollback {
 
 #[derive(Clone, Debug, Default)]
 pub struct Index {
+    /// Every open breach, by (rule, group).
+    open: HashMap<u128, BreachSeq>,
     /// Open breaches by the earliest instant they may need the engine (a deadline, or the start of
     /// a clearing window). Entries go stale when a breach changes; each is checked when it comes
     /// up, so an entry may be early or dead, never late.
-    agenda: BTreeSet<(Timestamp, BreachKey)>,
+    agenda: BTreeSet<(Timestamp, BreachSeq)>,
     /// Incidents awaiting approval by approval deadline (stale entries checked the same way).
     approvals: BTreeSet<(Timestamp, String)>,
     /// Active incidents per service.
@@ -41,21 +68,51 @@ pub struct Index {
 impl Index {
     /// Notes a saved breach.
     pub fn breach(&mut self, b: &Breach) {
+        let Some(seq) = breach_seq(&b.id) else {
+            return;
+        };
+        let key = key_hash(&b.rule, &b.group);
         if b.closed_at.is_some() {
+            if self.open.get(&key) == Some(&seq) {
+                self.open.remove(&key);
+            }
             return;
         }
+        self.open.insert(key, seq);
         let at = match (b.clearing_since, &b.decision) {
             (Some(c), _) => c,
             (None, None) => b.deadline,
             (None, Some(_)) => return,
         };
-        self.agenda.insert((at, (b.rule.clone(), b.group.clone())));
+        self.agenda.insert((at, seq));
     }
 
-    /// Drops every breach entry and notes these breaches again (after a rules reload).
+    /// The open breach of a rule for a group, if any.
+    pub fn open_breach(&self, rule: &str, group: &str) -> Option<BreachSeq> {
+        self.open.get(&key_hash(rule, group)).copied()
+    }
+
+    /// How many breaches are open.
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Every open breach.
+    pub fn open_breaches(&self) -> impl Iterator<Item = BreachSeq> + '_ {
+        self.open.values().copied()
+    }
+
+    /// Drops every agenda entry and notes these breaches again (after a rules reload).
     pub fn reset_breaches<'a>(&mut self, breaches: impl Iterator<Item = &'a Breach>) {
         self.agenda.clear();
         breaches.for_each(|b| self.breach(b));
+    }
+
+    /// The breaches whose agenda entries have come up by `now` (some may turn out not due).
+    pub fn coming_up(&self, now: Timestamp) -> impl Iterator<Item = BreachSeq> + '_ {
+        self.agenda
+            .range(..=(now, BreachSeq::MAX))
+            .map(|(_, seq)| *seq)
     }
 
     /// Takes the entries that have come up by `now`. `due_at` tells a breach's real due instant
@@ -64,8 +121,8 @@ impl Index {
     pub fn due_breaches(
         &mut self,
         now: Timestamp,
-        due_at: impl Fn(&BreachKey) -> Option<Timestamp>,
-    ) -> Vec<BreachKey> {
+        due_at: impl Fn(BreachSeq) -> Option<Timestamp>,
+    ) -> Vec<BreachSeq> {
         let mut due = Vec::new();
         let mut seen = BTreeSet::new();
         let mut later = Vec::new();
@@ -73,13 +130,13 @@ impl Index {
             if first.0 > now {
                 break;
             }
-            let Some((_, key)) = self.agenda.pop_first() else {
+            let Some((_, seq)) = self.agenda.pop_first() else {
                 break;
             };
-            match due_at(&key) {
-                Some(at) if at <= now && seen.insert(key.clone()) => due.push(key),
+            match due_at(seq) {
+                Some(at) if at <= now && seen.insert(seq) => due.push(seq),
                 Some(at) if at <= now => {}
-                Some(at) => later.push((at, key)),
+                Some(at) => later.push((at, seq)),
                 None => {}
             }
         }

@@ -21,7 +21,7 @@ mod index;
 #[cfg(test)]
 mod tests;
 
-pub use index::{BreachKey, Index, Rollback};
+pub use index::{BreachSeq, Index, Rollback, breach_id, breach_seq};
 
 /// Refused votes kept on an incident (all of them stay in the timeline).
 const MAX_REFUSED_VOTES: usize = 50;
@@ -29,8 +29,9 @@ const MAX_REFUSED_VOTES: usize = 50;
 /// Everything the engine knows. Rebuilt from the store at start.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    /// Open breaches by (rule, group).
-    pub breaches: BTreeMap<(String, String), Breach>,
+    /// Open breaches by number. A caller with a store may keep only the ones an event works on
+    /// (see [`State::breaches_needed`]); the index knows every open one.
+    pub breaches: BTreeMap<BreachSeq, Breach>,
     pub incidents: BTreeMap<String, Incident>,
     /// Per service, ordered by `deployed_at` (then arrival).
     pub releases: BTreeMap<String, Vec<Release>>,
@@ -366,6 +367,43 @@ impl State {
         self.index.next_wakeup()
     }
 
+    /// The open breaches that handling `event` (or a tick, `None`) at `now` may touch and that
+    /// are not in [`State::breaches`]: the ones its signals fall in, the ones whose agenda entries
+    /// have come up, and all of them for a rules reload. A caller that keeps only some breaches in
+    /// memory puts these back from the store first, skipping any that has closed since (an agenda
+    /// entry may outlive its breach).
+    pub fn breaches_needed(
+        &self,
+        rules: &RuleSet,
+        event: Option<&Event>,
+        now: Timestamp,
+    ) -> Vec<BreachSeq> {
+        let mut need: Vec<BreachSeq> = self.index.coming_up(now).collect();
+        let mut of_signal = |s: &Signal| {
+            for rule in rules
+                .rules
+                .iter()
+                .filter(|r| r.matches(s.source, &s.labels))
+            {
+                let (group, _) = rule.group(&s.labels);
+                need.extend(self.index.open_breach(&rule.name, &group));
+            }
+        };
+        match event {
+            Some(Event::Signals(signals)) => signals.iter().for_each(&mut of_signal),
+            Some(Event::PagerDuty {
+                input: PagerDutyInput::Incident { signal, .. },
+                ..
+            }) => of_signal(signal),
+            Some(Event::RulesReloaded) => need.extend(self.index.open_breaches()),
+            _ => {}
+        }
+        need.retain(|seq| !self.breaches.contains_key(seq));
+        need.sort_unstable();
+        need.dedup();
+        need
+    }
+
     /// The incident an event works on, when it names one. Finished incidents need not stay in
     /// [`State::incidents`] (the index keeps what the engine looks across); a caller that let one
     /// go puts it back from the store before handing the event over.
@@ -422,13 +460,17 @@ impl State {
             .filter(|r| r.matches(s.source, &s.labels))
         {
             let (group, group_labels) = rule.group(&s.labels);
-            let key = (rule.name.clone(), group.clone());
+            let open = self.index.open_breach(&rule.name, &group);
             match s.status {
                 SignalStatus::Firing => {
                     // A start in the future is a clock problem upstream: count from receipt.
                     let start = s.starts_at.unwrap_or(now).min(now);
-                    if !self.breaches.contains_key(&key) {
-                        let id = format!("b-{:06}", self.seq(tx));
+                    let seq = match open {
+                        Some(seq) => seq,
+                        None => self.seq(tx),
+                    };
+                    if open.is_none() {
+                        let id = breach_id(seq);
                         let b = Breach {
                             id: id.clone(),
                             rule: rule.name.clone(),
@@ -454,9 +496,9 @@ impl State {
                                 rule.name, b.deadline
                             ),
                         );
-                        self.breaches.insert(key.clone(), b);
+                        self.breaches.insert(seq, b);
                     }
-                    let Some(b) = self.breaches.get_mut(&key) else {
+                    let Some(b) = self.breaches.get_mut(&seq) else {
                         continue;
                     };
                     let mut changed = false;
@@ -510,7 +552,7 @@ impl State {
                     }
                 }
                 SignalStatus::Resolved => {
-                    let Some(b) = self.breaches.get_mut(&key) else {
+                    let Some(b) = open.and_then(|seq| self.breaches.get_mut(&seq)) else {
                         continue;
                     };
                     let Some(a) = b.alerts.get_mut(&s.key) else {
@@ -567,28 +609,28 @@ impl State {
         }
         let rules = tx.ctx.rules;
         let breaches = &self.breaches;
-        let due = self.index.due_breaches(now, |key| {
-            let b = breaches.get(key)?;
-            let rule = rules.get(&key.0)?;
+        let due = self.index.due_breaches(now, |seq| {
+            let b = breaches.get(&seq)?;
+            let rule = rules.get(&b.rule)?;
             match b.clearing_since {
                 Some(c) => Some(add(c, rule.clear_after)),
                 None if b.decision.is_none() => Some(b.deadline),
                 None => None,
             }
         });
-        for key in due {
-            let Some(rule) = tx.ctx.rules.get(&key.0) else {
+        for seq in due {
+            let Some(b) = self.breaches.get(&seq) else {
                 continue;
             };
-            let Some(b) = self.breaches.get(&key) else {
+            let Some(rule) = tx.ctx.rules.get(&b.rule) else {
                 continue;
             };
             match b.clearing_since {
                 Some(c) => {
                     let ends = add(c, rule.clear_after);
-                    self.close_breach(tx, &key, ends);
+                    self.close_breach(tx, seq, ends);
                 }
-                None => self.decide(tx, rule, &key),
+                None => self.decide(tx, rule, seq),
             }
         }
         for id in self.index.due_approvals(now) {
@@ -602,8 +644,8 @@ impl State {
         }
     }
 
-    fn close_breach(&mut self, tx: &mut Tx, key: &(String, String), at: Timestamp) {
-        let Some(mut b) = self.breaches.remove(key) else {
+    fn close_breach(&mut self, tx: &mut Tx, seq: BreachSeq, at: Timestamp) {
+        let Some(mut b) = self.breaches.remove(&seq) else {
             return;
         };
         b.closed_at = Some(at);
@@ -634,14 +676,14 @@ impl State {
 
     /// The breach has lasted `sustained`: correlate with releases and open an incident, or record
     /// why not.
-    fn decide(&mut self, tx: &mut Tx, rule: &Rule, key: &(String, String)) {
+    fn decide(&mut self, tx: &mut Tx, rule: &Rule, breach: BreachSeq) {
         let now = tx.now;
-        let Some(b) = self.breaches.get(key).cloned() else {
+        let Some(b) = self.breaches.get(&breach).cloned() else {
             return;
         };
         let subject = format!("breach:{}", b.id);
         let not_acting = |me: &mut State, tx: &mut Tx, reason: String| {
-            if let Some(b) = me.breaches.get_mut(key) {
+            if let Some(b) = me.breaches.get_mut(&breach) {
                 b.decision = Some(Decision {
                     at: now,
                     acted: false,
@@ -766,7 +808,7 @@ impl State {
             after,
             finished_at: None,
         };
-        if let Some(b) = self.breaches.get_mut(key) {
+        if let Some(b) = self.breaches.get_mut(&breach) {
             b.decision = Some(Decision {
                 at: now,
                 acted: true,
@@ -1043,11 +1085,15 @@ impl State {
     fn on_rules_reloaded(&mut self, tx: &mut Tx) {
         // Due instants depend on the rules: note every breach again.
         self.index.reset_breaches(self.breaches.values());
-        let keys: Vec<(String, String)> = self.breaches.keys().cloned().collect();
-        for key in keys {
-            match tx.ctx.rules.get(&key.0) {
+        let seqs: Vec<(BreachSeq, String)> = self
+            .breaches
+            .iter()
+            .map(|(seq, b)| (*seq, b.rule.clone()))
+            .collect();
+        for (seq, rule) in seqs {
+            match tx.ctx.rules.get(&rule) {
                 None => {
-                    let Some(mut b) = self.breaches.remove(&key) else {
+                    let Some(mut b) = self.breaches.remove(&seq) else {
                         continue;
                     };
                     b.closed_at = Some(tx.now);
@@ -1060,7 +1106,7 @@ impl State {
                     Self::save_breach(&mut self.index, tx, &b);
                 }
                 Some(rule) => {
-                    if let Some(b) = self.breaches.get_mut(&key)
+                    if let Some(b) = self.breaches.get_mut(&seq)
                         && b.decision.is_none()
                     {
                         let deadline = add(b.started_at, rule.sustained);

@@ -81,9 +81,11 @@ struct World {
     /// Everything the engine asked for, in order.
     effects: Vec<Effect>,
     timeline: Vec<TimelineEntry>,
-    /// When set, finished incidents leave `st.incidents` after each event and come back from here
-    /// when an event names them, as the driver does with the store.
+    /// When set, finished incidents leave `st.incidents` and every breach leaves `st.breaches`
+    /// after each event, and come back from here when an event needs them, as the driver does
+    /// with the store.
     disk: Option<BTreeMap<String, Incident>>,
+    disk_breaches: BTreeMap<BreachSeq, Breach>,
 }
 
 impl World {
@@ -96,6 +98,7 @@ impl World {
             effects: Vec::new(),
             timeline: Vec::new(),
             disk: None,
+            disk_breaches: BTreeMap::new(),
         }
     }
 
@@ -106,6 +109,15 @@ impl World {
             dry_run: self.dry_run,
             pagerduty: false,
         };
+        if self.disk.is_some() {
+            for seq in self.st.breaches_needed(&self.rules, Some(&ev), now) {
+                if let Some(b) = self.disk_breaches.get(&seq)
+                    && b.closed_at.is_none()
+                {
+                    self.st.breaches.insert(seq, b.clone());
+                }
+            }
+        }
         if let Some(disk) = &self.disk
             && let Some(id) = self.st.incident_named(&ev).map(str::to_string)
             && !self.st.incidents.contains_key(&id)
@@ -116,11 +128,19 @@ impl World {
         let out = self.st.handle(&ctx, ev, now);
         if let Some(disk) = &mut self.disk {
             for c in &out.changes {
-                if let Change::Incident(i) = c {
-                    disk.insert(i.id.clone(), (**i).clone());
+                match c {
+                    Change::Incident(i) => {
+                        disk.insert(i.id.clone(), (**i).clone());
+                    }
+                    Change::Breach(b) => {
+                        let seq = breach_seq(&b.id).expect("breach ids are numbered");
+                        self.disk_breaches.insert(seq, (**b).clone());
+                    }
+                    _ => {}
                 }
             }
             self.st.incidents.retain(|_, i| i.resident());
+            self.st.breaches.clear();
         }
         self.effects.extend(out.effects);
         self.timeline.extend(out.timeline);
@@ -198,9 +218,13 @@ impl World {
     }
 
     fn breach(&self, service: &str) -> Option<&Breach> {
-        self.st
-            .breaches
+        let breaches = match &self.disk {
+            Some(_) => &self.disk_breaches,
+            None => &self.st.breaches,
+        };
+        breaches
             .values()
+            .filter(|b| b.closed_at.is_none())
             .find(|b| b.group_labels.get("service") == Some(service))
     }
 
@@ -1145,8 +1169,9 @@ proptest! {
         }
     }
 
-    /// Letting go of finished incidents (as the driver does) changes no decision: the index
-    /// carries what the engine looks across.
+    /// Letting go of finished incidents and of every breach after each event (as the driver
+    /// does) changes no decision: the index carries what the engine looks across, and what an
+    /// event needs comes back first.
     #[test]
     fn letting_go_of_finished_incidents_changes_nothing(script in prop::collection::vec((0usize..4, 1u64..900_000, any::<bool>()), 1..60)) {
         let yaml = format!("{}{}", rule("r1", "    budget: { max: 1, per: 1h }\n"), rule("r2", ""));
