@@ -169,7 +169,20 @@ fn operate<F: std::future::Future<Output = Result<(), rollbackd::cli::CliError>>
     }
 }
 
+/// glibc raises its mmap and trim thresholds after the first large free (up to 32 MiB), after which
+/// freed heap is kept for good: an alert storm would leave the daemon at its peak size. Fixed
+/// thresholds keep large buffers in mmap and give freed heap back as it is freed.
+fn tame_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called once before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    tame_the_heap();
     let cli = Cli::parse();
     match cli.command {
         Command::Lint { config, rules_dir } => lint(config, rules_dir),
