@@ -263,10 +263,32 @@ impl Store {
     }
 
     pub fn incidents(&self, state: Option<IncidentState>) -> Result<Vec<Incident>> {
-        let mut all: Vec<Incident> = values(&self.incidents)?;
-        all.retain(|i| state.is_none_or(|s| i.state == s));
-        all.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then(b.id.cmp(&a.id)));
+        let (all, _) =
+            self.incidents_where(|s| state.is_none_or(|st| s.state == st), usize::MAX)?;
         Ok(all)
+    }
+
+    /// The newest incidents whose summary passes `keep`, at most `limit`, and whether more
+    /// passed. Reads summaries newest first and only the incidents it returns.
+    pub fn incidents_where(
+        &self,
+        keep: impl Fn(&IncidentSummary) -> bool,
+        limit: usize,
+    ) -> Result<(Vec<Incident>, bool)> {
+        let mut picked = Vec::new();
+        for kv in self.summaries.iter().rev() {
+            let s: IncidentSummary = serde_json::from_slice(&kv?.1)?;
+            if !keep(&s) {
+                continue;
+            }
+            if picked.len() == limit {
+                return Ok((sorted(picked), true));
+            }
+            if let Some(i) = self.incident(&s.id)? {
+                picked.push(i);
+            }
+        }
+        Ok((sorted(picked), false))
     }
 
     pub fn incident(&self, id: &str) -> Result<Option<Incident>> {
@@ -324,11 +346,29 @@ impl Store {
         })
     }
 
-    pub fn open_breaches(&self) -> Result<Vec<Breach>> {
-        let mut all: Vec<Breach> = values(&self.breaches)?;
-        all.retain(|b| b.closed_at.is_none());
-        all.sort_by_key(|b| b.deadline);
-        Ok(all)
+    /// The open breaches that act soonest, at most `limit`, and whether there are more. Memory
+    /// stays bounded by `limit` however many are open.
+    pub fn open_breaches(&self, limit: usize) -> Result<(Vec<Breach>, bool)> {
+        let mut soonest: Vec<Breach> = Vec::new();
+        let mut more = false;
+        let keep = |v: &mut Vec<Breach>| {
+            v.sort_by(|a, b| a.deadline.cmp(&b.deadline).then_with(|| a.id.cmp(&b.id)));
+            v.truncate(limit);
+        };
+        for kv in self.breaches.iter() {
+            let b: Breach = serde_json::from_slice(&kv?.1)?;
+            if b.closed_at.is_some() {
+                continue;
+            }
+            soonest.push(b);
+            if soonest.len() > limit.saturating_mul(2).max(64) {
+                more = true;
+                keep(&mut soonest);
+            }
+        }
+        more |= soonest.len() > limit;
+        keep(&mut soonest);
+        Ok((soonest, more))
     }
 
     pub fn breach(&self, id: &str) -> Result<Option<Breach>> {
@@ -421,6 +461,12 @@ fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>> 
         Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
         None => Ok(None),
     }
+}
+
+/// Newest first, as every incident list is shown.
+fn sorted(mut all: Vec<Incident>) -> Vec<Incident> {
+    all.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then(b.id.cmp(&a.id)));
+    all
 }
 
 fn values<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {

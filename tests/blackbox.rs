@@ -1232,3 +1232,59 @@ fn every_error_is_json() {
     assert_eq!(s, 400, "{v}");
     assert!(v["error"].is_string(), "repeated query key: body {v}");
 }
+
+#[test]
+fn lists_are_bounded_and_say_when_they_are_cut() {
+    let setup = Setup::new("", "");
+    std::fs::write(
+        setup.path().join("rules/rules.yaml"),
+        rule_yaml(
+            "1h",
+            "1m",
+            "none",
+            "      - name: noop\n        run: [/bin/true]",
+            "",
+        ),
+    )
+    .unwrap();
+    let d = setup.start();
+    for (i, service) in ["a", "b", "c"].iter().enumerate() {
+        let l = json!({"alertname": ALERT, "service": service, "severity": "page"});
+        let body = am_alert(
+            "firing",
+            l,
+            &ts(-(i as f64) - 1.0),
+            &format!("fp-{service}"),
+        );
+        let (s, v) = post(&d.url("/v1/webhooks/alertmanager"), None, &body);
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, v) = get(&d.url("/v1/breaches"), None);
+    assert_eq!(s, 200);
+    assert_eq!(items(&v).len(), 3);
+    assert_eq!(v["truncated"], false);
+
+    // Soonest deadline first: c started first.
+    let (s, v) = get(&d.url("/v1/breaches?limit=2"), None);
+    assert_eq!(s, 200);
+    let groups: Vec<String> = items(&v)
+        .iter()
+        .map(|b| b["group"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(groups, [r#"{service="c"}"#, r#"{service="b"}"#]);
+    assert_eq!(v["truncated"], true);
+
+    for bad in ["0", "10001", "lots"] {
+        let (s, v) = get(&d.url(&format!("/v1/breaches?limit={bad}")), None);
+        assert_eq!(s, 400, "limit={bad}: {v}");
+        let named = |f: &str| v[f].as_str().is_some_and(|t| t.contains("limit"));
+        assert!(
+            named("error") || named("detail"),
+            "the error names the limit: {v}"
+        );
+    }
+    let (s, v) = get(&d.url("/v1/incidents?limit=1"), None);
+    assert_eq!(s, 200);
+    assert!(items(&v).is_empty());
+    assert_eq!(v["truncated"], false);
+}

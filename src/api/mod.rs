@@ -340,13 +340,38 @@ async fn get_releases(
     Ok(Json(json!({"items": app.store.releases(&service)?})))
 }
 
-async fn get_breaches(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"items": app.store.open_breaches()?})))
+/// Lists are bounded: `?limit=` up to this many, [`DEFAULT_LIMIT`] when not given.
+const MAX_LIMIT: usize = 10_000;
+const DEFAULT_LIMIT: usize = 1_000;
+
+fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
+    match asked {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit {n} is out of range: 1 to {MAX_LIMIT}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// Open breaches, soonest deadline first; `truncated` when more are open than `limit`.
+async fn get_breaches(
+    State(app): State<Arc<App>>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (items, truncated) = app.store.open_breaches(limit(q.limit)?)?;
+    Ok(Json(json!({"items": items, "truncated": truncated})))
 }
 
 #[derive(Deserialize)]
 struct StateQuery {
     state: Option<String>,
+    limit: Option<usize>,
 }
 
 async fn list_incidents(
@@ -362,7 +387,10 @@ async fn list_incidents(
             ))
         })?),
     };
-    Ok(Json(json!({"items": app.store.incidents(state)?})))
+    let (items, truncated) = app
+        .store
+        .incidents_where(|s| state.is_none_or(|st| s.state == st), limit(q.limit)?)?;
+    Ok(Json(json!({"items": items, "truncated": truncated})))
 }
 
 async fn get_incident(

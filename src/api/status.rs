@@ -12,16 +12,18 @@ use crate::model::{Breach, Incident, IncidentState, since};
 
 const REFRESH_SECONDS: u32 = 5;
 const RECENT_INCIDENTS: usize = 20;
+/// Shown at most; the page says how to see all.
+const SHOWN: usize = 200;
 const RELEASES_PER_SERVICE: usize = 3;
 
 pub fn render(app: &App) -> Result<String, ApiError> {
     let now = app.clock.now();
-    let breaches = app.store.open_breaches()?;
-    let incidents = app.store.incidents(None)?;
+    let (breaches, more_breaches) = app.store.open_breaches(SHOWN)?;
+    let (incidents, _) = app.store.incidents_where(|_| true, RECENT_INCIDENTS)?;
+    let (active, more_active) = app.store.incidents_where(|s| s.state.is_active(), SHOWN)?;
     let freezes = app.store.freezes()?;
     let releases = app.store.recent_releases(RELEASES_PER_SERVICE)?;
-    let active: Vec<&Incident> = incidents.iter().filter(|i| i.state.is_active()).collect();
-    let waiting: Vec<&Incident> = incidents
+    let waiting: Vec<&Incident> = active
         .iter()
         .filter(|i| i.state == IncidentState::AwaitingApproval)
         .collect();
@@ -51,6 +53,12 @@ th{{background:#f0f0f0}} .muted{{color:#777}} code{{font-size:.95em}}
     );
 
     h.push_str("<h2 id=\"approvals\">Waiting for approval</h2>\n");
+    if more_active {
+        let _ = writeln!(
+            h,
+            "<p class=\"muted\">More than {SHOWN} incidents are active; the newest are shown.</p>"
+        );
+    }
     if waiting.is_empty() {
         h.push_str("<p class=\"muted\">Nothing is waiting for approval.</p>\n");
     } else {
@@ -109,6 +117,12 @@ th{{background:#f0f0f0}} .muted{{color:#777}} code{{font-size:.95em}}
             );
         }
         h.push_str("</table>\n");
+        if more_breaches {
+            let _ = writeln!(
+                h,
+                "<p class=\"muted\">The {SHOWN} soonest are shown; <code>GET /v1/breaches?limit=N</code> lists more.</p>"
+            );
+        }
     }
 
     h.push_str("<h2 id=\"incidents\">Incidents</h2>\n");
