@@ -459,7 +459,7 @@ def bench_cold_start():
             time.sleep(0.002)
         rss = rss_mb(p.pid)
         if attempt == 0 and ready is not None:
-            _, b = request(h, port, "GET", "/v1/incidents?state=expired", timeout=60)
+            _, b = request(h, port, "GET", "/v1/incidents?state=expired&limit=10000", timeout=60)
             expired = len(json.loads(b).get("items", []))
         stop(p)
         times.append(ready)
