@@ -141,25 +141,27 @@ impl Driver {
                 Pending::Command(c) => Some(&c.event),
                 _ => None,
             };
-            if let Err(e) = self.load_breaches(&rules, event, now) {
-                // Deciding without a breach that is open on disk could open a second one.
-                tracing::error!(error = %e, "cannot read breaches; not handling the event");
-                match input {
-                    Pending::Command(c) => {
-                        let _ = c.reply.send(Err(EngineError::Store(e.to_string())));
+            match self.load_needed(&rules, event, now) {
+                Ok(Some(id)) => loaded.push(id),
+                Ok(None) => {}
+                Err(e) => {
+                    // Deciding without a breach that is open on disk could open a second one, and
+                    // without the incident a vote names would answer "no such incident".
+                    tracing::error!(error = %e, "cannot read state the event needs; not handling it");
+                    match input {
+                        Pending::Command(c) => {
+                            let _ = c.reply.send(Err(EngineError::Store(e.to_string())));
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
-                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    continue;
                 }
-                continue;
             }
             let (reply, mut out) = match input {
                 Pending::Recover => (None, self.state.recover(&ctx, now)),
                 Pending::Tick => (None, self.state.handle(&ctx, Event::Tick, now)),
                 Pending::Command(c) => {
                     let c = *c;
-                    if let Some(id) = self.load_named(&c.event) {
-                        loaded.push(id);
-                    }
                     (Some(c.reply), self.state.handle(&ctx, c.event, now))
                 }
             };
@@ -221,13 +223,14 @@ impl Driver {
 }
 
 impl Driver {
-    /// Puts the open breaches an event (or a tick) needs back in memory from the store.
-    fn load_breaches(
+    /// Puts back in memory from the store what an event (or a tick) needs: the open breaches it
+    /// may touch and the finished incident it names. Returns the incident it put back, if any.
+    fn load_needed(
         &mut self,
         rules: &crate::rules::RuleSet,
         event: Option<&Event>,
         now: jiff::Timestamp,
-    ) -> Result<(), crate::store::StoreError> {
+    ) -> Result<Option<String>, crate::store::StoreError> {
         for seq in self.state.breaches_needed(rules, event, now) {
             // An agenda entry may name a breach that has closed since: that one stays closed.
             if let Some(b) = self.store.breach(&crate::engine::breach_id(seq))?
@@ -236,27 +239,17 @@ impl Driver {
                 self.state.breaches.insert(seq, b);
             }
         }
-        Ok(())
-    }
-
-    /// Puts a finished incident an event names back in memory from the store.
-    fn load_named(&mut self, event: &Event) -> Option<String> {
-        let id = self.state.incident_named(event)?;
+        let Some(id) = event.and_then(|e| self.state.incident_named(e)) else {
+            return Ok(None);
+        };
         if self.state.incidents.contains_key(id) {
-            return None;
+            return Ok(None);
         }
         let id = id.to_string();
-        match self.store.incident(&id) {
-            Ok(Some(i)) => {
-                self.state.incidents.insert(id.clone(), i);
-                Some(id)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::error!(incident = %id, error = %e, "cannot read incident");
-                None
-            }
-        }
+        Ok(self.store.incident(&id)?.map(|i| {
+            self.state.incidents.insert(id.clone(), i);
+            id
+        }))
     }
 
     /// Lets go of the incidents the engine no longer works on (they are durable in the store and
