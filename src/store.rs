@@ -114,40 +114,23 @@ impl Store {
         Ok(st)
     }
 
-    /// Writes records atomically and durably.
+    /// Writes records atomically (one transaction) and durably (flushed). Of several changes to
+    /// one record only the last is written.
     pub async fn commit(&self, changes: &[Change], timeline: &[TimelineEntry]) -> Result<()> {
-        if self.write(changes, timeline)? {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Waits until everything written so far is on disk.
-    async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
-    }
-
-    /// Writes records atomically (one transaction), not yet durably: [`Store::flush`] makes them
-    /// so. Returns whether anything was written. Of several changes to one record only the last
-    /// is written.
-    fn write(&self, changes: &[Change], timeline: &[TimelineEntry]) -> Result<bool> {
         if changes.is_empty() && timeline.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         let mut writes: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // Walk backwards so the last change to a record is the one taken.
+        let mut taken: std::collections::HashSet<(usize, &[u8])> = Default::default();
         for c in changes.iter().rev() {
-            let first = |tree: usize, key: &[u8], seen: &mut std::collections::HashSet<_>| {
-                seen.insert((tree, key.to_vec()))
+            let record = match c {
+                Change::Breach(b) => Some((0, b.id.as_bytes())),
+                Change::Incident(i) => Some((1, i.id.as_bytes())),
+                Change::Seq(_) => Some((5, META_SEQ)),
+                _ => None,
             };
-            let later = match c {
-                Change::Breach(b) => !first(0, b.id.as_bytes(), &mut seen),
-                Change::Incident(i) => !first(1, i.id.as_bytes(), &mut seen),
-                Change::Seq(_) => !first(5, META_SEQ, &mut seen),
-                _ => false,
-            };
-            if later {
+            if record.is_some_and(|r| !taken.insert(r)) {
                 continue;
             }
             match c {
@@ -245,7 +228,8 @@ impl Store {
                     StoreError::Sled(sled::Error::Unsupported("transaction aborted".into()))
                 }
             })?;
-        Ok(true)
+        self.db.flush_async().await?;
+        Ok(())
     }
 
     /// Data written before summaries existed: summarise every incident once.
@@ -672,5 +656,42 @@ mod tests {
         assert_eq!(s.summaries.len(), 2);
         assert_eq!(st.incidents.len(), 1);
         assert_eq!(st.index.rollbacks(&done.service).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn of_several_changes_to_one_record_the_last_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let breach = |deadline: jiff::Timestamp| Breach {
+            id: "b-000001".into(),
+            rule: "r".into(),
+            group: "{}".into(),
+            group_labels: LabelSet::default(),
+            labels: LabelSet::default(),
+            started_at: at,
+            first_seen: at,
+            deadline,
+            alerts: AlertMap::default(),
+            clearing_since: None,
+            decision: None,
+            incident: None,
+            pagerduty_incident: None,
+            closed_at: None,
+        };
+        let later = add(at, std::time::Duration::from_secs(60));
+        s.commit(
+            &[
+                Change::Breach(Box::new(breach(at))),
+                Change::Seq(1),
+                Change::Breach(Box::new(breach(later))),
+                Change::Seq(2),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.breach("b-000001").unwrap().unwrap().deadline, later);
+        assert_eq!(s.load_state().unwrap().next_seq, 2);
     }
 }

@@ -21,7 +21,7 @@ mod index;
 #[cfg(test)]
 mod tests;
 
-pub use index::{BreachSeq, Index, Rollback, breach_id, breach_seq};
+pub use index::{BreachSeq, Index, breach_id, breach_seq};
 
 /// Refused votes kept on an incident (all of them stay in the timeline).
 const MAX_REFUSED_VOTES: usize = 50;
@@ -39,7 +39,7 @@ pub struct State {
     /// PagerDuty deliveries seen (`X-Webhook-Id`), kept [`DELIVERY_MEMORY`] for de-duplication.
     pub deliveries: BTreeMap<String, Timestamp>,
     pub next_seq: u64,
-    /// Derived from the above; see [`State::reindex`].
+    /// Derived from the records: rebuilt when the store loads them, kept current on every save.
     pub index: Index,
 }
 
