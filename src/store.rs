@@ -663,21 +663,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let at: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let breach = |deadline: jiff::Timestamp| Breach {
-            id: "b-000001".into(),
-            rule: "r".into(),
-            group: "{}".into(),
-            group_labels: LabelSet::default(),
-            labels: LabelSet::default(),
-            started_at: at,
-            first_seen: at,
-            deadline,
-            alerts: AlertMap::default(),
-            clearing_since: None,
-            decision: None,
-            incident: None,
-            pagerduty_incident: None,
-            closed_at: None,
+        let breach = |deadline: jiff::Timestamp| -> Breach {
+            serde_json::from_value(serde_json::json!({
+                "id": "b-000001", "rule": "r", "group": "{}", "group_labels": {},
+                "labels": {"service": "web"}, "started_at": at, "first_seen": at,
+                "deadline": deadline, "alerts": {}
+            }))
+            .unwrap()
         };
         let later = add(at, std::time::Duration::from_secs(60));
         s.commit(
