@@ -45,20 +45,9 @@ const RULES: &str = r#"rules:
         run: [deployctl, rollback, "{{ service }}", --to, "{{ release.previous.version }}"]
 "#;
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// At least `target` input lines, in time order.
 fn generate(target: usize, services: usize, long_every: u64) -> String {
@@ -66,9 +55,9 @@ fn generate(target: usize, services: usize, long_every: u64) -> String {
     let at = |s: i64| t0.checked_add(SignedDuration::from_secs(s)).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut lines: Vec<(i64, u64, String)> = Vec::with_capacity(target + services * 4);
-    let mut seq = 0u64;
-    let mut push = |lines: &mut Vec<(i64, u64, String)>, t: i64, line: String| {
-        seq += 1;
+    // The second field keeps arrival order among lines at the same instant.
+    let push = |lines: &mut Vec<(i64, u64, String)>, t: i64, line: String| {
+        let seq = lines.len() as u64 + 1;
         lines.push((t, seq, line));
     };
     let release = |svc: &str, n: u64, t: i64| {
@@ -89,6 +78,16 @@ fn generate(target: usize, services: usize, long_every: u64) -> String {
             at(t),
             at(t)
         )
+    };
+    // One alert firing at `t` and resolved `len` seconds later.
+    let run = |lines: &mut Vec<(i64, u64, String)>,
+               alert: &str,
+               svc: &str,
+               key: &str,
+               t: i64,
+               len: i64| {
+        push(lines, t, signal(alert, svc, key, true, t));
+        push(lines, t + len, signal(alert, svc, key, false, t + len));
     };
     // Each service: releases every ~4 h; alert episodes one after another until enough lines.
     let per_service = target / services + 1;
@@ -118,23 +117,13 @@ fn generate(target: usize, services: usize, long_every: u64) -> String {
             t = clock;
             if rng.below(long_every) == 0 {
                 let len = 720 + rng.below(780) as i64;
-                push(&mut lines, t, signal(alert, &svc, &key, true, t));
-                push(
-                    &mut lines,
-                    t + len,
-                    signal(alert, &svc, &key, false, t + len),
-                );
+                run(&mut lines, alert, &svc, &key, t, len);
                 made += 2;
                 t += len;
             } else {
                 for _ in 0..1 + rng.below(3) {
                     let len = 15 + rng.below(76) as i64;
-                    push(&mut lines, t, signal(alert, &svc, &key, true, t));
-                    push(
-                        &mut lines,
-                        t + len,
-                        signal(alert, &svc, &key, false, t + len),
-                    );
+                    run(&mut lines, alert, &svc, &key, t, len);
                     made += 2;
                     t += len + 20 + rng.below(61) as i64;
                 }

@@ -10,24 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::rng::Rng;
 use common::*;
 use serde_json::{Value, json};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn rules(log: &str) -> String {
     let step = |name: &str, idem: bool, sleep: &str| {
