@@ -17,8 +17,7 @@ use serde_json::json;
 fn step(name: &str, argv: &[&str], at: Timestamp) -> StepRun {
     StepRun {
         name: name.to_string(),
-        kind: "run".to_string(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
+        plan: rollbackd::model::Plan::run(argv.iter().map(|s| s.to_string()).collect()),
         render_error: None,
         state: StepState::Done,
         attempts: 1,
@@ -98,6 +97,7 @@ fn incident(n: u64, at: Timestamp) -> Incident {
         pagerduty_incident: None,
         rollback_started_at: Some(at + SignedDuration::from_secs(41)),
         verify_deadline: Some(at + SignedDuration::from_mins(10)),
+        verify: None,
         checks: vec![CheckResult {
             name: "error rate".to_string(),
             ok: true,

@@ -14,7 +14,7 @@ pub async fn run(client: &reqwest::Client, check: &Check, timeout: Duration) -> 
             below,
             above,
         } => {
-            let name = format!("prometheus `{query}`");
+            let name = check.name();
             let (ok, detail) = prometheus(client, url, query, *below, *above, timeout).await;
             CheckResult { name, ok, detail }
         }
@@ -23,7 +23,7 @@ pub async fn run(client: &reqwest::Client, check: &Check, timeout: Duration) -> 
             expect_status,
             body_contains,
         } => {
-            let name = format!("http {url}");
+            let name = check.name();
             let (ok, detail) = http(
                 client,
                 url,

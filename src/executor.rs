@@ -12,8 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::driver::EngineHandle;
 use crate::engine::{Effect, Event, Reply, StepResult};
 use crate::metrics::Metrics;
-use crate::model::{Incident, since};
-use crate::rules::Action;
+use crate::model::{Incident, Plan, StepKind, StepState};
 use crate::steps::{self, HttpStep};
 use crate::store::Store;
 
@@ -21,7 +20,6 @@ use crate::store::Store;
 pub struct Executor {
     pub engine: EngineHandle,
     pub store: Store,
-    pub live: Arc<crate::live::Live>,
     pub http: reqwest::Client,
     pub metrics: Arc<Metrics>,
     pub max_output: usize,
@@ -41,7 +39,7 @@ impl Executor {
                     attempt,
                     delay,
                 } => me.run_step(incident, index, attempt, delay).await,
-                Effect::Verify { incident } => me.verify(incident).await,
+                Effect::Verify { incident, delay } => me.verify(incident, delay).await,
                 Effect::Probe { incident, index } => me.probe(incident, index).await,
                 Effect::RunAfter { incident } => me.run_after(incident).await,
             }
@@ -68,11 +66,7 @@ impl Executor {
     }
 
     async fn run_step(&self, id: String, index: usize, attempt: u32, delay: Duration) {
-        tokio::select! {
-            _ = self.stopping.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        if self.stopping.is_cancelled() {
+        if !self.wait(delay).await {
             return;
         }
         let Some(inc) = self.incident(&id) else {
@@ -81,13 +75,6 @@ impl Executor {
         let Some(run) = inc.steps.get(index).cloned() else {
             return;
         };
-        let spec = self
-            .live
-            .rules()
-            .get(&inc.rule)
-            .and_then(|r| r.steps.get(index))
-            .filter(|s| s.name == run.name)
-            .cloned();
         match self
             .engine
             .send(Event::StepStarting {
@@ -104,20 +91,9 @@ impl Executor {
                 return;
             }
         }
-        let timeout = Duration::from_millis(run.timeout_ms);
-        let result = match spec {
-            None => StepResult {
-                ok: false,
-                exit_code: None,
-                output: String::new(),
-                error: Some(format!(
-                    "rule {} no longer has step {:?}; nothing was run",
-                    inc.rule, run.name
-                )),
-                duration_ms: 0,
-            },
-            Some(spec) => self.perform_action(&spec.action, &run.argv, timeout).await,
-        };
+        let result = self
+            .act(&run.plan, Duration::from_millis(run.timeout_ms))
+            .await;
         self.metrics
             .step_outcomes
             .with_label_values(&[if result.ok { "done" } else { "failed" }])
@@ -137,24 +113,30 @@ impl Executor {
         }
     }
 
-    /// Runs one `run` or `http` action with its rendered argv (`[METHOD, URL]` for http).
-    async fn perform_action(
-        &self,
-        action: &Action,
-        argv: &[String],
-        timeout: Duration,
-    ) -> StepResult {
-        match action {
-            Action::Run { env, dir, .. } => {
-                steps::run_command(argv, env, dir.as_ref(), timeout, self.max_output).await
+    /// Sleeps `delay` unless the executor is stopping; false when it is.
+    async fn wait(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.stopping.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        !self.stopping.is_cancelled()
+    }
+
+    /// Runs one planned `run` or `http` action, exactly as the incident recorded it.
+    async fn act(&self, plan: &Plan, timeout: Duration) -> StepResult {
+        match plan.kind {
+            StepKind::Run => {
+                steps::run_command(
+                    &plan.argv,
+                    &plan.env,
+                    plan.dir.as_ref(),
+                    timeout,
+                    self.max_output,
+                )
+                .await
             }
-            Action::Http {
-                headers,
-                body,
-                expect_status,
-                ..
-            } => {
-                let (method, url) = match argv {
+            StepKind::Http => {
+                let (method, url) = match plan.argv.as_slice() {
                     [m, u] => (m.as_str(), u.as_str()),
                     _ => ("", ""),
                 };
@@ -163,9 +145,9 @@ impl Executor {
                     HttpStep {
                         method,
                         url,
-                        headers,
-                        body,
-                        expect_status,
+                        headers: &plan.headers,
+                        body: &plan.body,
+                        expect_status: &plan.expect_status,
                     },
                     timeout,
                     self.max_output,
@@ -179,30 +161,19 @@ impl Executor {
         let Some(inc) = self.incident(&id) else {
             return;
         };
-        let spec = self
-            .live
-            .rules()
-            .get(&inc.rule)
-            .and_then(|r| r.steps.get(index))
-            .and_then(|s| s.probe.clone());
-        let argv = inc.steps.get(index).and_then(|s| s.probe.clone());
-        let (in_place, detail) = match (spec, argv) {
-            (Some(action), Some(argv)) => {
-                let r = self
-                    .perform_action(&action, &argv, Duration::from_secs(60))
-                    .await;
-                let is_http = matches!(action, Action::Http { .. });
-                match (is_http, r.ok, r.exit_code) {
+        let (in_place, detail) = match inc.steps.get(index).and_then(|s| s.probe.as_ref()) {
+            Some(plan) => {
+                let r = self.act(plan, Duration::from_secs(60)).await;
+                match (plan.kind, r.ok, r.exit_code) {
                     (_, true, _) => (Some(true), "probe succeeded".to_string()),
-                    (false, false, Some(1)) => (Some(false), "probe exited 1".to_string()),
-                    (true, false, Some(404)) => (Some(false), "probe answered 404".to_string()),
+                    (StepKind::Run, false, Some(1)) => (Some(false), "probe exited 1".to_string()),
+                    (StepKind::Http, false, Some(404)) => {
+                        (Some(false), "probe answered 404".to_string())
+                    }
                     (_, false, _) => (None, r.error.unwrap_or_else(|| "probe failed".to_string())),
                 }
             }
-            _ => (
-                None,
-                "the step has no probe in the loaded rules".to_string(),
-            ),
+            None => (None, "the step's plan has no probe".to_string()),
         };
         let _ = self
             .engine
@@ -220,33 +191,23 @@ impl Executor {
             return;
         };
         for (index, hook) in inc.after.iter().enumerate() {
-            if matches!(
-                hook.state,
-                crate::model::StepState::Done | crate::model::StepState::Failed
-            ) {
+            if matches!(hook.state, StepState::Done | StepState::Failed) {
                 continue;
             }
             if self.stopping.is_cancelled() {
                 return;
             }
-            let rules = self.live.rules();
-            let spec = rules
-                .get(&inc.rule)
-                .and_then(|r| r.after.get(index))
-                .filter(|s| s.name == hook.name);
-            let refused = |error: String| StepResult {
-                ok: false,
-                exit_code: None,
-                output: String::new(),
-                error: Some(error),
-                duration_ms: 0,
-            };
-            let result = match (&hook.render_error, spec) {
-                (Some(e), _) => refused(e.clone()),
-                (None, None) => refused(format!("rule {} no longer has this hook", inc.rule)),
-                (None, Some(spec)) => {
-                    let timeout = Duration::from_millis(hook.timeout_ms);
-                    self.perform_action(&spec.action, &hook.argv, timeout).await
+            let result = match &hook.render_error {
+                Some(e) => StepResult {
+                    ok: false,
+                    exit_code: None,
+                    output: String::new(),
+                    error: Some(e.clone()),
+                    duration_ms: 0,
+                },
+                None => {
+                    self.act(&hook.plan, Duration::from_millis(hook.timeout_ms))
+                        .await
                 }
             };
             let _ = self
@@ -260,53 +221,27 @@ impl Executor {
         }
     }
 
-    async fn verify(&self, id: String) {
+    /// One round of the incident's planned checks; the engine decides whether to try again.
+    async fn verify(&self, id: String, delay: Duration) {
+        if !self.wait(delay).await {
+            return;
+        }
         let Some(inc) = self.incident(&id) else {
             return;
         };
-        let Some(verify) = self
-            .live
-            .rules()
-            .get(&inc.rule)
-            .and_then(|r| r.verify.clone())
-        else {
-            let _ = self
-                .engine
-                .send(Event::VerifyFinished {
-                    incident: id,
-                    ok: false,
-                    results: Vec::new(),
-                })
-                .await;
-            return;
-        };
-        let deadline = inc.verify_deadline;
-        loop {
-            let mut results = Vec::new();
-            for c in &verify.checks {
-                results.push(
-                    crate::checks::run(&self.http, c, verify.every.max(Duration::from_secs(1)))
-                        .await,
-                );
-            }
-            let all_ok = results.iter().all(|r| r.ok);
-            let left = deadline.map(|d| since(d, jiff::Timestamp::now()));
-            let out_of_time = left.is_some_and(|l| l < verify.every);
-            if all_ok || out_of_time {
-                let _ = self
-                    .engine
-                    .send(Event::VerifyFinished {
-                        incident: id,
-                        ok: all_ok,
-                        results,
-                    })
-                    .await;
-                return;
-            }
-            tokio::select! {
-                _ = self.stopping.cancelled() => return,
-                _ = tokio::time::sleep(verify.every) => {}
+        let mut results = Vec::new();
+        if let Some(v) = &inc.verify {
+            let timeout = v.every().max(Duration::from_secs(1));
+            for c in &v.checks {
+                results.push(crate::checks::run(&self.http, c, timeout).await);
             }
         }
+        let _ = self
+            .engine
+            .send(Event::VerifyFinished {
+                incident: id,
+                results,
+            })
+            .await;
     }
 }

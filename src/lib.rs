@@ -209,7 +209,6 @@ impl Daemon {
         let executor = Executor {
             engine: engine.clone(),
             store: store.clone(),
-            live: live.clone(),
             http: reqwest::Client::builder()
                 .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
                 .build()

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::config::{Config, Person};
 use crate::engine::{Change, Context, Effect, Event, Output, State, StepResult};
 use crate::inputs::{self, Input};
-use crate::model::{StepState, TimelineEntry, since};
+use crate::model::{CheckResult, StepState, TimelineEntry, since};
 use crate::rules::{self, RuleSet, Severity};
 
 /// One decision, as `--format json` prints it.
@@ -358,7 +358,7 @@ impl<'a> Replayer<'a> {
                         .and_then(|i| i.steps.get(index))
                     {
                         d.step = Some(step.name.clone());
-                        d.argv = Some(step.argv.clone());
+                        d.argv = Some(step.plan.argv.clone());
                     }
                     self.decisions.push(d);
                     queue.push_back(Event::StepStarting {
@@ -373,11 +373,16 @@ impl<'a> Replayer<'a> {
                         result: ok_result(),
                     });
                 }
-                Effect::Verify { incident } => queue.push_back(Event::VerifyFinished {
-                    incident,
-                    ok: true,
-                    results: Vec::new(),
-                }),
+                Effect::Verify { incident, .. } => {
+                    let results = self
+                        .state
+                        .incidents
+                        .get(&incident)
+                        .and_then(|i| i.verify.as_ref())
+                        .map(|v| v.checks.iter().map(simulated_check).collect())
+                        .unwrap_or_default();
+                    queue.push_back(Event::VerifyFinished { incident, results })
+                }
                 Effect::Probe { incident, index } => queue.push_back(Event::ProbeResult {
                     incident,
                     index,
@@ -397,7 +402,12 @@ impl<'a> Replayer<'a> {
                                     !matches!(h.state, StepState::Done | StepState::Failed)
                                 })
                                 .map(|(n, h)| {
-                                    (n, h.name.clone(), h.argv.clone(), h.render_error.clone())
+                                    (
+                                        n,
+                                        h.name.clone(),
+                                        h.plan.argv.clone(),
+                                        h.render_error.clone(),
+                                    )
                                 })
                                 .collect()
                         })
@@ -546,6 +556,15 @@ impl<'a> Replayer<'a> {
             _ => {}
         }
         self.decisions.push(d);
+    }
+}
+
+/// A check the replay does not run: assumed to pass.
+fn simulated_check(c: &crate::model::Check) -> CheckResult {
+    CheckResult {
+        name: c.name(),
+        ok: true,
+        detail: "replay: assumed ok".to_string(),
     }
 }
 

@@ -213,7 +213,7 @@ fn steps_table(steps: &[StepRun]) -> String {
             s.duration_ms
                 .map(|d| format!("{d} ms"))
                 .unwrap_or_else(|| "-".into()),
-            cell(&s.argv.join(" "))
+            cell(&s.plan.argv.join(" "))
         );
         if let Some(e) = s.error.as_deref().or(s.render_error.as_deref()) {
             md += &format!("|  | ↳ {} |  |  |  |  |  |\n", cell(e));
@@ -255,8 +255,7 @@ pub(crate) mod tests {
     fn step(name: &str, argv: &[&str], state: StepState, exit: Option<i32>) -> StepRun {
         StepRun {
             name: name.into(),
-            kind: "run".into(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
+            plan: crate::model::Plan::run(argv.iter().map(|s| s.to_string()).collect()),
             render_error: None,
             state,
             attempts: 1,
@@ -385,6 +384,7 @@ pub(crate) mod tests {
             pagerduty_incident: Some("Q1ABCDEF".into()),
             rollback_started_at: Some(ts("2026-11-24T10:17:00Z")),
             verify_deadline: Some(ts("2026-11-24T10:28:00Z")),
+            verify: None,
             checks: vec![CheckResult {
                 name: "prometheus `job:portal_error_ratio:rate5m`".into(),
                 ok: true,

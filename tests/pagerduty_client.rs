@@ -546,6 +546,7 @@ fn incident() -> Incident {
         pagerduty_incident: None,
         rollback_started_at: None,
         verify_deadline: None,
+        verify: None,
         checks: vec![],
         after: vec![],
         finished_at: None,

@@ -38,6 +38,26 @@ fn metric(d: &Daemon, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Two releases of `web`, 10 and 5 minutes ago.
+fn two_releases(d: &Daemon) {
+    for (v, ago) in [("v1", -600.0), ("v2", -300.0)] {
+        post(
+            &d.url("/v1/releases"),
+            None,
+            &json!({"service": "web", "version": v, "deployment_id": format!("d-{v}"), "deployed_at": ts(ago)}),
+        );
+    }
+}
+
+/// A firing signal `alertname=<alert>` that started 10 s ago.
+fn fire(d: &Daemon, alert: &str) {
+    post(
+        &d.url("/v1/signals"),
+        None,
+        &json!({"labels": {"alertname": alert}, "status": "firing", "starts_at": ts(-10.0)}),
+    );
+}
+
 fn reload(d: &Daemon) -> (u16, serde_json::Value) {
     post(&d.url("/-/reload"), Some(ADMIN), &json!({}))
 }
@@ -53,23 +73,9 @@ fn reload_swaps_rules_keeps_breaches_and_refuses_a_bad_set() {
         ),
     );
     let d = setup.start();
-    for (v, ago) in [("v1", -600.0), ("v2", -300.0)] {
-        post(
-            &d.url("/v1/releases"),
-            None,
-            &json!({"service": "web", "version": v, "deployment_id": format!("d-{v}"), "deployed_at": ts(ago)}),
-        );
-    }
-    post(
-        &d.url("/v1/signals"),
-        None,
-        &json!({"labels": {"alertname": "Slow"}, "status": "firing", "starts_at": ts(-10.0)}),
-    );
-    post(
-        &d.url("/v1/signals"),
-        None,
-        &json!({"labels": {"alertname": "Gated"}, "status": "firing", "starts_at": ts(-10.0)}),
-    );
+    two_releases(&d);
+    fire(&d, "Slow");
+    fire(&d, "Gated");
     let gated = wait_for(Duration::from_secs(5), || {
         let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), None);
         v["items"][0]["id"].as_str().map(String::from)
@@ -160,4 +166,73 @@ fn reload_swaps_rules_keeps_breaches_and_refuses_a_bad_set() {
     })
     .expect("SIGHUP reloads");
     assert!(metric(&d, "rollbackd_config_last_reload_success_timestamp_seconds") >= before);
+}
+
+/// A rule with an http step and a run step whose header, env and argv all say `word`.
+fn planned_rule(receiver: &str, out: &std::path::Path, word: &str) -> String {
+    format!(
+        r#"rules:
+  - name: planned
+    match: ['alertname="Planned"']
+    service: web
+    breach: {{ sustained: 1s }}
+    release: {{ max_age: 1h }}
+    approval: {{ require_roles: [founder], timeout: 10m }}
+    steps:
+      - name: flags off
+        http: {{ method: POST, url: "{receiver}", headers: {{ X-Plan: {word} }}, json: {{ plan: {word} }} }}
+      - name: record
+        run: [/bin/sh, -c, 'printf "%s %s\n" "$PLAN" "$0" >> {out}', {word}-arg]
+        env: {{ PLAN: {word} }}
+"#,
+        out = out.display()
+    )
+}
+
+#[test]
+fn a_reload_while_awaiting_approval_leaves_the_incident_its_plan() {
+    let receiver = common::receiver::Receiver::start(200, "{}");
+    let setup = Setup::new(
+        &format!("tokens: {{ admin: \"{ADMIN}\" }}\npeople: [{{ id: ada, roles: [founder] }}]\n"),
+        "rules: []\n",
+    );
+    let out = setup.path().join("ran.txt");
+    let rules = |word: &str| planned_rule(&receiver.url("/flags"), &out, word);
+    std::fs::write(setup.path().join("rules/rules.yaml"), rules("old")).expect("write rules");
+    let d = setup.start();
+    two_releases(&d);
+    fire(&d, "Planned");
+    let id = wait_for(Duration::from_secs(5), || {
+        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), None);
+        v["items"][0]["id"].as_str().map(String::from)
+    })
+    .expect("the incident awaits approval");
+
+    std::fs::write(setup.path().join("rules/rules.yaml"), rules("new")).expect("write rules");
+    let (s, body) = reload(&d);
+    assert_eq!(s, 200, "{body}");
+
+    let (s, v) = post(
+        &d.url(&format!("/v1/incidents/{id}/approve")),
+        Some(ADMIN),
+        &json!({"person": "ada", "reason": "plan test"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let inc = wait_for(Duration::from_secs(10), || {
+        let (_, v) = get(&d.url(&format!("/v1/incidents/{id}")), None);
+        (v["state"] == "rolled_back" || v["state"] == "rollback_failed").then_some(v)
+    })
+    .expect("the incident ends");
+    assert_eq!(inc["state"], "rolled_back", "{inc:#}");
+
+    // What ran, seen from the receiving side: the plan at open, whole.
+    let reqs = receiver.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].header("x-plan"), "old");
+    assert_eq!(reqs[0].body, json!({"plan": "old"}));
+    let ran = std::fs::read_to_string(&out).expect("the run step wrote its file");
+    assert_eq!(ran, "old old-arg\n", "env and argv are the plan at open");
+    // And the incident shows that plan.
+    assert_eq!(inc["steps"][0]["headers"]["X-Plan"], "old", "{inc:#}");
+    assert_eq!(inc["steps"][1]["env"]["PLAN"], "old", "{inc:#}");
 }

@@ -73,9 +73,9 @@ pub enum Event {
         attempt: u32,
         result: StepResult,
     },
+    /// One round of the incident's checks; the engine decides whether another round fits.
     VerifyFinished {
         incident: String,
-        ok: bool,
         results: Vec<CheckResult>,
     },
     /// A started step's probe answered after a restart: `Some(true)` its effect is in place,
@@ -150,18 +150,12 @@ pub enum Effect {
         /// Backoff before a retry.
         delay: Duration,
     },
-    Verify {
-        incident: String,
-    },
+    /// Run one round of the incident's verify checks after `delay`.
+    Verify { incident: String, delay: Duration },
     /// Ask a started, non-idempotent step's probe whether its effect is in place.
-    Probe {
-        incident: String,
-        index: usize,
-    },
+    Probe { incident: String, index: usize },
     /// Run the incident's pending `after` hooks.
-    RunAfter {
-        incident: String,
-    },
+    RunAfter { incident: String },
 }
 
 /// A record to write.
@@ -282,11 +276,9 @@ impl State {
                 attempt,
                 result,
             } => self.on_step_finished(&mut tx, &incident, index, attempt, result),
-            Event::VerifyFinished {
-                incident,
-                ok,
-                results,
-            } => self.on_verify_finished(&mut tx, &incident, ok, results),
+            Event::VerifyFinished { incident, results } => {
+                self.on_verify_finished(&mut tx, &incident, results)
+            }
             Event::ProbeResult {
                 incident,
                 index,
@@ -353,7 +345,10 @@ impl State {
             match inc.state {
                 IncidentState::Approved => self.start_rollback(&mut tx, &id),
                 IncidentState::RollingBack => self.resume_steps(&mut tx, &id),
-                IncidentState::Verifying => tx.out.effects.push(Effect::Verify { incident: id }),
+                IncidentState::Verifying => tx.out.effects.push(Effect::Verify {
+                    incident: id,
+                    delay: Duration::ZERO,
+                }),
                 _ => {}
             }
         }
@@ -804,6 +799,7 @@ impl State {
             pagerduty_incident: b.pagerduty_incident.clone(),
             rollback_started_at: None,
             verify_deadline: None,
+            verify: plan_verify(rule.verify.as_ref()),
             checks: Vec::new(),
             after,
             finished_at: None,
@@ -1572,7 +1568,7 @@ impl State {
         step.attempts = attempt;
         step.started_at = Some(tx.now);
         let name = step.name.clone();
-        let argv = step.argv.clone();
+        let argv = step.plan.argv.clone();
         // Freeze when the first step that actually runs starts (the release is suspect from then).
         let freeze = inc.freeze && first_start;
         let service = inc.service.clone();
@@ -1777,53 +1773,49 @@ impl State {
     }
 
     fn start_verify(&mut self, tx: &mut Tx, id: &str) {
-        let Some(inc) = self.incidents.get(id) else {
+        let Some(inc) = self.incidents.get_mut(id) else {
             return;
         };
-        let verify = tx
-            .ctx
-            .rules
-            .get(&inc.rule)
-            .and_then(|r| r.verify.as_ref())
-            .filter(|v| !v.checks.is_empty());
-        match verify {
-            Some(v) => {
-                let deadline = add(tx.now, v.within);
-                if let Some(inc) = self.incidents.get_mut(id) {
-                    inc.verify_deadline = Some(deadline);
-                }
-                self.transition(
-                    tx,
-                    id,
-                    IncidentState::Verifying,
-                    "rollbackd",
-                    format!(
-                        "steps done; verifying {} check(s) until {deadline}",
-                        v.checks.len()
-                    ),
-                );
-                tx.out.effects.push(Effect::Verify {
-                    incident: id.to_string(),
-                });
-            }
-            None => self.rolled_back(tx, id, "steps done; the rule has no verify checks"),
-        }
+        let Some(v) = &inc.verify else {
+            return self.rolled_back(tx, id, "steps done; the rule has no verify checks");
+        };
+        let deadline = add(tx.now, v.within());
+        let checks = v.checks.len();
+        inc.verify_deadline = Some(deadline);
+        self.transition(
+            tx,
+            id,
+            IncidentState::Verifying,
+            "rollbackd",
+            format!("steps done; verifying {checks} check(s) until {deadline}"),
+        );
+        tx.out.effects.push(Effect::Verify {
+            incident: id.to_string(),
+            delay: Duration::ZERO,
+        });
     }
 
-    fn on_verify_finished(
-        &mut self,
-        tx: &mut Tx,
-        id: &str,
-        ok: bool,
-        results: Vec<CheckResult>,
-    ) -> Reply {
+    fn on_verify_finished(&mut self, tx: &mut Tx, id: &str, results: Vec<CheckResult>) -> Reply {
         let Some(inc) = self.incidents.get_mut(id) else {
             return Reply::NotFound(format!("no incident {id}"));
         };
         if inc.state != IncidentState::Verifying {
             return Reply::Conflict(format!("incident {id} is not verifying"));
         }
+        let ok = !results.is_empty() && results.iter().all(|c| c.ok);
         inc.checks = results.clone();
+        // Another round fits before the deadline: the engine decides, on the injected clock.
+        let every = inc.verify.as_ref().map(VerifyPlan::every);
+        if let (false, Some(every), Some(deadline)) = (ok, every, inc.verify_deadline)
+            && add(tx.now, every) < deadline
+        {
+            self.save_incident(tx, id);
+            tx.out.effects.push(Effect::Verify {
+                incident: id.to_string(),
+                delay: every,
+            });
+            return Reply::Ok;
+        }
         let summary: Vec<String> = results
             .iter()
             .map(|c| {
@@ -1982,18 +1974,19 @@ fn plan_steps(
     specs
         .iter()
         .map(|s| {
-            let (argv, render_error) = match render_action(&s.action, vars) {
-                Ok(a) => (a, None),
-                Err(e) => (Vec::new(), Some(e)),
+            let (plan, render_error) = match plan_action(&s.action, vars) {
+                Ok(p) => (p, None),
+                Err(e) => (
+                    Plan {
+                        argv: Vec::new(),
+                        ..empty_plan(&s.action)
+                    },
+                    Some(e),
+                ),
             };
             StepRun {
                 name: s.name.clone(),
-                kind: match s.action {
-                    Action::Run { .. } => "run",
-                    Action::Http { .. } => "http",
-                }
-                .to_string(),
-                argv,
+                plan,
                 render_error,
                 state: if shadow {
                     StepState::WouldRun
@@ -2007,7 +2000,7 @@ fn plan_steps(
                 output: None,
                 error: None,
                 duration_ms: None,
-                probe: s.probe.as_ref().and_then(|p| render_action(p, vars).ok()),
+                probe: s.probe.as_ref().and_then(|p| plan_action(p, vars).ok()),
                 timeout_ms: s.timeout.as_millis() as u64,
                 retries: s.retries,
                 idempotent: s.idempotent,
@@ -2017,12 +2010,52 @@ fn plan_steps(
         .collect()
 }
 
-/// The argv of a run action, or `[METHOD, URL]` of an http action, rendered.
-fn render_action(a: &Action, vars: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+/// An action's plan with nothing rendered yet: what it copies from the rule as written.
+fn empty_plan(a: &Action) -> Plan {
     match a {
-        Action::Run { argv, .. } => argv.iter().map(|t| t.render(vars)).collect(),
-        Action::Http { method, url, .. } => url.render(vars).map(|u| vec![method.clone(), u]),
+        Action::Run { env, dir, .. } => Plan {
+            env: env.clone(),
+            dir: dir.clone(),
+            ..Plan::run(Vec::new())
+        },
+        Action::Http {
+            headers,
+            body,
+            expect_status,
+            ..
+        } => Plan {
+            kind: StepKind::Http,
+            headers: headers.clone(),
+            body: body.clone(),
+            expect_status: expect_status.clone(),
+            ..Plan::run(Vec::new())
+        },
     }
+}
+
+/// An action as it will run: the argv of a run action, or `[METHOD, URL]` of an http action,
+/// rendered; env, dir, headers and body copied with their secret references unexpanded.
+fn plan_action(a: &Action, vars: &BTreeMap<String, String>) -> Result<Plan, String> {
+    let argv = match a {
+        Action::Run { argv, .. } => argv
+            .iter()
+            .map(|t| t.render(vars))
+            .collect::<Result<_, _>>()?,
+        Action::Http { method, url, .. } => vec![method.clone(), url.render(vars)?],
+    };
+    Ok(Plan {
+        argv,
+        ..empty_plan(a)
+    })
+}
+
+/// The rule's verification as the incident keeps it; none when it has no checks.
+fn plan_verify(v: Option<&crate::rules::Verify>) -> Option<VerifyPlan> {
+    v.filter(|v| !v.checks.is_empty()).map(|v| VerifyPlan {
+        within_ms: v.within.as_millis() as u64,
+        every_ms: v.every.as_millis() as u64,
+        checks: v.checks.clone(),
+    })
 }
 
 /// Exponential backoff with deterministic jitter (so replays agree): 1s, 2s, 4s … capped at 60s,

@@ -319,7 +319,7 @@ fn acts_exactly_at_start_plus_sustained() {
     assert_eq!(inc.release_from.deployment_id, "dpl-b");
     assert_eq!(inc.release_to.deployment_id, "dpl-a");
     assert_eq!(inc.state, IncidentState::RollingBack);
-    assert_eq!(inc.steps[0].argv, ["rollback", "web", "dpl-a"]);
+    assert_eq!(inc.steps[0].plan.argv, ["rollback", "web", "dpl-a"]);
     assert_eq!(inc.steps[0].state, StepState::Intended);
     assert_eq!(
         w.effects,
@@ -560,7 +560,7 @@ fn steps_run_in_order_then_rolled_back_and_ledger_updated() {
             .iter()
             .all(|s| s.state == StepState::Done && s.attempts == 1)
     );
-    assert_eq!(inc.steps[1].argv, ["purge", "eu-west-1"]);
+    assert_eq!(inc.steps[1].plan.argv, ["purge", "eu-west-1"]);
     let f = &w.st.freezes["web"];
     assert_eq!(f.incident.as_deref(), Some(inc.id.as_str()));
     let latest = w.st.releases["web"].last().unwrap();
@@ -887,7 +887,7 @@ fn shadow_and_dry_run_record_the_plan_and_run_nothing() {
     let inc = w.only_incident();
     assert_eq!(inc.state, IncidentState::Suppressed);
     assert_eq!(inc.steps[0].state, StepState::WouldRun);
-    assert_eq!(inc.steps[0].argv, ["rollback", "web", "dpl-a"]);
+    assert_eq!(inc.steps[0].plan.argv, ["rollback", "web", "dpl-a"]);
     assert!(w.effects.is_empty());
 
     let mut w = World::new(&rule("r", ""));
@@ -1224,7 +1224,10 @@ fn probe_world() -> (World, String) {
     w.run_until(t(600.0));
     let id = w.only_incident().id.clone();
     assert_eq!(
-        w.only_incident().steps[0].probe.as_deref(),
+        w.only_incident().steps[0]
+            .probe
+            .as_ref()
+            .map(|p| p.argv.as_slice()),
         Some(&["is-live".to_string(), "dpl-a".to_string()][..])
     );
     w.send(
@@ -1327,7 +1330,10 @@ fn after_hooks_run_once_the_rollback_ends_and_never_change_it() {
             incident: id.clone()
         }]
     );
-    assert_eq!(w.only_incident().after[0].argv, ["check-rows", "v-dpl-b"]);
+    assert_eq!(
+        w.only_incident().after[0].plan.argv,
+        ["check-rows", "v-dpl-b"]
+    );
     // A crash before the hook finished: it runs after the restart.
     let (_, out) = w.recovered(t(650.0));
     assert_eq!(

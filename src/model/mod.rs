@@ -279,14 +279,121 @@ pub enum StepState {
     WouldRun,
 }
 
+/// A run step's program or an http step's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Run,
+    Http,
+}
+
+/// An http step's request body. Secret references in a raw body stay unexpanded until sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Body {
+    #[default]
+    None,
+    Json(serde_json::Value),
+    Raw(String),
+}
+
+impl Body {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Body::None)
+    }
+}
+
+/// One action exactly as it will run, fixed when the incident opened: templates rendered,
+/// secret references (`${env:..}`, `${file:..}`) still references. The executor reads nothing else,
+/// so a reload changes only incidents opened after it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub kind: StepKind,
+    /// The rendered command (run steps) or `[METHOD, URL]` (http steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Body::is_none")]
+    pub body: Body,
+    /// Statuses that mean success (any 2xx when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_status: Vec<u16>,
+}
+
+impl Plan {
+    /// A run step's plan: just a command.
+    pub fn run(argv: Vec<String>) -> Plan {
+        Plan {
+            kind: StepKind::Run,
+            argv,
+            env: BTreeMap::new(),
+            dir: None,
+            headers: BTreeMap::new(),
+            body: Body::None,
+            expect_status: Vec::new(),
+        }
+    }
+}
+
+/// One verification check, as the rule said it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    Prometheus {
+        url: String,
+        query: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        below: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        above: Option<f64>,
+    },
+    Http {
+        url: String,
+        expect_status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body_contains: Option<String>,
+    },
+}
+
+impl Check {
+    /// How results and timelines name the check.
+    pub fn name(&self) -> String {
+        match self {
+            Check::Prometheus { query, .. } => format!("prometheus `{query}`"),
+            Check::Http { url, .. } => format!("http {url}"),
+        }
+    }
+}
+
+/// The verification an incident runs after its last step, fixed when it opened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifyPlan {
+    pub within_ms: u64,
+    pub every_ms: u64,
+    pub checks: Vec<Check>,
+}
+
+impl VerifyPlan {
+    pub fn within(&self) -> Duration {
+        Duration::from_millis(self.within_ms)
+    }
+
+    pub fn every(&self) -> Duration {
+        Duration::from_millis(self.every_ms)
+    }
+}
+
 /// The plan and journal of one rollback step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
     pub name: String,
-    pub kind: String,
-    /// The rendered command (run steps) or `METHOD URL` (http steps); secret references stay unexpanded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub argv: Vec<String>,
+    #[serde(flatten)]
+    pub plan: Plan,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub render_error: Option<String>,
     pub state: StepState,
@@ -303,13 +410,31 @@ pub struct StepRun {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    /// The rendered probe (argv, or `METHOD URL`), when the step has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probe: Option<Vec<String>>,
+    /// The step's probe, planned like the step. A record written before probes were planned
+    /// whole (an argv list) reads as no probe: a started step then needs a human, the safe side.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "planned_probe"
+    )]
+    pub probe: Option<Plan>,
     pub timeout_ms: u64,
     pub retries: u32,
     pub idempotent: bool,
     pub continue_on_failure: bool,
+}
+
+fn planned_probe<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Plan>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Recorded {
+        Planned(Plan),
+        Argv(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Recorded>::deserialize(d)? {
+        Some(Recorded::Planned(p)) => Some(p),
+        Some(Recorded::Argv(_)) | None => None,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -352,6 +477,9 @@ pub struct Incident {
     pub rollback_started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_deadline: Option<Timestamp>,
+    /// What verifies the rollback, fixed at open (`None`: the rule had no checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPlan>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckResult>,
     /// Integrity hooks run once the rollback has ended; their results never change the state.

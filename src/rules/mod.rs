@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
+pub use crate::model::{Body, Check};
 use crate::model::{Labels, Source};
 pub use matcher::Matcher;
 pub use template::{Scope, Template};
@@ -30,13 +31,6 @@ pub struct ApprovalPolicy {
     pub quorum: usize,
     pub timeout: Duration,
     pub proceed_on_timeout: bool,
-}
-
-#[derive(Clone, Debug)]
-pub enum Body {
-    None,
-    Json(serde_json::Value),
-    Raw(String),
 }
 
 #[derive(Clone, Debug)]
@@ -66,21 +60,6 @@ pub struct StepSpec {
     pub retries: u32,
     pub idempotent: bool,
     pub continue_on_failure: bool,
-}
-
-#[derive(Clone, Debug)]
-pub enum Check {
-    Prometheus {
-        url: String,
-        query: String,
-        below: Option<f64>,
-        above: Option<f64>,
-    },
-    Http {
-        url: String,
-        expect_status: u16,
-        body_contains: Option<String>,
-    },
 }
 
 #[derive(Clone, Debug)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod receiver;
 pub mod rng;
 
 use std::io::{BufRead, BufReader};
