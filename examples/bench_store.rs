@@ -109,22 +109,23 @@ fn incident(n: u64, at: Timestamp) -> Incident {
 }
 
 fn entry(subject: &str, k: u64, at: Timestamp) -> TimelineEntry {
+    use rollbackd::model::Kind as K;
     let kinds = [
-        "triggered",
-        "state",
-        "vote",
-        "state",
-        "step_intended",
-        "step_started",
-        "step_done",
-        "check",
-        "announce",
-        "state",
+        K::Triggered,
+        K::AwaitingApproval,
+        K::Vote,
+        K::Approved,
+        K::RollingBack,
+        K::StepStarted,
+        K::StepDone,
+        K::Verifying,
+        K::Notified,
+        K::RolledBack,
     ];
     TimelineEntry {
         at: at + SignedDuration::from_secs(k as i64 * 7),
         subject: subject.to_string(),
-        kind: kinds[(k as usize) % kinds.len()].to_string(),
+        kind: kinds[(k as usize) % kinds.len()],
         actor: "rollbackd".to_string(),
         message: format!("record {k} of {subject}: something happened and here is why"),
         data: json!({"k": k, "step": k % 3}),

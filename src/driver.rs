@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::engine::{Change, Context, Effect, Event, Reply, State};
 use crate::metrics::Metrics;
-use crate::model::since;
+use crate::model::{Kind, since};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +194,7 @@ impl Driver {
             self.outbox.notify_one();
         }
         let written = self.clock.now();
-        for t in timeline.iter().filter(|t| t.kind == "triggered") {
+        for t in timeline.iter().filter(|t| t.kind == Kind::Triggered) {
             if let Some(i) = self.state.incidents.get(&t.subject) {
                 self.metrics
                     .decision_latency
@@ -211,7 +211,7 @@ impl Driver {
         // Open breaches stay on disk and in the index; the next event reads back what it needs.
         self.state.breaches.clear();
         for t in &timeline {
-            tracing::info!(subject = %t.subject, kind = %t.kind, actor = %t.actor, "{}", t.message);
+            tracing::info!(subject = %t.subject, kind = t.kind.code(), actor = %t.actor, "{}", t.message);
         }
         for a in applied {
             if let Some(r) = a.reply {

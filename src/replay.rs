@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::config::{Config, Person};
 use crate::engine::{Change, Context, Effect, Event, Output, State, StepResult};
 use crate::inputs::{self, Input};
-use crate::model::{CheckResult, StepState, TimelineEntry, since};
+use crate::model::{CheckResult, ReasonCode, StepState, TimelineEntry, since};
 use crate::rules::{self, RuleSet, Severity};
 
 /// One decision, as `--format json` prints it.
@@ -46,7 +46,7 @@ pub struct Decision {
     /// The reason as a word: `release_after_breach`, `no_release`, `release_too_old`,
     /// `no_previous_release`, `loop_guard`, `budget`, `frozen`, `one_at_a_time`, `shadow`, ...
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason_code: Option<String>,
+    pub reason_code: Option<ReasonCode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// The rendered argv of a step it would run (`[METHOD, URL]` for an http step).
@@ -455,61 +455,63 @@ impl<'a> Replayer<'a> {
 
     /// A timeline entry as a decision (or nothing, for the executor's own bookkeeping).
     fn note(&mut self, t: TimelineEntry) {
-        const SKIP: &[&str] = &[
-            "step_started",
-            "step_done",
-            "step_retry",
-            "step_probe",
-            "step_resumed",
-            "step_unknown",
-            "verifying",
-            "after_check",
-            "notified",
-            "notification_retry",
-            "notification_dropped",
-            "pagerduty_linked",
-        ];
-        if SKIP.contains(&t.kind.as_str()) {
+        use crate::model::Kind as K;
+        if matches!(
+            t.kind,
+            K::StepStarted
+                | K::StepDone
+                | K::StepRetry
+                | K::StepProbe
+                | K::StepResumed
+                | K::StepUnknown
+                | K::Verifying
+                | K::AfterCheck
+                | K::Notified
+                | K::NotificationRetry
+                | K::NotificationDropped
+                | K::PagerdutyLinked
+        ) {
             return;
         }
+        let kind = t.kind.code();
         let mut d = if let Some(id) = t.subject.strip_prefix("breach:") {
-            let mut d = Decision::new(t.at, &t.kind);
+            let mut d = Decision::new(t.at, kind);
             d.breach = Some(id.to_string());
             if let Some(b) = self.breaches.get(id) {
                 d.rule = Some(b.rule.clone());
                 d.group = Some(b.group.clone());
                 d.service = b.service.clone();
-                if t.kind == "breach_opened" {
+                if t.kind == K::BreachOpened {
                     d.started_at = Some(b.started_at);
                     d.deadline = Some(b.deadline);
                 }
             }
             d
         } else if let Some(service) = t.subject.strip_prefix("freeze:") {
-            let mut d = Decision::new(t.at, &t.kind);
+            let mut d = Decision::new(t.at, kind);
             d.service = Some(service.to_string());
             d
         } else if t.subject.starts_with("pagerduty:") {
-            Decision::new(t.at, &t.kind)
+            Decision::new(t.at, kind)
         } else {
-            self.about_incident(t.at, &t.kind, &t.subject)
+            self.about_incident(t.at, kind, &t.subject)
         };
         let stats = d
             .rule
             .as_ref()
             .and_then(|r| self.per_rule.get_mut(r.as_str()));
-        match t.kind.as_str() {
-            "breach_opened" => {
+        match t.kind {
+            K::BreachOpened => {
                 if let Some(s) = stats {
                     s.breaches += 1;
                 }
             }
-            "breach_refired" => {
+            K::BreachRefired => {
                 if let Some(s) = stats {
                     s.blips_absorbed += 1;
                 }
             }
-            "triggered" => {
+            K::Triggered => {
                 if let Some(s) = stats {
                     s.incidents += 1;
                 }
@@ -521,38 +523,42 @@ impl<'a> Replayer<'a> {
                     d.release_to = Some(r(&i.release_to));
                 }
             }
-            "awaiting_approval" => {
+            K::AwaitingApproval => {
                 d.deadline = self
                     .state
                     .incidents
                     .get(&t.subject)
                     .and_then(|i| i.approvals.deadline);
             }
-            "rolling_back" => {
+            K::RollingBack => {
                 if let Some(s) = stats {
                     s.rollbacks += 1;
                 }
             }
-            "not_acting" | "suppressed" => {
+            K::NotActing | K::Suppressed => {
                 if let Some(s) = stats {
-                    if t.kind == "not_acting" {
+                    if t.kind == K::NotActing {
                         s.not_acting += 1;
                     } else {
                         s.suppressed += 1;
                     }
                 }
-                d.reason_code = reason_code(&t.message).map(str::to_string);
+                d.reason_code = t
+                    .data
+                    .get("code")
+                    .and_then(|c| c.as_str())
+                    .and_then(ReasonCode::parse);
                 d.reason = Some(t.message);
             }
-            "cancelled" | "expired" | "rejected" | "rollback_failed" | "step_failed" => {
+            K::Cancelled | K::Expired | K::Rejected | K::RollbackFailed | K::StepFailed => {
                 d.reason = Some(t.message);
             }
-            "vote" => d.person = Some(t.actor),
-            "vote_ignored" => {
+            K::Vote => d.person = Some(t.actor),
+            K::VoteIgnored => {
                 d.person = Some(t.actor);
                 d.reason = Some(t.message);
             }
-            "frozen" | "unfrozen" | "release_during_freeze" => d.detail = Some(t.message),
+            K::Frozen | K::Unfrozen | K::ReleaseDuringFreeze => d.detail = Some(t.message),
             _ => {}
         }
         self.decisions.push(d);
@@ -576,29 +582,6 @@ fn ok_result() -> StepResult {
         error: None,
         duration_ms: 0,
     }
-}
-
-/// The engine's reason in one word (from its wording; `None` when it is none of the known ones).
-fn reason_code(message: &str) -> Option<&'static str> {
-    const CODES: &[(&str, &str)] = &[
-        ("a fix-forward may be in progress", "release_after_breach"),
-        ("nothing to roll back to", "no_previous_release"),
-        ("more than release.max_age", "release_too_old"),
-        ("loop guard", "loop_guard"),
-        ("is known", "no_release"),
-        ("cannot tell the service", "no_service"),
-        ("service rendered empty", "no_service"),
-        ("cannot tell the environment", "no_environment"),
-        ("budget exhausted", "budget"),
-        ("is frozen", "frozen"),
-        ("one rollback at a time", "one_at_a_time"),
-        ("shadow mode", "shadow"),
-        ("dry run", "dry_run"),
-    ];
-    CODES
-        .iter()
-        .find(|(needle, _)| message.contains(needle))
-        .map(|(_, code)| *code)
 }
 
 // ---- output ----
@@ -1173,35 +1156,6 @@ mod tests {
             .collect();
         assert_eq!(compare(&exact, &actual, "e"), None);
         assert!(read_expect("{\"at\":\"noon\"}", "e").is_err());
-    }
-
-    #[test]
-    fn reason_codes() {
-        for (m, c) in [
-            (
-                "the latest release v2 (d2) was deployed at X, after the breach began at Y: a fix-forward may be in progress",
-                "release_after_breach",
-            ),
-            ("no release of service web is known", "no_release"),
-            (
-                "no release of service web before v1 (d1) is known: nothing to roll back to",
-                "no_previous_release",
-            ),
-            (
-                "budget exhausted: 1 rollback(s) of web in the last 1h (max 1)",
-                "budget",
-            ),
-            (
-                "service web is frozen since X (why); a human must look before another rollback",
-                "frozen",
-            ),
-            (
-                "loop guard: incident inc-000003 already rolled back from v1 (d1); never rolling back to it",
-                "loop_guard",
-            ),
-        ] {
-            assert_eq!(reason_code(m), Some(c), "{m}");
-        }
     }
 
     #[test]

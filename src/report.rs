@@ -158,7 +158,7 @@ impl<'a> Report<'a> {
             md += &format!(
                 "| {} | {} | {} | {} |\n",
                 t.at,
-                t.kind,
+                t.kind.code(),
                 cell(&t.actor),
                 cell(&t.message)
             );
@@ -277,7 +277,7 @@ pub(crate) mod tests {
         TimelineEntry {
             at: ts(at),
             subject: "inc-000002".into(),
-            kind: kind.into(),
+            kind: Kind::parse(kind).expect("a timeline kind"),
             actor: actor.into(),
             message: message.into(),
             data: serde_json::Value::Null,

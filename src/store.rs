@@ -528,7 +528,7 @@ mod tests {
                 &[TimelineEntry {
                     at: "2026-01-01T00:00:00Z".parse().unwrap(),
                     subject: "inc-1".into(),
-                    kind: "k".into(),
+                    kind: crate::model::Kind::Frozen,
                     actor: "a".into(),
                     message: "m".into(),
                     data: serde_json::Value::Null,
@@ -558,7 +558,7 @@ mod tests {
         TimelineEntry {
             at: "2026-01-01T00:00:00Z".parse().unwrap(),
             subject: subject.into(),
-            kind: "k".into(),
+            kind: crate::model::Kind::Frozen,
             actor: "rollbackd".into(),
             message: message.into(),
             data: serde_json::Value::Null,

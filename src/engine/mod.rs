@@ -18,10 +18,12 @@ use crate::model::*;
 use crate::rules::{Action, Mode, Rule, RuleSet};
 
 mod index;
+mod protocol;
 #[cfg(test)]
 mod tests;
 
 pub use index::{BreachSeq, Index, breach_id, breach_seq};
+pub use protocol::*;
 
 /// Refused votes kept on an incident (all of them stay in the timeline).
 const MAX_REFUSED_VOTES: usize = 50;
@@ -46,154 +48,6 @@ pub struct State {
 /// PagerDuty retries a delivery for up to 48 hours; remember ids a day longer.
 pub const DELIVERY_MEMORY: Duration = Duration::from_secs(72 * 3600);
 
-/// What the engine is told about.
-#[derive(Clone, Debug)]
-pub enum Event {
-    /// One webhook's alerts, applied together.
-    Signals(Vec<Signal>),
-    Release(Release),
-    /// Time passed: deadlines may be due.
-    Tick,
-    Vote {
-        incident: String,
-        person: String,
-        vote: VoteKind,
-        via: String,
-        reason: Option<String>,
-    },
-    /// The executor asks to start a step it was told to run; the answer is [`Reply::Go`].
-    StepStarting {
-        incident: String,
-        index: usize,
-        attempt: u32,
-    },
-    StepFinished {
-        incident: String,
-        index: usize,
-        attempt: u32,
-        result: StepResult,
-    },
-    /// One round of the incident's checks; the engine decides whether another round fits.
-    VerifyFinished {
-        incident: String,
-        results: Vec<CheckResult>,
-    },
-    /// A started step's probe answered after a restart: `Some(true)` its effect is in place,
-    /// `Some(false)` it is not, `None` the probe could not tell.
-    ProbeResult {
-        incident: String,
-        index: usize,
-        in_place: Option<bool>,
-        detail: String,
-    },
-    AfterFinished {
-        incident: String,
-        index: usize,
-        result: StepResult,
-    },
-    /// The config and rules were swapped (the context already holds the new set).
-    RulesReloaded,
-    /// A verified PagerDuty webhook delivery.
-    PagerDuty {
-        delivery: String,
-        input: PagerDutyInput,
-    },
-    /// The notifier's word on one outbox entry.
-    Delivery {
-        entry: Box<OutboxEntry>,
-        outcome: Delivery,
-    },
-    Freeze {
-        service: String,
-        reason: String,
-        by: String,
-    },
-    Unfreeze {
-        service: String,
-        reason: String,
-        by: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Delivery {
-    Delivered {
-        detail: String,
-    },
-    /// Try again at `at` (backoff, or the receiver's rate-limit reset).
-    Retry {
-        error: String,
-        at: Timestamp,
-    },
-    /// The receiver refused for good (a 4xx that retrying cannot fix).
-    Dropped {
-        error: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepResult {
-    pub ok: bool,
-    pub exit_code: Option<i32>,
-    pub output: String,
-    pub error: Option<String>,
-    pub duration_ms: u64,
-}
-
-/// Side effects the caller performs after the changes are durable.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Effect {
-    RunStep {
-        incident: String,
-        index: usize,
-        attempt: u32,
-        /// Backoff before a retry.
-        delay: Duration,
-    },
-    /// Run one round of the incident's verify checks after `delay`.
-    Verify { incident: String, delay: Duration },
-    /// Ask a started, non-idempotent step's probe whether its effect is in place.
-    Probe { incident: String, index: usize },
-    /// Run the incident's pending `after` hooks.
-    RunAfter { incident: String },
-}
-
-/// A record to write.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Change {
-    Breach(Box<Breach>),
-    Incident(Box<Incident>),
-    Release(Box<Release>),
-    Freeze(String, Option<Freeze>),
-    Outbox(Box<OutboxEntry>),
-    OutboxDone {
-        seq: u64,
-        target: String,
-    },
-    /// A PagerDuty delivery id seen at a time, or forgotten (`None`).
-    Delivery(String, Option<Timestamp>),
-    Seq(u64),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Reply {
-    Ok,
-    Duplicate,
-    Go(bool),
-    NotFound(String),
-    Conflict(String),
-    Forbidden(String),
-    Release { frozen: Option<Freeze> },
-}
-
-#[derive(Debug)]
-pub struct Output {
-    pub reply: Reply,
-    pub changes: Vec<Change>,
-    pub timeline: Vec<TimelineEntry>,
-    pub effects: Vec<Effect>,
-}
-
 /// What the engine reads but does not own.
 pub struct Context<'a> {
     pub rules: &'a RuleSet,
@@ -211,14 +65,14 @@ struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    fn note(&mut self, subject: &str, kind: &str, actor: &str, message: String) {
+    fn note(&mut self, subject: &str, kind: Kind, actor: &str, message: String) {
         self.note_with(subject, kind, actor, message, serde_json::Value::Null);
     }
 
     fn note_with(
         &mut self,
         subject: &str,
-        kind: &str,
+        kind: Kind,
         actor: &str,
         message: String,
         data: serde_json::Value,
@@ -226,7 +80,7 @@ impl Tx<'_> {
         self.out.timeline.push(TimelineEntry {
             at: self.now,
             subject: subject.to_string(),
-            kind: kind.to_string(),
+            kind,
             actor: actor.to_string(),
             message,
             data,
@@ -411,9 +265,9 @@ impl State {
             | Event::ProbeResult { incident, .. }
             | Event::AfterFinished { incident, .. } => Some(incident),
             Event::PagerDuty { input, .. } => match input {
-                PagerDutyInput::Incident { incident_key, .. } => incident_key
-                    .as_deref()
-                    .and_then(|k| k.strip_prefix("rollbackd/")),
+                PagerDutyInput::Incident { incident_key, .. } => {
+                    incident_key.as_deref().and_then(incident_of_key)
+                }
                 PagerDutyInput::Vote { pd_incident, .. } => self.index.announced_on(pd_incident),
                 PagerDutyInput::Ignored => None,
             },
@@ -484,7 +338,7 @@ impl State {
                         };
                         tx.note(
                             &format!("breach:{id}"),
-                            "breach_opened",
+                            Kind::BreachOpened,
                             s.source.as_str(),
                             format!(
                                 "breach of rule {} for {group} opened; started {start}, acts at {} if it lasts",
@@ -531,7 +385,7 @@ impl State {
                         tx.out.timeline.push(TimelineEntry {
                             at: now,
                             subject: format!("breach:{}", b.id),
-                            kind: "breach_refired".to_string(),
+                            kind: Kind::BreachRefired,
                             actor: s.source.as_str().to_string(),
                             message: format!(
                                 "fired again within clear_after; the breach keeps its start {}",
@@ -570,7 +424,7 @@ impl State {
                         tx.out.timeline.push(TimelineEntry {
                             at: now,
                             subject: format!("breach:{}", b.id),
-                            kind: "breach_resolving".to_string(),
+                            kind: Kind::BreachResolving,
                             actor: s.source.as_str().to_string(),
                             message: format!(
                                 "resolved at {since}; the breach ends at {} unless it fires again",
@@ -646,7 +500,7 @@ impl State {
         b.closed_at = Some(at);
         tx.note(
             &format!("breach:{}", b.id),
-            "breach_cleared",
+            Kind::BreachCleared,
             "rollbackd",
             format!("cleared: no alert fired for clear_after since {at}"),
         );
@@ -677,16 +531,24 @@ impl State {
             return;
         };
         let subject = format!("breach:{}", b.id);
-        let not_acting = |me: &mut State, tx: &mut Tx, reason: String| {
+        let not_acting = |me: &mut State, tx: &mut Tx, reason: Reason| {
+            let code = reason.code();
             if let Some(b) = me.breaches.get_mut(&breach) {
                 b.decision = Some(Decision {
                     at: now,
                     acted: false,
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
+                    code: Some(code),
                 });
                 State::save_breach(&mut me.index, tx, b);
             }
-            tx.note(&subject, "not_acting", "rollbackd", reason);
+            tx.note_with(
+                &subject,
+                Kind::NotActing,
+                "rollbackd",
+                reason.to_string(),
+                serde_json::json!({ "code": code }),
+            );
         };
         let label_vars: BTreeMap<String, String> = b
             .labels
@@ -695,15 +557,16 @@ impl State {
             .collect();
         let service = match rule.service.render(&label_vars) {
             Ok(s) if !s.is_empty() => s,
-            Ok(_) => return not_acting(self, tx, "the rule's service rendered empty".to_string()),
-            Err(e) => return not_acting(self, tx, format!("cannot tell the service: {e}")),
+            Ok(_) => {
+                let error = "it rendered empty".to_string();
+                return not_acting(self, tx, Reason::NoService { error });
+            }
+            Err(error) => return not_acting(self, tx, Reason::NoService { error }),
         };
         let environment = match rule.environment.as_ref().map(|t| t.render(&label_vars)) {
             None => None,
             Some(Ok(e)) => Some(e),
-            Some(Err(e)) => {
-                return not_acting(self, tx, format!("cannot tell the environment: {e}"));
-            }
+            Some(Err(error)) => return not_acting(self, tx, Reason::NoEnvironment { error }),
         };
         let (current, previous) = match self.correlate(rule, &b, &service, environment.as_deref()) {
             Ok(pair) => pair,
@@ -736,7 +599,7 @@ impl State {
                 }
                 Err(e) => tx.note(
                     &id,
-                    "message_default",
+                    Kind::MessageDefault,
                     "rollbackd",
                     format!(
                         "the rule's {key} message cannot be rendered ({e}); using the built-in one"
@@ -809,6 +672,7 @@ impl State {
                 at: now,
                 acted: true,
                 reason: format!("incident {id} opened"),
+                code: None,
             });
             b.incident = Some(id.clone());
             Self::save_breach(&mut self.index, tx, b);
@@ -816,7 +680,7 @@ impl State {
         let late = since(now, b.deadline);
         tx.note_with(
             &id,
-            "triggered",
+            Kind::Triggered,
             "rollbackd",
             format!(
                 "breach of {} since {} lasted {} (sustained {}); release {} ({}) deployed {} is suspect, target {} ({})",
@@ -835,7 +699,14 @@ impl State {
         self.incidents.insert(id.clone(), incident);
 
         if let Some(reason) = self.gate(rule, &id, &service, shadow, tx.ctx.dry_run, now) {
-            self.transition(tx, &id, IncidentState::Suppressed, "rollbackd", reason);
+            self.transition_because(
+                tx,
+                &id,
+                IncidentState::Suppressed,
+                "rollbackd",
+                reason.to_string(),
+                Some(reason.code()),
+            );
             return;
         }
         match &rule.approval {
@@ -881,7 +752,7 @@ impl State {
         b: &Breach,
         service: &str,
         environment: Option<&str>,
-    ) -> Result<(Release, Release), String> {
+    ) -> Result<(Release, Release), Reason> {
         let ledger: Vec<&Release> = self
             .releases
             .get(service)
@@ -891,28 +762,26 @@ impl State {
                     .collect()
             })
             .unwrap_or_default();
-        let where_ = match environment {
+        let scope = match environment {
             Some(e) => format!("service {service} in environment {e}"),
             None => format!("service {service}"),
         };
         let Some(current) = ledger.last().copied() else {
-            return Err(format!("no release of {where_} is known"));
+            return Err(Reason::NoRelease { scope });
         };
         if current.deployed_at > b.started_at {
-            return Err(format!(
-                "the latest release {} ({}) was deployed at {}, after the breach began at {}: a fix-forward may be in progress",
-                current.version, current.deployment_id, current.deployed_at, b.started_at
-            ));
+            return Err(Reason::ReleaseAfterBreach {
+                current: ReleaseRef::from(current),
+                breach_start: b.started_at,
+            });
         }
         let age = since(b.started_at, current.deployed_at);
         if age > rule.max_age {
-            return Err(format!(
-                "the breach began {} after the latest release {} ({}), more than release.max_age {}",
-                humantime::format_duration(trunc(age)),
-                current.version,
-                current.deployment_id,
-                humantime::format_duration(rule.max_age)
-            ));
+            return Err(Reason::ReleaseTooOld {
+                current: ReleaseRef::from(current),
+                age,
+                max_age: rule.max_age,
+            });
         }
         // The release before the *first* time the current deployment went live: when it is a
         // redeploy of an older one (a rollback, by hand or by rollbackd), the releases in between
@@ -926,27 +795,23 @@ impl State {
             .iter()
             .position(|r| r.deployment_id == current.deployment_id)
             .unwrap_or(same_env.len().saturating_sub(1));
+        // `first` is where the current deployment first went live, so the one before it is
+        // always another deployment.
         let Some(previous) = first.checked_sub(1).and_then(|i| same_env.get(i)).copied() else {
-            return Err(format!(
-                "no release of {where_} before {} ({}) is known: nothing to roll back to",
-                current.version, current.deployment_id
-            ));
+            return Err(Reason::NoPreviousRelease {
+                scope,
+                current: ReleaseRef::from(current),
+            });
         };
-        if previous.deployment_id == current.deployment_id {
-            return Err(format!(
-                "the previous release is the same deployment {}: nothing to roll back to",
-                current.deployment_id
-            ));
-        }
         if let Some((prior, _)) = self
             .index
             .rollbacks(service)
             .find(|(_, r)| r.environment == current.environment && r.from == previous.deployment_id)
         {
-            return Err(format!(
-                "loop guard: incident {prior} already rolled back from {} ({}); never rolling back to it",
-                previous.version, previous.deployment_id
-            ));
+            return Err(Reason::LoopGuard {
+                prior: prior.to_string(),
+                target: ReleaseRef::from(previous),
+            });
         }
         Ok((current.clone(), previous.clone()))
     }
@@ -961,18 +826,19 @@ impl State {
         shadow: bool,
         dry_run: bool,
         now: Timestamp,
-    ) -> Option<String> {
+    ) -> Option<Reason> {
         if dry_run {
-            return Some("dry run: recorded what would run, ran nothing".to_string());
+            return Some(Reason::DryRun);
         }
         if shadow {
-            return Some("shadow mode: recorded what would run, ran nothing".to_string());
+            return Some(Reason::Shadow);
         }
         if let Some(f) = self.freezes.get(service) {
-            return Some(format!(
-                "service {service} is frozen since {} ({}); a human must look before another rollback",
-                f.since, f.reason
-            ));
+            return Some(Reason::Frozen {
+                service: service.to_string(),
+                since: f.since,
+                why: f.reason.clone(),
+            });
         }
         if let Some(other) = self
             .index
@@ -980,10 +846,11 @@ impl State {
             .filter(|other| other.as_str() != id)
             .find_map(|other| self.incidents.get(other))
         {
-            return Some(format!(
-                "incident {} is already {} for service {service}: one rollback at a time",
-                other.id, other.state
-            ));
+            return Some(Reason::OneAtATime {
+                other: other.id.clone(),
+                state: other.state,
+                service: service.to_string(),
+            });
         }
         if let Some(budget) = rule.budget {
             let from = sub(now, budget.per);
@@ -993,17 +860,31 @@ impl State {
                 .filter(|(_, r)| r.started_at >= from)
                 .count();
             if used >= budget.max as usize {
-                return Some(format!(
-                    "budget exhausted: {used} rollback(s) of {service} in the last {} (max {})",
-                    humantime::format_duration(budget.per),
-                    budget.max
-                ));
+                return Some(Reason::Budget {
+                    used,
+                    service: service.to_string(),
+                    per: budget.per,
+                    max: budget.max,
+                });
             }
         }
         None
     }
 
     fn transition(&mut self, tx: &mut Tx, id: &str, to: IncidentState, actor: &str, why: String) {
+        self.transition_because(tx, id, to, actor, why, None);
+    }
+
+    /// A transition whose reason has a code (a suppressed incident), kept in the timeline.
+    fn transition_because(
+        &mut self,
+        tx: &mut Tx,
+        id: &str,
+        to: IncidentState,
+        actor: &str,
+        why: String,
+        code: Option<ReasonCode>,
+    ) {
         let Some(inc) = self.incidents.get_mut(id) else {
             return;
         };
@@ -1019,23 +900,21 @@ impl State {
                 });
             }
         }
-        tx.note_with(
-            id,
-            to.as_str(),
-            actor,
-            why.clone(),
-            serde_json::json!({ "from": from.as_str(), "to": to.as_str() }),
-        );
+        let mut data = serde_json::json!({ "from": from.as_str(), "to": to.as_str() });
+        if let Some(code) = code {
+            data["code"] = serde_json::json!(code);
+        }
+        tx.note_with(id, Kind::from(to), actor, why.clone(), data);
         self.save_incident(tx, id);
         let kind = match to {
-            IncidentState::AwaitingApproval => Some("approval_requested"),
-            IncidentState::Approved => Some("approved"),
-            IncidentState::Rejected => Some("rejected"),
-            IncidentState::Expired => Some("expired"),
-            IncidentState::Cancelled => Some("cancelled"),
-            IncidentState::RollingBack => Some("rollback_started"),
-            IncidentState::RolledBack => Some("rolled_back"),
-            IncidentState::RollbackFailed => Some("rollback_failed"),
+            IncidentState::AwaitingApproval => Some(Announcement::ApprovalRequested),
+            IncidentState::Approved => Some(Announcement::Approved),
+            IncidentState::Rejected => Some(Announcement::Rejected),
+            IncidentState::Expired => Some(Announcement::Expired),
+            IncidentState::Cancelled => Some(Announcement::Cancelled),
+            IncidentState::RollingBack => Some(Announcement::RollbackStarted),
+            IncidentState::RolledBack => Some(Announcement::RolledBack),
+            IncidentState::RollbackFailed => Some(Announcement::RollbackFailed),
             IncidentState::Triggered | IncidentState::Verifying | IncidentState::Suppressed => None,
         };
         if let Some(kind) = kind {
@@ -1044,7 +923,7 @@ impl State {
     }
 
     /// Queues one announcement per notifier target of the incident's rule (and PagerDuty).
-    fn announce(&mut self, tx: &mut Tx, id: &str, kind: &str, detail: String) {
+    fn announce(&mut self, tx: &mut Tx, id: &str, kind: Announcement, detail: String) {
         let Some(inc) = self.incidents.get(id) else {
             return;
         };
@@ -1064,7 +943,7 @@ impl State {
                 seq,
                 target,
                 incident: id.to_string(),
-                kind: kind.to_string(),
+                kind,
                 detail: detail.clone(),
                 at: tx.now,
                 state: Some(state),
@@ -1095,7 +974,7 @@ impl State {
                     b.closed_at = Some(tx.now);
                     tx.note(
                         &format!("breach:{}", b.id),
-                        "breach_cleared",
+                        Kind::BreachCleared,
                         "rollbackd",
                         format!("rule {} was removed by a reload; the breach ends", b.rule),
                     );
@@ -1151,9 +1030,7 @@ impl State {
                 signal,
                 incident_key,
             } => {
-                let ours = incident_key
-                    .as_deref()
-                    .and_then(|k| k.strip_prefix("rollbackd/"));
+                let ours = incident_key.as_deref().and_then(incident_of_key);
                 match ours {
                     // Our own approval incident: link it, and never treat it as an alert
                     // (a rule matching it would feed on itself).
@@ -1164,7 +1041,7 @@ impl State {
                             inc.pagerduty_incident = Some(signal.key.clone());
                             tx.note(
                                 id,
-                                "pagerduty_linked",
+                                Kind::PagerdutyLinked,
                                 "pagerduty",
                                 format!("announced on PagerDuty incident {}", signal.key),
                             );
@@ -1184,7 +1061,7 @@ impl State {
                 let Some(id) = self.index.announced_on(&pd_incident).map(str::to_string) else {
                     tx.note(
                         &format!("pagerduty:{pd_incident}"),
-                        "vote_ignored",
+                        Kind::VoteIgnored,
                         pd_user.as_deref().unwrap_or("pagerduty"),
                         format!("{via} vote on PagerDuty incident {pd_incident}, which no rollbackd incident is announced on"),
                     );
@@ -1219,18 +1096,22 @@ impl State {
                 tx.out.changes.push(done);
                 tx.note(
                     &e.incident,
-                    "notified",
+                    Kind::Notified,
                     "rollbackd",
-                    format!("{} announced to {} ({detail})", e.kind, e.target),
+                    format!("{} announced to {} ({detail})", e.kind.code(), e.target),
                 );
             }
             Delivery::Dropped { error } => {
                 tx.out.changes.push(done);
                 tx.note(
                     &e.incident,
-                    "notification_dropped",
+                    Kind::NotificationDropped,
                     "rollbackd",
-                    format!("{} to {} refused for good: {error}", e.kind, e.target),
+                    format!(
+                        "{} to {} refused for good: {error}",
+                        e.kind.code(),
+                        e.target
+                    ),
                 );
             }
             Delivery::Retry { error, at } => {
@@ -1241,11 +1122,13 @@ impl State {
                 if e.attempts == 1 || e.attempts % 10 == 0 {
                     tx.note(
                         &e.incident,
-                        "notification_retry",
+                        Kind::NotificationRetry,
                         "rollbackd",
                         format!(
                             "{} to {} failed (attempt {}): {error}; retrying at {at}",
-                            e.kind, e.target, e.attempts
+                            e.kind.code(),
+                            e.target,
+                            e.attempts
                         ),
                     );
                 }
@@ -1290,7 +1173,7 @@ impl State {
             }
             tx.note(
                 id,
-                "vote_ignored",
+                Kind::VoteIgnored,
                 person,
                 format!("{verb} via {via} not counted: {why}"),
             );
@@ -1350,7 +1233,7 @@ impl State {
             .unwrap_or_default();
         tx.note_with(
             id,
-            "vote",
+            Kind::Vote,
             person,
             format!("{person} voted {verb} via {via}{because}"),
             serde_json::json!({ "roles": roles }),
@@ -1460,7 +1343,7 @@ impl State {
                 let cont = step.continue_on_failure;
                 tx.note(
                     id,
-                    "step_failed",
+                    Kind::StepFailed,
                     "rollbackd",
                     format!("step {name} not run: {err}"),
                 );
@@ -1508,7 +1391,7 @@ impl State {
                 let name = step.name.clone();
                 tx.note(
                     id,
-                    "step_probe",
+                    Kind::StepProbe,
                     "rollbackd",
                     format!("step {name} was running when rollbackd stopped; asking its probe whether it took effect"),
                 );
@@ -1521,7 +1404,7 @@ impl State {
                 let name = step.name.clone();
                 tx.note(
                     id,
-                    "step_unknown",
+                    Kind::StepUnknown,
                     "rollbackd",
                     format!("step {name} was running when rollbackd stopped and is not idempotent"),
                 );
@@ -1539,7 +1422,7 @@ impl State {
                 let name = step.name.clone();
                 tx.note(
                     id,
-                    "step_resumed",
+                    Kind::StepResumed,
                     "rollbackd",
                     format!("step {name} was running when rollbackd stopped; it is idempotent, running it again"),
                 );
@@ -1574,7 +1457,7 @@ impl State {
         let service = inc.service.clone();
         tx.note_with(
             id,
-            "step_started",
+            Kind::StepStarted,
             "rollbackd",
             format!("step {name} attempt {attempt} started"),
             serde_json::json!({ "index": index, "attempt": attempt, "argv": argv }),
@@ -1626,7 +1509,7 @@ impl State {
             step.state = StepState::Done;
             tx.note_with(
                 id,
-                "step_done",
+                Kind::StepDone,
                 "rollbackd",
                 format!("step {name} succeeded"),
                 data,
@@ -1640,7 +1523,7 @@ impl State {
             let delay = backoff(attempt, id, index);
             tx.note_with(
                 id,
-                "step_retry",
+                Kind::StepRetry,
                 "rollbackd",
                 format!(
                     "step {name} attempt {attempt} failed ({err}); retrying in {}",
@@ -1661,12 +1544,17 @@ impl State {
         let cont = step.continue_on_failure;
         tx.note_with(
             id,
-            "step_failed",
+            Kind::StepFailed,
             "rollbackd",
             format!("step {name} failed: {err}"),
             data,
         );
-        self.announce(tx, id, "step_failed", format!("step {name} failed: {err}"));
+        self.announce(
+            tx,
+            id,
+            Announcement::StepFailed,
+            format!("step {name} failed: {err}"),
+        );
         if cont {
             self.advance(tx, id, index + 1);
         } else {
@@ -1705,7 +1593,7 @@ impl State {
                 step.finished_at = Some(tx.now);
                 tx.note(
                     id,
-                    "step_done",
+                    Kind::StepDone,
                     "rollbackd",
                     format!("step {name}: its probe says the effect is in place ({detail}); not running it again"),
                 );
@@ -1715,7 +1603,7 @@ impl State {
                 step.state = StepState::Intended;
                 tx.note(
                     id,
-                    "step_resumed",
+                    Kind::StepResumed,
                     "rollbackd",
                     format!("step {name}: its probe says the effect is absent ({detail}); running it again"),
                 );
@@ -1763,7 +1651,7 @@ impl State {
         };
         tx.note_with(
             id,
-            "after_check",
+            Kind::AfterCheck,
             "rollbackd",
             format!("integrity check {name} {verdict}"),
             serde_json::json!({ "index": index, "exit_code": r.exit_code, "output": r.output }),
@@ -1896,7 +1784,7 @@ impl State {
             r.posted_during_freeze = Some(f.reason.clone());
             tx.note(
                 &format!("freeze:{}", r.service),
-                "release_during_freeze",
+                Kind::ReleaseDuringFreeze,
                 "ci",
                 format!(
                     "release {} ({}) of {} posted while the service is frozen ({})",
@@ -1938,7 +1826,7 @@ impl State {
         let subject = incident.unwrap_or_else(|| format!("freeze:{service}"));
         tx.note(
             &subject,
-            "frozen",
+            Kind::Frozen,
             by,
             format!("releases of {service} frozen: {reason}"),
         );
@@ -1955,10 +1843,10 @@ impl State {
         let message = format!("releases of {service} unfrozen by {by}: {reason}");
         match &f.incident {
             Some(id) => {
-                tx.note(id, "unfrozen", by, message.clone());
-                self.announce(tx, id, "freeze_lifted", message);
+                tx.note(id, Kind::Unfrozen, by, message.clone());
+                self.announce(tx, id, Announcement::FreezeLifted, message);
             }
-            None => tx.note(&format!("freeze:{service}"), "unfrozen", by, message),
+            None => tx.note(&format!("freeze:{service}"), Kind::Unfrozen, by, message),
         }
         Reply::Ok
     }

@@ -291,7 +291,7 @@ impl World {
     fn reasons(&self) -> Vec<String> {
         self.timeline
             .iter()
-            .filter(|e| e.kind == "not_acting")
+            .filter(|e| e.kind == Kind::NotActing)
             .map(|e| e.message.clone())
             .collect()
     }
@@ -604,7 +604,7 @@ fn step_retries_with_backoff_then_fails_the_incident() {
     let retries: Vec<&TimelineEntry> = w
         .timeline
         .iter()
-        .filter(|e| e.kind == "step_retry")
+        .filter(|e| e.kind == Kind::StepRetry)
         .collect();
     assert_eq!(retries.len(), 2);
 }
@@ -1164,7 +1164,7 @@ proptest! {
         let yaml = format!("{}{}", rule("r1", ""), rule("r2", "    sources: [alertmanager]\n"));
         let w = sim(&yaml, &["web", "api"], &script);
         for i in w.st.incidents.values() {
-            let resolving_at_deadline = w.timeline.iter().any(|e| e.kind == "breach_refired" && e.at > i.deadline && e.at == i.opened_at);
+            let resolving_at_deadline = w.timeline.iter().any(|e| e.kind == Kind::BreachRefired && e.at > i.deadline && e.at == i.opened_at);
             prop_assert!(i.opened_at == i.deadline || resolving_at_deadline, "{i:#?}");
         }
     }
@@ -1366,7 +1366,7 @@ fn after_hooks_run_once_the_rollback_ends_and_never_change_it() {
     assert!(
         w.timeline
             .iter()
-            .any(|e| e.kind == "after_check" && e.message.contains("FAILED"))
+            .any(|e| e.kind == Kind::AfterCheck && e.message.contains("FAILED"))
     );
     let (_, out) = w.recovered(t(700.0));
     assert!(out.effects.is_empty(), "done hooks do not run again");
@@ -1388,7 +1388,7 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
         .changes
         .iter()
         .filter_map(|c| match c {
-            Change::Outbox(e) => Some((e.kind.clone(), e.target.clone())),
+            Change::Outbox(e) => Some((e.kind.code().to_string(), e.target.clone())),
             _ => None,
         })
         .collect();
@@ -1435,7 +1435,7 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
         t(603.0),
     );
     assert!(matches!(&out.changes[..], [Change::OutboxDone { seq, .. }] if *seq == first.seq));
-    assert_eq!(out.timeline[0].kind, "notified");
+    assert_eq!(out.timeline[0].kind, Kind::Notified);
 }
 
 #[test]

@@ -10,7 +10,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 mod compact;
+mod words;
 pub use compact::{AlertMap, LabelSet};
+pub use words::{Announcement, Kind, ReasonCode};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -127,6 +129,9 @@ pub struct Decision {
     pub at: Timestamp,
     pub acted: bool,
     pub reason: String,
+    /// Why it did not act, as a code (absent on records written before codes were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ReasonCode>,
 }
 
 /// A sustained-failure window of one rule for one group of labels.
@@ -584,9 +589,7 @@ pub struct OutboxEntry {
     /// A notifier name from the config, or `pagerduty`.
     pub target: String,
     pub incident: String,
-    /// `approval_requested`, `approved`, `rejected`, `expired`, `cancelled`, `rollback_started`,
-    /// `step_failed`, `rolled_back`, `rollback_failed`, `freeze_lifted`.
-    pub kind: String,
+    pub kind: Announcement,
     pub detail: String,
     pub at: Timestamp,
     /// The incident's state when this was announced: messages describe that moment, not the
@@ -606,7 +609,7 @@ pub struct TimelineEntry {
     pub at: Timestamp,
     /// Incident id, or `breach:<id>` for decisions about a breach that opened no incident.
     pub subject: String,
-    pub kind: String,
+    pub kind: Kind,
     pub actor: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]

@@ -2,26 +2,25 @@
 //! internal ("Rollback initiated for release vX.Y.Z due to <issue>. Expect <impact>. Next update in
 //! 15 minutes."), external, and the post-incident summary.
 
-use crate::model::{Incident, OutboxEntry};
+use crate::model::{Announcement as A, Incident, OutboxEntry};
 
 /// One line that says what happened, for titles and fallbacks.
 pub fn headline(e: &OutboxEntry, inc: &Incident) -> String {
     let svc = service(inc);
-    match e.kind.as_str() {
-        "approval_requested" => format!(
+    match e.kind {
+        A::ApprovalRequested => format!(
             "Approval needed: roll {svc} back to {}",
             inc.release_to.version
         ),
-        "approved" => format!("Rollback of {svc} approved"),
-        "rejected" => format!("Rollback of {svc} rejected"),
-        "expired" => format!("Rollback of {svc} not approved in time"),
-        "cancelled" => format!("Rollback of {svc} cancelled: the breach cleared"),
-        "rollback_started" => format!("Rollback initiated: {svc}"),
-        "step_failed" => format!("Rollback step failed: {svc}"),
-        "rolled_back" => format!("Rolled back: {svc} is on {}", inc.release_to.version),
-        "rollback_failed" => format!("ROLLBACK FAILED: {svc} needs a human now"),
-        "freeze_lifted" => format!("Releases of {} unfrozen", inc.service),
-        other => format!("{other}: {svc}"),
+        A::Approved => format!("Rollback of {svc} approved"),
+        A::Rejected => format!("Rollback of {svc} rejected"),
+        A::Expired => format!("Rollback of {svc} not approved in time"),
+        A::Cancelled => format!("Rollback of {svc} cancelled: the breach cleared"),
+        A::RollbackStarted => format!("Rollback initiated: {svc}"),
+        A::StepFailed => format!("Rollback step failed: {svc}"),
+        A::RolledBack => format!("Rolled back: {svc} is on {}", inc.release_to.version),
+        A::RollbackFailed => format!("ROLLBACK FAILED: {svc} needs a human now"),
+        A::FreezeLifted => format!("Releases of {} unfrozen", inc.service),
     }
 }
 
@@ -74,8 +73,8 @@ pub fn external(inc: &Incident) -> String {
 
 /// The body of an announcement: what happened and what to do.
 pub fn body(e: &OutboxEntry, inc: &Incident, link: Option<&str>) -> String {
-    let mut text = match e.kind.as_str() {
-        "approval_requested" => {
+    let mut text = match e.kind {
+        A::ApprovalRequested => {
             let roles = inc.approvals.require_roles.join(", ");
             let deadline = inc
                 .approvals
@@ -94,15 +93,15 @@ pub fn body(e: &OutboxEntry, inc: &Incident, link: Option<&str>) -> String {
                 inc.approvals.on_timeout,
             )
         }
-        "rollback_started" => internal(inc),
-        "rolled_back" => format!(
+        A::RollbackStarted => internal(inc),
+        A::RolledBack => format!(
             "{} is back on {} ({}); checks passed. Releases stay frozen until a human lifts the freeze. External notice: \"{}\"",
             service(inc),
             inc.release_to.version,
             inc.release_to.deployment_id,
             external(inc)
         ),
-        "rollback_failed" => format!(
+        A::RollbackFailed => format!(
             "Escalation: the rollback of {} did not finish: {}. The service may be half rolled back; releases stay frozen. Take over now.",
             service(inc),
             e.detail

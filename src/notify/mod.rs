@@ -328,7 +328,7 @@ impl Notifier {
             // Announced on a PagerDuty incident: a note for each transition; when it is the
             // incident rollbackd opened, a verified rollback also resolves it (idempotent, first).
             (Some(pd_id), key) => {
-                let resolved = match key.filter(|_| ends_the_page(&e.kind)) {
+                let resolved = match key.filter(|_| e.kind.ends_the_page()) {
                     Some(k) => pd
                         .enqueue(&event(k, EventAction::Resolve))
                         .await
@@ -344,7 +344,7 @@ impl Notifier {
                 }
             }
             (None, Some(key)) => {
-                let action = if ends_the_page(&e.kind) {
+                let action = if e.kind.ends_the_page() {
                     EventAction::Resolve
                 } else {
                     EventAction::Trigger
@@ -373,14 +373,10 @@ impl Notifier {
 
 /// Announcements after which nobody needs to be paged about this incident any more: the alert
 /// rollbackd opened is resolved. A failed rollback keeps paging.
-fn ends_the_page(kind: &str) -> bool {
-    matches!(kind, "rolled_back" | "rejected" | "expired" | "cancelled")
-}
-
 /// The Events API dedup key of a rollbackd incident; PagerDuty's `incident_key` of the incident
 /// it opens, which is how `incident.triggered` webhooks are mapped back.
 pub fn dedup_key(inc: &Incident) -> String {
-    format!("rollbackd/{}", inc.id)
+    crate::engine::pagerduty_key(&inc.id)
 }
 
 pub fn delivery_id(e: &OutboxEntry) -> String {
