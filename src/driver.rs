@@ -9,9 +9,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::engine::{Change, Context, Effect, Event, Reply, State};
+use crate::engine::{Change, Context, Effect, Event, Reply};
+use crate::inputs::{self, Pending, Recorder};
 use crate::metrics::Metrics;
 use crate::model::{Kind, since};
+use crate::pump::{self, Pump};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ pub enum EngineError {
 
 pub struct Command {
     event: Event,
+    /// The input-log line of a request, written once the event is handled (`record_inputs`).
+    record: Option<Pending>,
     reply: oneshot::Sender<Result<(Reply, jiff::Timestamp), EngineError>>,
 }
 
@@ -36,23 +40,30 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Sends an event and waits until its consequences are durable.
     pub async fn send(&self, event: Event) -> Result<Reply, EngineError> {
-        self.send_at(event).await.map(|(reply, _)| reply)
+        self.send_recorded(event, None).await
     }
 
-    /// As [`EngineHandle::send`], also returning the `now` the engine handled the event at (the
-    /// input log records it, so a replay sees the event at the same instant).
-    pub async fn send_at(&self, event: Event) -> Result<(Reply, jiff::Timestamp), EngineError> {
+    /// As [`EngineHandle::send`], with the input-log line of the request it came from.
+    pub async fn send_recorded(
+        &self,
+        event: Event,
+        record: Option<Pending>,
+    ) -> Result<Reply, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command { event, reply })
+            .send(Command {
+                event,
+                record,
+                reply,
+            })
             .await
             .map_err(|_| EngineError::Stopped)?;
-        rx.await.map_err(|_| EngineError::Stopped)?
+        rx.await.map_err(|_| EngineError::Stopped)?.map(|(r, _)| r)
     }
 }
 
 pub struct Driver {
-    pub state: State,
+    pub pump: Pump,
     pub live: Arc<crate::live::Live>,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
@@ -60,6 +71,18 @@ pub struct Driver {
     pub dry_run: bool,
     /// Woken after a commit that queued announcements.
     pub outbox: Arc<tokio::sync::Notify>,
+    /// The input log (`record_inputs: true`): every event handled, in order, after its commit.
+    pub inputs: Option<Recorder>,
+}
+
+/// The engine task cannot go on: memory ran ahead of the disk and the disk cannot be read back.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a commit failed ({commit}) and the state cannot be read back ({reload}); stopping so a restart resumes from what is durable"
+)]
+pub struct Fatal {
+    pub commit: String,
+    pub reload: String,
 }
 
 pub fn channel() -> (EngineHandle, mpsc::Receiver<Command>) {
@@ -78,6 +101,8 @@ struct Applied {
     answer: Reply,
     effects: Vec<Effect>,
     now: jiff::Timestamp,
+    line: Option<String>,
+    loaded: Option<String>,
 }
 
 impl Driver {
@@ -87,11 +112,11 @@ impl Driver {
         mut inbox: Inbox,
         perform: impl Fn(Effect) + Send + 'static,
         stop: CancellationToken,
-    ) {
+    ) -> Result<(), Fatal> {
         // Resume whatever was under way when the process last stopped.
-        self.apply(vec![Pending::Recover], &perform).await;
+        self.apply(vec![Waiting::Recover], &perform).await?;
         loop {
-            let wake = self.state.next_wakeup().map(|at| {
+            let wake = self.pump.next_wakeup().map(|at| {
                 let wait = since(at, self.clock.now());
                 // A small margin so the tick lands at or after the deadline on the wall clock.
                 tokio::time::Instant::now() + wait + Duration::from_millis(1)
@@ -107,23 +132,28 @@ impl Driver {
                 cmd = inbox.recv() => {
                     let Some(cmd) = cmd else { break };
                     // Group commit: whatever else is already queued shares this commit.
-                    let mut batch = vec![Pending::Command(Box::new(cmd))];
+                    let mut batch = vec![Waiting::Command(Box::new(cmd))];
                     while batch.len() < MAX_BATCH {
                         match inbox.try_recv() {
-                            Ok(c) => batch.push(Pending::Command(Box::new(c))),
+                            Ok(c) => batch.push(Waiting::Command(Box::new(c))),
                             Err(_) => break,
                         }
                     }
-                    self.apply(batch, &perform).await;
+                    self.apply(batch, &perform).await?;
                 }
-                _ = sleep => self.apply(vec![Pending::Tick], &perform).await,
+                _ = sleep => self.apply(vec![Waiting::Tick], &perform).await?,
             }
         }
+        Ok(())
     }
 
     /// Feeds each input to the engine in order, commits all their records at once, and only
-    /// then answers each caller and performs each input's effects.
-    async fn apply(&mut self, inputs: Vec<Pending>, perform: &impl Fn(Effect)) {
+    /// then answers each caller, writes the input log and performs each input's effects.
+    async fn apply(
+        &mut self,
+        inputs: Vec<Waiting>,
+        perform: &impl Fn(Effect),
+    ) -> Result<(), Fatal> {
         let (config, rules) = self.live.snapshot();
         let ctx = Context {
             rules: &rules,
@@ -134,58 +164,76 @@ impl Driver {
         let mut changes = Vec::new();
         let mut timeline = Vec::new();
         let mut applied = Vec::with_capacity(inputs.len());
-        let mut loaded = Vec::new();
         for input in inputs {
             let now = self.clock.now();
-            let event = match &input {
-                Pending::Command(c) => Some(&c.event),
-                _ => None,
-            };
-            match self.load_needed(&rules, event, now) {
-                Ok(Some(id)) => loaded.push(id),
-                Ok(None) => {}
-                Err(e) => {
-                    // Deciding without a breach that is open on disk could open a second one, and
-                    // without the incident a vote names would answer "no such incident".
-                    tracing::error!(error = %e, "cannot read state the event needs; not handling it");
-                    match input {
-                        Pending::Command(c) => {
-                            let _ = c.reply.send(Err(EngineError::Store(e.to_string())));
+            let record = self.inputs.is_some();
+            let (reply, line, input) = match input {
+                Waiting::Recover => (
+                    None,
+                    record.then(|| inputs::start_line(now, &rules.digest)),
+                    pump::Input::Recover,
+                ),
+                Waiting::Tick => (
+                    None,
+                    record.then(|| inputs::engine_line(now, &Event::Tick, None)),
+                    pump::Input::Event(Event::Tick),
+                ),
+                Waiting::Command(c) => {
+                    let c = *c;
+                    let line = record.then(|| match &c.record {
+                        Some(p) => p.line(now),
+                        None => {
+                            let digest = matches!(c.event, Event::RulesReloaded)
+                                .then_some(rules.digest.as_str());
+                            inputs::engine_line(now, &c.event, digest)
                         }
-                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    });
+                    (Some(c.reply), line, pump::Input::Event(c.event))
+                }
+            };
+            let mut handled = match self.pump.handle(&self.store, &ctx, input, now) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Without the breach or incident it needs the engine would decide wrong.
+                    tracing::error!(error = %e, "cannot read state the event needs; not handling it");
+                    match reply {
+                        Some(r) => {
+                            let _ = r.send(Err(EngineError::Store(e)));
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
                     continue;
                 }
-            }
-            let (reply, mut out) = match input {
-                Pending::Recover => (None, self.state.recover(&ctx, now)),
-                Pending::Tick => (None, self.state.handle(&ctx, Event::Tick, now)),
-                Pending::Command(c) => {
-                    let c = *c;
-                    (Some(c.reply), self.state.handle(&ctx, c.event, now))
-                }
             };
-            changes.append(&mut out.changes);
-            timeline.append(&mut out.timeline);
+            changes.append(&mut handled.out.changes);
+            timeline.append(&mut handled.out.timeline);
             applied.push(Applied {
                 reply,
-                answer: out.reply,
-                effects: out.effects,
+                answer: handled.out.reply.clone(),
+                loaded: handled.loaded(),
+                effects: std::mem::take(&mut handled.out.effects),
                 now,
+                line,
             });
         }
         if let Err(e) = self.store.commit(&changes, &timeline).await {
-            // The in-memory state ran ahead of the disk: go back to what is durable.
+            // The in-memory state ran ahead of the disk: go back to what is durable, or stop.
             tracing::error!(error = %e, "commit failed; reloading state from the store");
-            if let Ok(st) = self.store.load_state() {
-                self.state = st;
-            }
             for a in applied {
                 if let Some(r) = a.reply {
                     let _ = r.send(Err(EngineError::Store(e.to_string())));
                 }
             }
-            return;
+            return match self.store.load_state() {
+                Ok(st) => {
+                    self.pump = Pump::new(st);
+                    Ok(())
+                }
+                Err(reload) => Err(Fatal {
+                    commit: e.to_string(),
+                    reload: reload.to_string(),
+                }),
+            };
         }
         if changes
             .iter()
@@ -195,7 +243,7 @@ impl Driver {
         }
         let written = self.clock.now();
         for t in timeline.iter().filter(|t| t.kind == Kind::Triggered) {
-            if let Some(i) = self.state.incidents.get(&t.subject) {
+            if let Some(i) = self.pump.state.incidents.get(&t.subject) {
                 self.metrics
                     .decision_latency
                     .observe(since(written, i.deadline).as_secs_f64());
@@ -205,13 +253,18 @@ impl Driver {
             .iter()
             .any(|c| matches!(c, Change::Incident(_) | Change::Breach(_)))
         {
-            self.metrics.observe_state(&self.state);
+            self.metrics.observe_state(&self.pump.state);
         }
-        self.let_go(&changes, loaded);
-        // Open breaches stay on disk and in the index; the next event reads back what it needs.
-        self.state.breaches.clear();
+        self.pump
+            .let_go(&changes, applied.iter().map(|a| a.loaded.clone()));
         for t in &timeline {
             tracing::info!(subject = %t.subject, kind = t.kind.code(), actor = %t.actor, "{}", t.message);
+        }
+        if let Some(rec) = &self.inputs {
+            let lines: String = applied.iter().filter_map(|a| a.line.as_deref()).collect();
+            if let Err(e) = rec.append(&lines) {
+                tracing::error!(error = %e, file = %rec.path().display(), "cannot append to the input log");
+            }
         }
         for a in applied {
             if let Some(r) = a.reply {
@@ -219,56 +272,12 @@ impl Driver {
             }
             a.effects.into_iter().for_each(perform);
         }
-    }
-}
-
-impl Driver {
-    /// Puts back in memory from the store what an event (or a tick) needs: the open breaches it
-    /// may touch and the finished incident it names. Returns the incident it put back, if any.
-    fn load_needed(
-        &mut self,
-        rules: &crate::rules::RuleSet,
-        event: Option<&Event>,
-        now: jiff::Timestamp,
-    ) -> Result<Option<String>, crate::store::StoreError> {
-        for seq in self.state.breaches_needed(rules, event, now) {
-            // An agenda entry may name a breach that has closed since: that one stays closed.
-            if let Some(b) = self.store.breach(&crate::engine::breach_id(seq))?
-                && b.closed_at.is_none()
-            {
-                self.state.breaches.insert(seq, b);
-            }
-        }
-        let Some(id) = event.and_then(|e| self.state.incident_named(e)) else {
-            return Ok(None);
-        };
-        if self.state.incidents.contains_key(id) {
-            return Ok(None);
-        }
-        let id = id.to_string();
-        Ok(self.store.incident(&id)?.map(|i| {
-            self.state.incidents.insert(id.clone(), i);
-            id
-        }))
-    }
-
-    /// Lets go of the incidents the engine no longer works on (they are durable in the store and
-    /// summarised in the index), so memory holds the active ones, not the history.
-    fn let_go(&mut self, changes: &[Change], loaded: Vec<String>) {
-        let touched = changes.iter().filter_map(|c| match c {
-            Change::Incident(i) => Some(i.id.clone()),
-            _ => None,
-        });
-        for id in touched.chain(loaded) {
-            if self.state.incidents.get(&id).is_some_and(|i| !i.resident()) {
-                self.state.incidents.remove(&id);
-            }
-        }
+        Ok(())
     }
 }
 
 /// One engine entry point waiting in a batch.
-enum Pending {
+enum Waiting {
     Recover,
     Tick,
     Command(Box<Command>),

@@ -10,7 +10,16 @@
 //!   `{"service", "reason", "by"}`, since the path carries part of those requests);
 //! - `pagerduty` lines may carry `"delivery"` (the `X-Webhook-Id` header; default `event.id`), and
 //!   `release` lines `"received_at"` (the receipt time, which a release without `deployed_at`
-//!   defaults to; default `at`).
+//!   defaults to; default `at`);
+//! - `engine` lines are what the daemon handled besides requests, as the engine's own event
+//!   (`{"tick": null}`, `{"step_finished": {..}}`, `{"verify_finished": {..}}`, `{"delivery": {..}}`,
+//!   `"rules_reloaded"`, ...): ticks at the instant they ran, and the outcomes of steps, probes,
+//!   checks, after hooks and deliveries. A reload line carries `"rules_digest"`;
+//! - `start` lines mark a daemon start (the engine recovers what was under way), with
+//!   `"rules_digest"`.
+//!
+//! The daemon writes its log from the engine task, after each commit and in the order the engine
+//! handled the events, so a replay of it with the same rules reproduces the run exactly.
 //!
 //! The reader also takes a Prometheus `ALERTS` range-query export (see [`prometheus`]). The
 //! [`Recorder`] appends lines for the daemon when `record_inputs: true`.
@@ -26,8 +35,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::driver::EngineError;
-use crate::engine::{Event, Reply};
+use crate::engine::Event;
 use crate::ingest;
 use crate::model::{Labels, Signal, SignalStatus, Source, VoteKind};
 
@@ -36,6 +44,32 @@ use crate::model::{Labels, Signal, SignalStatus, Source, VoteKind};
 pub struct Input {
     pub at: Timestamp,
     pub event: Event,
+    pub origin: Origin,
+    /// `start` and reload lines: the digest of the rules in force (see `live::rules_digest`).
+    pub rules_digest: Option<String>,
+}
+
+/// Where an input came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A request (webhook, release, vote, freeze) or a line written by hand.
+    Outside,
+    /// What the daemon itself handled: a tick, an outcome of the executor or the notifier, a
+    /// reload.
+    Engine,
+    /// A daemon start: the engine recovered what was under way (the event is a tick).
+    Start,
+}
+
+impl Input {
+    pub fn outside(at: Timestamp, event: Event) -> Input {
+        Input {
+            at,
+            event,
+            origin: Origin::Outside,
+            rules_digest: None,
+        }
+    }
 }
 
 /// A line of an input file that cannot be used, with where it is.
@@ -95,6 +129,8 @@ struct RawLine<'a> {
     delivery: Option<String>,
     #[serde(default)]
     received_at: Option<Timestamp>,
+    #[serde(default)]
+    rules_digest: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -128,7 +164,14 @@ pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
         .map_err(|e| format!("not an input line {{\"at\", \"source\", \"body\"}}: {e}"))?;
     let body = raw.body.get().as_bytes();
     let at = raw.at;
+    let (origin, rules_digest) = match raw.source.as_ref() {
+        "engine" => (Origin::Engine, raw.rules_digest),
+        "start" => (Origin::Start, raw.rules_digest),
+        _ => (Origin::Outside, None),
+    };
     let event = match raw.source.as_ref() {
+        "engine" => serde_json::from_slice(body).map_err(|e| format!("engine body: {e}"))?,
+        "start" => Event::Tick,
         "alertmanager" => Event::Signals(ingest::alertmanager::parse(body).map_err(msg)?),
         "grafana" => Event::Signals(ingest::grafana::parse(body).map_err(msg)?),
         "signal" => Event::Signals(ingest::signals::parse(body).map_err(msg)?),
@@ -178,11 +221,16 @@ pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
         }
         other => {
             return Err(format!(
-                "source: `{other}` is not one of alertmanager, grafana, pagerduty, signal, release, vote, freeze, unfreeze"
+                "source: `{other}` is not one of alertmanager, grafana, pagerduty, signal, release, vote, freeze, unfreeze, engine, start"
             ));
         }
     };
-    Ok(Some(Input { at, event }))
+    Ok(Some(Input {
+        at,
+        event,
+        origin,
+        rules_digest,
+    }))
 }
 
 fn msg(e: ingest::IngestError) -> String {
@@ -256,10 +304,7 @@ pub fn read_releases(text: &str, file: &str) -> Result<Vec<Input>, InputError> {
             ));
         };
         let r = ingest::releases::parse(t.as_bytes(), at).map_err(|e| err(e.message))?;
-        out.push(Input {
-            at,
-            event: Event::Release(r),
-        });
+        out.push(Input::outside(at, Event::Release(r)));
     }
     Ok(out)
 }
@@ -417,19 +462,16 @@ pub fn prometheus(text: &str, step: Option<Duration>) -> Result<Vec<Input>, Stri
     let mut batch_at: Option<i64> = None;
     for (t, s) in signals {
         if batch_at.is_some_and(|b| b != t) {
-            out.push(Input {
-                at: ts_of(batch_at.unwrap_or(t))?,
-                event: Event::Signals(std::mem::take(&mut batch)),
-            });
+            out.push(Input::outside(
+                ts_of(batch_at.unwrap_or(t))?,
+                Event::Signals(std::mem::take(&mut batch)),
+            ));
         }
         batch_at = Some(t);
         batch.push(s);
     }
     if let Some(t) = batch_at {
-        out.push(Input {
-            at: ts_of(t)?,
-            event: Event::Signals(batch),
-        });
+        out.push(Input::outside(ts_of(t)?, Event::Signals(batch)));
     }
     Ok(out)
 }
@@ -552,26 +594,21 @@ fn event_body(event: &Event) -> serde_json::Value {
     }
 }
 
-impl crate::App {
-    /// Hands an input to the engine; once its consequences are durable and `record_inputs` is on,
-    /// appends it to the input log at the instant the engine handled it. A failed log write is
-    /// logged and does not fail the request (the input is already acted on).
-    pub async fn send_recorded(
-        &self,
-        source: &str,
-        body: &[u8],
-        event: Event,
-    ) -> Result<Reply, EngineError> {
-        let Some(rec) = &self.inputs else {
-            return self.engine.send(event).await;
-        };
-        let pending = Pending::new(source, body, &event);
-        let (reply, at) = self.engine.send_at(event).await?;
-        if let Err(e) = rec.append(&pending.line(at)) {
-            tracing::error!(error = %e, file = %rec.path().display(), "cannot append to the input log");
-        }
-        Ok(reply)
-    }
+/// The input-log line of what the engine handled on its own (ticks, outcomes, reloads).
+pub fn engine_line(at: Timestamp, event: &Event, rules_digest: Option<&str>) -> String {
+    let digest = rules_digest
+        .map(|d| format!(",\"rules_digest\":{}", serde_json::Value::from(d)))
+        .unwrap_or_default();
+    let body = serde_json::to_string(event).unwrap_or_else(|_| "null".to_string());
+    format!("{{\"at\":\"{at}\",\"source\":\"engine\"{digest},\"body\":{body}}}\n")
+}
+
+/// The input-log line of a daemon start.
+pub fn start_line(at: Timestamp, rules_digest: &str) -> String {
+    format!(
+        "{{\"at\":\"{at}\",\"source\":\"start\",\"rules_digest\":{},\"body\":null}}\n",
+        serde_json::Value::from(rules_digest)
+    )
 }
 
 #[cfg(test)]

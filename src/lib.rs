@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod pagerduty;
+pub mod pump;
 pub mod replay;
 pub mod report;
 pub mod rules;
@@ -72,8 +73,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub limiters: api::Limiters,
     pub ready: AtomicBool,
-    /// The input log (`record_inputs: true`), written by [`App::send_recorded`].
-    pub inputs: Option<inputs::Recorder>,
+    /// `record_inputs: true`: requests hand the engine their input-log line.
+    pub record_inputs: bool,
 }
 
 impl App {
@@ -187,6 +188,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("input log: {0}")]
     Inputs(std::io::Error),
+    #[error(transparent)]
+    Engine(driver::Fatal),
 }
 
 impl Daemon {
@@ -227,8 +230,7 @@ impl Daemon {
             metrics: metrics.clone(),
             clock: self.clock.clone(),
             ready: AtomicBool::new(false),
-            inputs: inputs::Recorder::for_config(&config, &self.data_dir)
-                .map_err(ServeError::Inputs)?,
+            record_inputs: config.record_inputs,
         });
         let stop_engine = CancellationToken::new();
         let outbox = Arc::new(tokio::sync::Notify::new());
@@ -247,21 +249,40 @@ impl Daemon {
         });
         let notifier_task = tokio::spawn(notifier.clone().run());
         let driver = Driver {
-            state,
+            pump: pump::Pump::new(state),
             live: live.clone(),
             store,
             clock: self.clock,
             metrics,
             dry_run: self.dry_run,
             outbox,
+            inputs: inputs::Recorder::for_config(&config, &self.data_dir)
+                .map_err(ServeError::Inputs)?,
         };
         let ex = executor.clone();
-        let engine_task =
-            tokio::spawn(driver.run(inbox, move |effect| ex.perform(effect), stop_engine.clone()));
+        let fatal = CancellationToken::new();
+        let engine_task = {
+            let (stop, fatal) = (stop_engine.clone(), fatal.clone());
+            tokio::spawn(async move {
+                let r = driver
+                    .run(inbox, move |effect| ex.perform(effect), stop)
+                    .await;
+                if r.is_err() {
+                    fatal.cancel();
+                }
+                r
+            })
+        };
         let watcher = tokio::spawn(reload_triggers(app.clone(), stop_engine.clone()));
         app.ready.store(true, Ordering::Release);
+        let stopped = fatal.clone();
         let server = axum::serve(listener, api::router(app.clone()))
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = stopped.cancelled() => {}
+                }
+            })
             .await;
         app.ready.store(false, Ordering::Release);
         if !executor.drain(self.grace).await {
@@ -273,7 +294,10 @@ impl Daemon {
         let _ = notifier_task.await;
         watcher.abort();
         stop_engine.cancel();
-        let _ = engine_task.await;
+        if let Ok(Err(fatal)) = engine_task.await {
+            tracing::error!(error = %fatal, "the engine stopped");
+            return Err(ServeError::Engine(fatal));
+        }
         server?;
         Ok(())
     }

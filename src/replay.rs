@@ -23,8 +23,9 @@ use serde::Serialize;
 
 use crate::config::{Config, Person};
 use crate::engine::{Change, Context, Effect, Event, Output, State, StepResult};
-use crate::inputs::{self, Input};
-use crate::model::{CheckResult, ReasonCode, StepState, TimelineEntry, since};
+use crate::inputs::{self, Input, Origin};
+use crate::model::{CheckResult, Incident, ReasonCode, StepState, TimelineEntry, since};
+use crate::pump::{self, Memory, Pump};
 use crate::rules::{self, RuleSet, Severity};
 
 /// One decision, as `--format json` prints it.
@@ -69,6 +70,10 @@ pub struct Decision {
     /// frozen, unfrozen, release_during_freeze: what the timeline says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The outcome this line rests on was simulated (no recorded counterpart): a step, probe,
+    /// check or after hook assumed to succeed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub simulated: bool,
 }
 
 impl Decision {
@@ -91,6 +96,7 @@ impl Decision {
             release_to: None,
             person: None,
             detail: None,
+            simulated: false,
         }
     }
 }
@@ -161,7 +167,13 @@ pub struct Replayer<'a> {
     rules: &'a RuleSet,
     people: &'a [Person],
     pagerduty: bool,
-    state: State,
+    dry_run: bool,
+    /// The inputs are the daemon's own log and the rules are the ones it ran: every tick and
+    /// outcome comes from the log, nothing is simulated.
+    exact: bool,
+    recorded: Recorded,
+    pump: Pump,
+    memory: Memory,
     now: Option<Timestamp>,
     first: Option<Timestamp>,
     inputs: usize,
@@ -178,7 +190,11 @@ impl<'a> Replayer<'a> {
             rules,
             people,
             pagerduty: false,
-            state: State::default(),
+            dry_run: false,
+            exact: false,
+            recorded: Recorded::default(),
+            pump: Pump::new(State::default()),
+            memory: Memory::default(),
             now: None,
             first: None,
             inputs: 0,
@@ -202,6 +218,23 @@ impl<'a> Replayer<'a> {
         self
     }
 
+    /// As `serve --dry-run`: every incident is suppressed.
+    pub fn dry_run(mut self, on: bool) -> Replayer<'a> {
+        self.dry_run = on;
+        self
+    }
+
+    /// Replays the daemon's own log exactly: its ticks and outcomes, at its instants (see
+    /// [`exact_for`]). Otherwise its outcomes stand in where the same step comes up, and the
+    /// rest is simulated.
+    pub fn recorded(mut self, inputs: &[Input], exact: bool) -> Replayer<'a> {
+        self.exact = exact;
+        if !exact {
+            self.recorded = Recorded::from(inputs);
+        }
+        self
+    }
+
     /// Decisions so far.
     pub fn decisions(&self) -> &[Decision] {
         &self.decisions
@@ -209,7 +242,20 @@ impl<'a> Replayer<'a> {
 
     /// The engine's state (for tests and tools).
     pub fn state(&self) -> &State {
-        &self.state
+        &self.pump.state
+    }
+
+    /// Every incident the replay opened, as last recorded.
+    pub fn incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.memory.incidents()
+    }
+
+    fn incident(&self, id: &str) -> Option<&Incident> {
+        self.pump
+            .state
+            .incidents
+            .get(id)
+            .or_else(|| self.memory.get(id))
     }
 
     /// Feeds one input: first the wakeups before its time, then the input itself. An input earlier
@@ -218,6 +264,19 @@ impl<'a> Replayer<'a> {
         let at = self.now.map_or(input.at, |n| input.at.max(n));
         self.inputs += 1;
         self.first.get_or_insert(at);
+        if self.exact {
+            self.now = Some(at);
+            let what = match input.origin {
+                Origin::Start => pump::Input::Recover,
+                _ => pump::Input::Event(input.event),
+            };
+            return self.run(VecDeque::from([(what, false)]), at);
+        }
+        if input.origin != Origin::Outside {
+            // A what-if keeps its own clock and executor; recorded outcomes stand in through
+            // `recorded`.
+            return;
+        }
         self.advance(at, false);
         self.apply(input.event, at);
     }
@@ -238,7 +297,9 @@ impl<'a> Replayer<'a> {
             (u, n) => u.or(n),
         };
         if let Some(end) = end {
-            self.advance(end, true);
+            if !self.exact {
+                self.advance(end, true);
+            }
             self.now = Some(end);
         }
         let mut kinds = BTreeMap::new();
@@ -260,7 +321,7 @@ impl<'a> Replayer<'a> {
             decisions: self.decisions.len(),
             kinds,
             breaches_closed: lengths.len(),
-            breaches_open_at_end: self.state.index.open_count(),
+            breaches_open_at_end: self.pump.state.index.open_count(),
             median_breach_ms: median,
             blips_absorbed: self.per_rule.values().map(|r| r.blips_absorbed).sum(),
             rules: self.per_rule,
@@ -274,7 +335,7 @@ impl<'a> Replayer<'a> {
     /// Ticks at every wakeup before `to` (and at `to` when `inclusive`).
     fn advance(&mut self, to: Timestamp, inclusive: bool) {
         let mut last = None;
-        while let Some(w) = self.state.next_wakeup() {
+        while let Some(w) = self.pump.next_wakeup() {
             if w > to || (w == to && !inclusive) {
                 break;
             }
@@ -292,22 +353,43 @@ impl<'a> Replayer<'a> {
     /// at the same instant, until nothing is left to do.
     fn apply(&mut self, event: Event, at: Timestamp) {
         self.now = Some(at);
-        let mut queue = VecDeque::from([event]);
-        while let Some(ev) = queue.pop_front() {
+        self.run(VecDeque::from([(pump::Input::Event(event), false)]), at);
+    }
+
+    /// The pump, with memory for a store and the simulated executor: each input and what its
+    /// effects lead to, at the same instant, until nothing is left to do. The flag says the
+    /// input is a simulated outcome.
+    fn run(&mut self, mut queue: VecDeque<(pump::Input, bool)>, at: Timestamp) {
+        while let Some((input, simulated)) = queue.pop_front() {
             let ctx = Context {
                 rules: self.rules,
                 people: self.people,
-                dry_run: false,
+                dry_run: self.dry_run,
                 pagerduty: self.pagerduty,
             };
-            let out = self.state.handle(&ctx, ev, at);
-            self.absorb(out, at, &mut queue);
+            // Memory never fails to read back.
+            let Ok(handled) = self.pump.handle(&self.memory, &ctx, input, at) else {
+                continue;
+            };
+            let loaded = handled.loaded();
+            let mut out = handled.out;
+            self.memory.commit(&out.changes);
+            let changes = std::mem::take(&mut out.changes);
+            self.absorb(&changes, out, at, &mut queue, simulated);
+            self.pump.let_go(&changes, [loaded]);
         }
     }
 
-    fn absorb(&mut self, out: Output, at: Timestamp, queue: &mut VecDeque<Event>) {
+    fn absorb(
+        &mut self,
+        changes: &[Change],
+        out: Output,
+        at: Timestamp,
+        queue: &mut VecDeque<(pump::Input, bool)>,
+        simulated: bool,
+    ) {
         let mut closed = Vec::new();
-        for c in &out.changes {
+        for c in changes {
             let Change::Breach(b) = c else { continue };
             let rules = self.rules;
             let info = self.breaches.entry(b.id.clone()).or_insert_with(|| {
@@ -337,105 +419,152 @@ impl<'a> Replayer<'a> {
             }
         }
         for t in out.timeline {
-            self.note(t);
+            self.note(t, simulated);
         }
         for id in closed {
             self.breaches.remove(&id);
         }
         for e in out.effects {
-            match e {
-                Effect::RunStep {
-                    incident,
-                    index,
-                    attempt,
-                    ..
-                } => {
-                    let mut d = self.about_incident(at, "would_run", &incident);
-                    if let Some(step) = self
-                        .state
-                        .incidents
-                        .get(&incident)
-                        .and_then(|i| i.steps.get(index))
-                    {
-                        d.step = Some(step.name.clone());
-                        d.argv = Some(step.plan.argv.clone());
-                    }
-                    self.decisions.push(d);
-                    queue.push_back(Event::StepStarting {
+            self.perform(e, at, queue, simulated);
+        }
+    }
+
+    /// The executor of a replay: a step it would run is a decision line; in an exact replay
+    /// its outcome comes later from the log, otherwise from the recorded outcome of the same
+    /// step or, when there is none, a simulated success.
+    fn perform(
+        &mut self,
+        e: Effect,
+        at: Timestamp,
+        queue: &mut VecDeque<(pump::Input, bool)>,
+        simulated: bool,
+    ) {
+        let exact = self.exact;
+        let mut outcome = |ev: Event, recorded: bool| {
+            if !exact {
+                queue.push_back((pump::Input::Event(ev), simulated || !recorded));
+            }
+        };
+        match e {
+            Effect::RunStep {
+                incident,
+                index,
+                attempt,
+                ..
+            } => {
+                let mut d = self.about_incident(at, "would_run", &incident);
+                if let Some(step) = self.incident(&incident).and_then(|i| i.steps.get(index)) {
+                    d.step = Some(step.name.clone());
+                    d.argv = Some(step.plan.argv.clone());
+                }
+                let recorded = self.recorded.step(&incident, index, attempt);
+                d.simulated = !exact && (simulated || recorded.is_none());
+                self.decisions.push(d);
+                outcome(
+                    Event::StepStarting {
                         incident: incident.clone(),
                         index,
                         attempt,
-                    });
-                    queue.push_back(Event::StepFinished {
+                    },
+                    true,
+                );
+                let found = recorded.is_some();
+                let result = recorded.unwrap_or_else(ok_result);
+                outcome(
+                    Event::StepFinished {
                         incident,
                         index,
                         attempt,
-                        result: ok_result(),
-                    });
-                }
-                Effect::Verify { incident, .. } => {
-                    let results = self
-                        .state
-                        .incidents
-                        .get(&incident)
+                        result,
+                    },
+                    found,
+                );
+            }
+            Effect::Verify { incident, .. } => {
+                let recorded = self.recorded.verify(&incident);
+                let found = recorded.is_some();
+                let results = recorded.unwrap_or_else(|| {
+                    self.incident(&incident)
                         .and_then(|i| i.verify.as_ref())
                         .map(|v| v.checks.iter().map(simulated_check).collect())
-                        .unwrap_or_default();
-                    queue.push_back(Event::VerifyFinished { incident, results })
-                }
-                Effect::Probe { incident, index } => queue.push_back(Event::ProbeResult {
-                    incident,
-                    index,
-                    in_place: Some(true),
-                    detail: "replay: assumed in place".to_string(),
-                }),
-                Effect::RunAfter { incident } => {
-                    let hooks: Vec<(usize, String, Vec<String>, Option<String>)> = self
-                        .state
-                        .incidents
-                        .get(&incident)
-                        .map(|i| {
-                            i.after
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, h)| {
-                                    !matches!(h.state, StepState::Done | StepState::Failed)
-                                })
-                                .map(|(n, h)| {
-                                    (
-                                        n,
-                                        h.name.clone(),
-                                        h.plan.argv.clone(),
-                                        h.render_error.clone(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    for (index, name, argv, render_error) in hooks {
-                        let mut d = self.about_incident(at, "would_run_after", &incident);
-                        d.step = Some(name);
-                        let result = match render_error {
-                            None => {
-                                d.argv = Some(argv);
-                                ok_result()
+                        .unwrap_or_default()
+                });
+                outcome(Event::VerifyFinished { incident, results }, found);
+            }
+            Effect::Probe { incident, index } => {
+                let recorded = self.recorded.probe(&incident, index);
+                let found = recorded.is_some();
+                let (in_place, detail) = recorded
+                    .unwrap_or_else(|| (Some(true), "replay: assumed in place".to_string()));
+                outcome(
+                    Event::ProbeResult {
+                        incident,
+                        index,
+                        in_place,
+                        detail,
+                    },
+                    found,
+                );
+            }
+            Effect::RunAfter { incident } => {
+                let hooks: Vec<(usize, String, Vec<String>, Option<String>)> = self
+                    .incident(&incident)
+                    .map(|i| {
+                        i.after
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, h)| {
+                                !matches!(h.state, StepState::Done | StepState::Failed)
+                            })
+                            .map(|(n, h)| {
+                                (
+                                    n,
+                                    h.name.clone(),
+                                    h.plan.argv.clone(),
+                                    h.render_error.clone(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for (index, name, argv, render_error) in hooks {
+                    let mut d = self.about_incident(at, "would_run_after", &incident);
+                    d.step = Some(name);
+                    let recorded = self.recorded.after(&incident, index);
+                    let found = recorded.is_some();
+                    let result = match (recorded, render_error) {
+                        (Some(r), _) => {
+                            d.argv = Some(argv);
+                            r
+                        }
+                        (None, None) => {
+                            d.argv = Some(argv);
+                            ok_result()
+                        }
+                        (None, Some(e)) => {
+                            d.reason = Some(e.clone());
+                            StepResult {
+                                ok: false,
+                                error: Some(e),
+                                ..ok_result()
                             }
-                            Some(e) => {
-                                d.reason = Some(e.clone());
-                                StepResult {
-                                    ok: false,
-                                    error: Some(e),
-                                    ..ok_result()
-                                }
-                            }
-                        };
-                        self.decisions.push(d);
-                        queue.push_back(Event::AfterFinished {
+                        }
+                    };
+                    d.simulated = !exact && (simulated || !found);
+                    self.decisions.push(d);
+                    let mut outcome = |ev: Event, recorded: bool| {
+                        if !exact {
+                            queue.push_back((pump::Input::Event(ev), simulated || !recorded));
+                        }
+                    };
+                    outcome(
+                        Event::AfterFinished {
                             incident: incident.clone(),
                             index,
                             result,
-                        });
-                    }
+                        },
+                        found,
+                    );
                 }
             }
         }
@@ -444,7 +573,7 @@ impl<'a> Replayer<'a> {
     fn about_incident(&self, at: Timestamp, kind: &str, id: &str) -> Decision {
         let mut d = Decision::new(at, kind);
         d.incident = Some(id.to_string());
-        if let Some(i) = self.state.incidents.get(id) {
+        if let Some(i) = self.incident(id) {
             d.rule = Some(i.rule.clone());
             d.group = Some(i.group.clone());
             d.service = Some(i.service.clone());
@@ -454,7 +583,7 @@ impl<'a> Replayer<'a> {
     }
 
     /// A timeline entry as a decision (or nothing, for the executor's own bookkeeping).
-    fn note(&mut self, t: TimelineEntry) {
+    fn note(&mut self, t: TimelineEntry, simulated: bool) {
         use crate::model::Kind as K;
         if matches!(
             t.kind,
@@ -515,7 +644,7 @@ impl<'a> Replayer<'a> {
                 if let Some(s) = stats {
                     s.incidents += 1;
                 }
-                if let Some(i) = self.state.incidents.get(&t.subject) {
+                if let Some(i) = self.incident(&t.subject) {
                     let r = |r: &crate::model::ReleaseRef| {
                         format!("{} ({})", r.version, r.deployment_id)
                     };
@@ -524,11 +653,7 @@ impl<'a> Replayer<'a> {
                 }
             }
             K::AwaitingApproval => {
-                d.deadline = self
-                    .state
-                    .incidents
-                    .get(&t.subject)
-                    .and_then(|i| i.approvals.deadline);
+                d.deadline = self.incident(&t.subject).and_then(|i| i.approvals.deadline);
             }
             K::RollingBack => {
                 if let Some(s) = stats {
@@ -561,7 +686,98 @@ impl<'a> Replayer<'a> {
             K::Frozen | K::Unfrozen | K::ReleaseDuringFreeze => d.detail = Some(t.message),
             _ => {}
         }
+        d.simulated = simulated;
         self.decisions.push(d);
+    }
+}
+
+/// The outcomes a daemon's log recorded, for a what-if replay of it: where the replay runs the
+/// same step of the same incident, the recorded outcome stands in for a simulated one.
+#[derive(Default)]
+struct Recorded {
+    steps: HashMap<(String, usize, u32), StepResult>,
+    probes: HashMap<(String, usize), (Option<bool>, String)>,
+    afters: HashMap<(String, usize), StepResult>,
+    verifies: HashMap<String, VecDeque<Vec<CheckResult>>>,
+}
+
+impl Recorded {
+    fn from(inputs: &[Input]) -> Recorded {
+        let mut r = Recorded::default();
+        for i in inputs.iter().filter(|i| i.origin == Origin::Engine) {
+            match &i.event {
+                Event::StepFinished {
+                    incident,
+                    index,
+                    attempt,
+                    result,
+                } => {
+                    r.steps
+                        .insert((incident.clone(), *index, *attempt), result.clone());
+                }
+                Event::ProbeResult {
+                    incident,
+                    index,
+                    in_place,
+                    detail,
+                } => {
+                    r.probes
+                        .insert((incident.clone(), *index), (*in_place, detail.clone()));
+                }
+                Event::AfterFinished {
+                    incident,
+                    index,
+                    result,
+                } => {
+                    r.afters.insert((incident.clone(), *index), result.clone());
+                }
+                Event::VerifyFinished { incident, results } => r
+                    .verifies
+                    .entry(incident.clone())
+                    .or_default()
+                    .push_back(results.clone()),
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn step(&mut self, id: &str, index: usize, attempt: u32) -> Option<StepResult> {
+        self.steps.remove(&(id.to_string(), index, attempt))
+    }
+
+    fn probe(&mut self, id: &str, index: usize) -> Option<(Option<bool>, String)> {
+        self.probes.remove(&(id.to_string(), index))
+    }
+
+    fn after(&mut self, id: &str, index: usize) -> Option<StepResult> {
+        self.afters.remove(&(id.to_string(), index))
+    }
+
+    fn verify(&mut self, id: &str) -> Option<Vec<CheckResult>> {
+        self.verifies.get_mut(id).and_then(VecDeque::pop_front)
+    }
+}
+
+/// Whether `inputs` are a daemon's own log (it has `start` or `engine` lines) recorded under
+/// exactly `rules` (every recorded rules digest is theirs): then a replay takes every tick and
+/// outcome from the log. `Err` names the first digest that differs.
+pub fn exact_for(inputs: &[Input], rules: &RuleSet) -> Result<bool, String> {
+    let recorded = inputs.iter().any(|i| i.origin != Origin::Outside);
+    if !recorded {
+        return Ok(false);
+    }
+    match inputs
+        .iter()
+        .filter_map(|i| i.rules_digest.as_deref().map(|d| (i.at, d)))
+        .find(|(_, d)| *d != rules.digest)
+    {
+        None => Ok(true),
+        Some((at, d)) => Err(format!(
+            "the log was recorded under other rules from {at} (digest {}…, these are {}…): a what-if; outcomes without a recorded counterpart are simulated",
+            &d[..d.len().min(12)],
+            &rules.digest[..rules.digest.len().min(12)]
+        )),
     }
 }
 
@@ -676,12 +892,15 @@ fn detail(d: &Decision) -> String {
     }
     if let Some(r) = &d.reason {
         parts.push(match &d.reason_code {
-            Some(c) => format!("[{c}] {r}"),
+            Some(c) => format!("[{}] {r}", c.code()),
             None => r.clone(),
         });
     }
     if let Some(x) = &d.detail {
         parts.push(x.clone());
+    }
+    if d.simulated {
+        parts.push("(simulated)".to_string());
     }
     parts.join("; ")
 }
@@ -946,6 +1165,9 @@ pub struct Args {
     /// Prometheus exports: the query step (default: the smallest gap between two samples).
     #[arg(long)]
     pub step: Option<String>,
+    /// Decide as `serve --dry-run` does: every incident is recorded as suppressed, nothing runs.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub const EXIT_DIFFERS: u8 = 1;
@@ -1033,7 +1255,23 @@ fn run(args: Args) -> Result<u8, String> {
 
     let total = all.len();
     let mut progress = Progress::new(total);
-    let mut r = Replayer::new(&set, &cfg.people).pagerduty(cfg.pagerduty.is_some());
+    let exact = match exact_for(&all, &set) {
+        Ok(true) => {
+            eprintln!(
+                "rollbackd replay: a daemon's own log under the same rules: ticks and outcomes come from the log"
+            );
+            true
+        }
+        Ok(false) => false,
+        Err(why) => {
+            eprintln!("rollbackd replay: {why}");
+            false
+        }
+    };
+    let mut r = Replayer::new(&set, &cfg.people)
+        .pagerduty(cfg.pagerduty.is_some())
+        .dry_run(args.dry_run)
+        .recorded(&all, exact);
     for (n, input) in all.into_iter().enumerate() {
         r.feed_until(input, until);
         progress.tick(n + 1);

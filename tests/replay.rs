@@ -232,6 +232,56 @@ fn budget_exhaustion_suppresses_the_second_rollback() {
 }
 
 #[test]
+fn every_reason_the_engine_gives_has_its_golden_scenario() {
+    let ds = golden_json("reasons");
+    let codes = |ds: &[Value]| -> Vec<(String, String)> {
+        ds.iter()
+            .filter_map(|d| {
+                Some((
+                    d["reason_code"].as_str()?.to_string(),
+                    d["at"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    };
+    assert_eq!(
+        codes(&ds),
+        [
+            ("no_service", "2026-03-05T01:10:00Z"),
+            ("no_environment", "2026-03-05T01:40:00Z"),
+            ("release_too_old", "2026-03-05T02:10:00Z"),
+            ("loop_guard", "2026-03-05T05:30:00Z"),
+            ("one_at_a_time", "2026-03-05T07:08:00Z"),
+            ("shadow", "2026-03-05T08:05:00Z"),
+        ]
+        .map(|(c, at)| (c.to_string(), at.to_string()))
+    );
+    let dry = golden_json("dry_run");
+    assert_eq!(
+        codes(&dry),
+        [("dry_run".to_string(), "2026-03-05T09:40:00Z".to_string())]
+    );
+    // Across all golden files, every reason code appears.
+    let mut seen = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(golden()).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_string_lossy().ends_with(".expected.jsonl") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (c, _) in codes(&decisions(&text)) {
+                seen.insert(c);
+            }
+        }
+    }
+    for c in rollbackd::model::ReasonCode::ALL {
+        assert!(
+            seen.contains(c.code()),
+            "no golden scenario says {}",
+            c.code()
+        );
+    }
+}
+
+#[test]
 fn no_previous_release_means_no_incident() {
     let ds = golden_json("no_previous");
     let n = find(&ds, "not_acting");
@@ -547,6 +597,15 @@ const LIVE_RULES: &str = r#"rules:
       - name: note
         run: [echo, "{{ incident.id }}", "{{ release.current.version }}"]
     freeze: true
+  - name: broken
+    match: ['alertname="BrokenErrors"']
+    service: "{{ labels.service }}"
+    breach: { sustained: 10s, clear_after: 5s }
+    release: { max_age: 2h }
+    approval: none
+    steps:
+      - name: fails
+        run: [/bin/sh, -c, "echo trying; exit 3"]
   - name: gated
     match: ['alertname="GatedErrors"']
     service: "{{ labels.service }}"
@@ -558,6 +617,8 @@ const LIVE_RULES: &str = r#"rules:
         run: [echo, gated, "{{ release.previous.version }}"]
 "#;
 
+const LIVE_ADMIN: &str = "replayLiveAdminToken0123456789ab";
+
 fn ts_of(v: &Value) -> Timestamp {
     v.as_str()
         .unwrap_or_else(|| panic!("not a time: {v}"))
@@ -565,14 +626,34 @@ fn ts_of(v: &Value) -> Timestamp {
         .unwrap()
 }
 
-fn ms(t: Timestamp) -> i64 {
-    t.as_millisecond()
+/// `rollbackd replay --format json` of the daemon's own input log with its own config and the
+/// rules in `rules`.
+fn replay_log(setup: &Setup, rules: &Path, until: Timestamp) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["replay", "--format", "json", "--rules"])
+        .arg(rules)
+        .arg("--config")
+        .arg(setup.path().join("rollbackd.yaml"))
+        .arg("--events")
+        .arg(setup.path().join("data/inputs.jsonl"))
+        .args(["--until", &until.to_string()])
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (String::from_utf8(out.stdout).unwrap(), stderr)
 }
 
+/// A live run with a rollback, a failing step, a rejection, a deadline decided by the timer and
+/// a reload, replayed from the daemon's own input log with its rules: the same incident ids,
+/// the same final states and votes, and every decision at the very instant the daemon made it.
 #[test]
-fn replay_of_a_recorded_live_run_reproduces_its_decisions() {
+fn replay_of_a_recorded_live_run_reproduces_it_exactly() {
     let setup = Setup::new(
-        "record_inputs: true\npeople:\n  - { id: ada, name: Ada, roles: [founder] }\n",
+        &format!(
+            "record_inputs: true\ntokens: {{ admin: \"{LIVE_ADMIN}\" }}\npeople:\n  - {{ id: ada, name: Ada, roles: [founder] }}\n"
+        ),
         LIVE_RULES,
     );
     let d = setup.start();
@@ -589,9 +670,9 @@ fn replay_of_a_recorded_live_run_reproduces_its_decisions() {
         release(svc, 1, 3600.0);
         release(svc, 2, 600.0);
     }
-    // web: learned late (started 20 s ago, sustained 10 s): decided on arrival.
-    // shop: started 8 s ago: decided by the deadline timer 2 s later.
-    // pay: gated, learned late; approved over the break-glass API.
+    // web: learned late (started 20 s ago, sustained 10 s): decided on arrival, rolled back.
+    // shop: started 8 s ago: decided by the deadline timer 2 s later; its step fails.
+    // pay: gated, learned late; rejected over the break-glass API, after a reload.
     let fire = |alert: &str, svc: &str, age: f64, fp: &str| {
         let (s, v) = post(
             &d.url("/v1/webhooks/alertmanager"),
@@ -606,7 +687,7 @@ fn replay_of_a_recorded_live_run_reproduces_its_decisions() {
         assert_eq!(s, 200, "{v}");
     };
     fire("LiveErrors", "web", 20.0, "aa01");
-    fire("LiveErrors", "shop", 8.0, "bb02");
+    fire("BrokenErrors", "shop", 8.0, "bb02");
     fire("GatedErrors", "pay", 20.0, "cc03");
     let by_service = |svc: &str, state: &str| {
         wait_for(Duration::from_secs(15), || {
@@ -620,174 +701,168 @@ fn replay_of_a_recorded_live_run_reproduces_its_decisions() {
         .unwrap_or_else(|| panic!("{svc} never {state}; stderr:\n{}", d.stderr()))
     };
     let pay = by_service("pay", "awaiting_approval");
+    let (s, v) = post(&d.url("/-/reload"), Some(LIVE_ADMIN), &json!({}));
+    assert_eq!(s, 200, "{v}");
     let pay_id = pay["id"].as_str().unwrap().to_string();
     let (s, v) = post(
-        &d.url(&format!("/v1/incidents/{pay_id}/approve")),
-        None,
-        &json!({"person": "ada", "reason": "go"}),
+        &d.url(&format!("/v1/incidents/{pay_id}/reject")),
+        Some(LIVE_ADMIN),
+        &json!({"person": "ada", "reason": "not this one"}),
     );
     assert_eq!(s, 200, "{v}");
     let mut live = Vec::new();
-    for svc in ["web", "shop", "pay"] {
-        let i = by_service(svc, "rolled_back");
+    for (svc, end) in [
+        ("web", "rolled_back"),
+        ("shop", "rollback_failed"),
+        ("pay", "rejected"),
+    ] {
+        let i = by_service(svc, end);
         let (_, full) = get(
             &d.url(&format!("/v1/incidents/{}", i["id"].as_str().unwrap())),
-            None,
+            Some(LIVE_ADMIN),
         );
         live.push(full);
     }
 
-    // The recorded inputs, replayed.
-    let log = setup.path().join("data/inputs.jsonl");
-    let text = std::fs::read_to_string(&log).expect("the input log");
-    let lines: Vec<Value> = decisions(&text);
+    // The log holds the requests and what the daemon handled on its own.
+    let text = std::fs::read_to_string(setup.path().join("data/inputs.jsonl")).expect("the log");
+    let lines = decisions(&text);
     let sources: Vec<&str> = lines
         .iter()
         .map(|l| l["source"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        sources,
-        [
-            "release",
-            "release",
-            "release",
-            "release",
-            "release",
-            "release",
-            "alertmanager",
-            "alertmanager",
-            "alertmanager",
-            "vote"
-        ]
-    );
-    // A bit after the last thing that happened live (shop's timer fires after the last input).
-    let last = lines
+    assert_eq!(sources[0], "start", "{sources:?}");
+    for s in ["release", "alertmanager", "vote", "engine"] {
+        assert!(sources.contains(&s), "no {s} line: {sources:?}");
+    }
+    let engine: Vec<&Value> = lines.iter().filter(|l| l["source"] == "engine").collect();
+    for k in ["tick", "step_starting", "step_finished", "rules_reloaded"] {
+        assert!(
+            engine
+                .iter()
+                .any(|l| l["body"].get(k).is_some() || l["body"] == k),
+            "no engine line {k}: {engine:#?}"
+        );
+    }
+    let until = lines
         .iter()
         .map(|l| ts_of(&l["at"]))
-        .chain(live.iter().map(|i| ts_of(&i["updated_at"])))
         .max()
-        .unwrap();
-    let until = last
+        .unwrap()
         .checked_add(jiff::SignedDuration::from_secs(1))
         .unwrap();
-    let out = Command::new(BIN)
-        .args(["replay", "--format", "json", "--rules"])
-        .arg(setup.path().join("rules"))
-        .arg("--config")
-        .arg(setup.path().join("rollbackd.yaml"))
-        .arg("--events")
-        .arg(&log)
-        .args(["--until", &until.to_string()])
-        .env_remove("ROLLBACKD_CONFIG")
-        .output()
-        .unwrap();
+    let (out, stderr) = replay_log(&setup, &setup.path().join("rules"), until);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("ticks and outcomes come from the log"),
+        "{stderr}"
     );
-    let replayed = decisions(&String::from_utf8(out.stdout).unwrap());
+    let (again, _) = replay_log(&setup, &setup.path().join("rules"), until);
+    assert_eq!(out, again, "two replays of one log are byte-identical");
+    let replayed = decisions(&out);
+    assert!(
+        replayed.iter().all(|d| d.get("simulated").is_none()),
+        "nothing is simulated in an exact replay: {replayed:#?}"
+    );
 
-    // Kinds the replay reports for an incident, from the live timeline (the executor's own
-    // step_started is the replay's would_run; its bookkeeping is left out).
-    let live_kinds = |inc: &Value| -> Vec<(String, Timestamp)> {
-        inc["timeline"]
+    // Every decision the daemon recorded, the replay makes at the same instant, in order.
+    let skip = [
+        "step_started",
+        "step_done",
+        "step_retry",
+        "step_probe",
+        "step_resumed",
+        "step_unknown",
+        "verifying",
+        "after_check",
+        "notified",
+        "notification_retry",
+        "notification_dropped",
+        "pagerduty_linked",
+    ];
+    for inc in &live {
+        let id = inc["id"].as_str().unwrap();
+        let mine: Vec<&Value> = replayed
+            .iter()
+            .filter(|d| d["incident"] == id && d["kind"] != "would_run")
+            .collect();
+        let theirs: Vec<(String, String, Option<String>)> = inc["timeline"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|t| t["subject"] == inc["id"])
-            .filter_map(|t| {
-                let k = t["kind"].as_str().unwrap();
-                let k = match k {
-                    "step_started" => "would_run",
-                    "step_done" | "verifying" | "after_check" | "notified" => return None,
-                    k => k,
-                };
-                Some((k.to_string(), ts_of(&t["at"])))
+            .filter(|t| t["subject"] == id && !skip.contains(&t["kind"].as_str().unwrap()))
+            .map(|t| {
+                (
+                    t["kind"].as_str().unwrap().to_string(),
+                    t["at"].as_str().unwrap().to_string(),
+                    ["rollback_failed", "rejected", "step_failed"]
+                        .contains(&t["kind"].as_str().unwrap())
+                        .then(|| t["message"].as_str().unwrap().to_string()),
+                )
             })
-            .collect()
-    };
-    for inc in &live {
-        let id = inc["id"].as_str().unwrap();
-        let mine: Vec<&Value> = replayed.iter().filter(|d| d["incident"] == id).collect();
-        assert!(
-            !mine.is_empty(),
-            "replay has no incident {id}: {replayed:#?}"
-        );
-        let trig = mine.iter().find(|d| d["kind"] == "triggered").unwrap();
-        assert_eq!(trig["rule"], inc["rule"]);
-        assert_eq!(trig["group"], inc["group"]);
-        assert_eq!(trig["service"], inc["service"]);
-        let opened = ts_of(&inc["opened_at"]);
-        let decided = ts_of(&trig["at"]);
-        if inc["service"] == "shop" {
-            // Decided by the timer: the replay acts at exactly the deadline; the live timer fires a
-            // little after it (its wake-up margin and scheduling).
-            assert_eq!(decided, ts_of(&inc["deadline"]), "{trig}");
-            let lag = ms(opened) - ms(decided);
-            assert!((0..1000).contains(&lag), "live {opened}, replay {decided}");
-        } else {
-            assert_eq!(ms(opened), ms(decided), "live opened_at vs replay, {id}");
-            assert_eq!(opened, decided, "even to the nanosecond");
-        }
-        // The same steps with the same rendered argv, in order.
+            .collect();
+        let ours: Vec<(String, String, Option<String>)> = mine
+            .iter()
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap().to_string(),
+                    d["at"].as_str().unwrap().to_string(),
+                    d["reason"].as_str().map(String::from).filter(|_| {
+                        ["rollback_failed", "rejected", "step_failed"]
+                            .contains(&d["kind"].as_str().unwrap())
+                    }),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs, "{id}");
+        let last_state = mine
+            .iter()
+            .rev()
+            .find(|d| {
+                ["rolled_back", "rollback_failed", "rejected"]
+                    .contains(&d["kind"].as_str().unwrap())
+            })
+            .unwrap();
+        assert_eq!(last_state["kind"], inc["state"], "{id}");
         let live_argv: Vec<&Value> = inc["steps"]
             .as_array()
             .unwrap()
             .iter()
+            .filter(|s| s["state"] != "pending")
             .map(|s| &s["argv"])
             .collect();
-        let replay_argv: Vec<&Value> = mine
+        let replay_argv: Vec<&Value> = replayed
             .iter()
-            .filter(|d| d["kind"] == "would_run")
+            .filter(|d| d["incident"] == id && d["kind"] == "would_run")
             .map(|d| &d["argv"])
             .collect();
         assert_eq!(live_argv, replay_argv, "{id}");
-        // The same decisions in the same order, at (nearly) the same times.
-        let lk = live_kinds(inc);
-        let rk: Vec<(String, Timestamp)> = mine
-            .iter()
-            .map(|d| (d["kind"].as_str().unwrap().to_string(), ts_of(&d["at"])))
-            .collect();
-        let names =
-            |v: &[(String, Timestamp)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&lk), names(&rk), "{id}: live {lk:?} replay {rk:?}");
-        for ((k, lt), (_, rt)) in lk.iter().zip(rk.iter()) {
-            let d = (ms(*lt) - ms(*rt)).abs();
-            assert!(d < 2000, "{id} {k}: live {lt} replay {rt}");
-            if ["triggered", "vote", "approved", "awaiting_approval"].contains(&k.as_str())
-                && inc["service"] != "shop"
-            {
-                assert_eq!(lt, rt, "{id} {k}: decided on an input, at its instant");
-            }
-        }
-        if inc["service"] == "pay" {
-            let a = mine
-                .iter()
-                .find(|d| d["kind"] == "awaiting_approval")
-                .unwrap();
-            assert_eq!(ts_of(&a["deadline"]), ts_of(&inc["approvals"]["deadline"]));
-        }
     }
-    // Breaches opened at the instants the engine saw the alerts.
-    let opened: Vec<&Value> = replayed
+    let pay = live.iter().find(|i| i["service"] == "pay").unwrap();
+    let vote = replayed
         .iter()
-        .filter(|d| d["kind"] == "breach_opened")
-        .collect();
-    assert_eq!(opened.len(), 3);
-    for inc in &live {
-        let b = opened
-            .iter()
-            .find(|d| d["breach"] == inc["breach"])
-            .unwrap_or_else(|| panic!("no breach_opened for {}", inc["breach"]));
-        let live_open = inc["timeline"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["kind"] == "breach_opened")
-            .unwrap();
-        assert_eq!(ts_of(&b["at"]), ts_of(&live_open["at"]));
-        assert_eq!(ts_of(&b["started_at"]), ts_of(&inc["breach_started_at"]));
-    }
+        .find(|d| d["kind"] == "vote" && d["incident"] == pay["id"])
+        .expect("the reject vote");
+    assert_eq!(vote["person"], "ada");
+    assert_eq!(vote["at"], pay["approvals"]["votes"][0]["at"]);
+
+    // A what-if on the same log (the gated rule waits longer): the replay keeps its own clock,
+    // takes the recorded outcome of the same step where there is one, and says where it had to
+    // simulate.
+    let what_if = setup.path().join("what-if");
+    std::fs::create_dir_all(&what_if).unwrap();
+    std::fs::write(
+        what_if.join("rules.yaml"),
+        LIVE_RULES.replace("timeout: 5m", "timeout: 6m"),
+    )
+    .unwrap();
+    let (out, stderr) = replay_log(&setup, &what_if, until);
+    assert!(stderr.contains("a what-if"), "{stderr}");
+    let replayed = decisions(&out);
+    let shop = live.iter().find(|i| i["service"] == "shop").unwrap();
+    let failed = replayed
+        .iter()
+        .find(|d| d["incident"] == shop["id"] && d["kind"] == "rollback_failed")
+        .expect("the recorded step failure stands in for a simulated success");
+    assert!(failed.get("simulated").is_none(), "{failed}");
     d.terminate();
 }

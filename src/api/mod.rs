@@ -80,6 +80,23 @@ async fn json_errors(req: Request, next: Next) -> Response {
     out
 }
 
+impl App {
+    /// Hands a request's event to the engine, with its input-log line when `record_inputs` is
+    /// on: the engine task writes the line once the event is durable, in the order it handled
+    /// it, at the instant it used.
+    pub async fn send_recorded(
+        &self,
+        source: &str,
+        body: &[u8],
+        event: Event,
+    ) -> Result<Reply, crate::driver::EngineError> {
+        let line = self
+            .record_inputs
+            .then(|| crate::inputs::Pending::new(source, body, &event));
+        self.engine.send_recorded(event, line).await
+    }
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config().limits.max_body_bytes;
     let with = |g: Guard| middleware::from_fn_with_state((app.clone(), g), guard);

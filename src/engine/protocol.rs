@@ -6,12 +6,15 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
 use crate::model::*;
 pub use crate::model::{Announcement, Kind, ReasonCode};
 
-/// What the engine is told about.
-#[derive(Clone, Debug)]
+/// What the engine is told about. Serialized (as `{"variant": {..}}`) into the input log, so a
+/// replay hands the engine the same events at the same instants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// One webhook's alerts, applied together.
     Signals(Vec<Signal>),
@@ -79,7 +82,8 @@ pub enum Event {
     },
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Delivery {
     Delivered {
         detail: String,
@@ -95,7 +99,7 @@ pub enum Delivery {
     },
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepResult {
     pub ok: bool,
     pub exit_code: Option<i32>,

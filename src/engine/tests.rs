@@ -7,6 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::Person;
+use crate::pump::{self, Memory, Pump};
 use crate::rules::{self, RuleSet};
 
 const T0: &str = "2026-11-24T10:00:00Z";
@@ -74,31 +75,29 @@ fn rule(name: &str, extra: &str) -> String {
 }
 
 struct World {
-    st: State,
+    pump: Pump,
     rules: RuleSet,
     people: Vec<Person>,
     dry_run: bool,
     /// Everything the engine asked for, in order.
     effects: Vec<Effect>,
     timeline: Vec<TimelineEntry>,
-    /// When set, finished incidents leave `st.incidents` and every breach leaves `st.breaches`
-    /// after each event, and come back from here when an event needs them, as the driver does
-    /// with the store.
-    disk: Option<BTreeMap<String, Incident>>,
-    disk_breaches: BTreeMap<BreachSeq, Breach>,
+    /// When set, events go through the pump the daemon and replay use: finished incidents
+    /// and every breach are let go of after each event and read back from here when an event
+    /// needs them.
+    disk: Option<Memory>,
 }
 
 impl World {
     fn new(rules_yaml: &str) -> World {
         World {
-            st: State::default(),
+            pump: Pump::new(State::default()),
             rules: ruleset(&format!("rules:{rules_yaml}")),
             people: people(),
             dry_run: false,
             effects: Vec::new(),
             timeline: Vec::new(),
             disk: None,
-            disk_breaches: BTreeMap::new(),
         }
     }
 
@@ -109,39 +108,19 @@ impl World {
             dry_run: self.dry_run,
             pagerduty: false,
         };
-        if self.disk.is_some() {
-            for seq in self.st.breaches_needed(&self.rules, Some(&ev), now) {
-                if let Some(b) = self.disk_breaches.get(&seq)
-                    && b.closed_at.is_none()
-                {
-                    self.st.breaches.insert(seq, b.clone());
-                }
+        let out = match &mut self.disk {
+            Some(disk) => {
+                let handled = self
+                    .pump
+                    .handle(&*disk, &ctx, pump::Input::Event(ev), now)
+                    .expect("memory reads back");
+                let loaded = handled.loaded();
+                disk.commit(&handled.out.changes);
+                self.pump.let_go(&handled.out.changes, [loaded]);
+                handled.out
             }
-        }
-        if let Some(disk) = &self.disk
-            && let Some(id) = self.st.incident_named(&ev).map(str::to_string)
-            && !self.st.incidents.contains_key(&id)
-            && let Some(i) = disk.get(&id)
-        {
-            self.st.incidents.insert(id, i.clone());
-        }
-        let out = self.st.handle(&ctx, ev, now);
-        if let Some(disk) = &mut self.disk {
-            for c in &out.changes {
-                match c {
-                    Change::Incident(i) => {
-                        disk.insert(i.id.clone(), (**i).clone());
-                    }
-                    Change::Breach(b) => {
-                        let seq = breach_seq(&b.id).expect("breach ids are numbered");
-                        self.disk_breaches.insert(seq, (**b).clone());
-                    }
-                    _ => {}
-                }
-            }
-            self.st.incidents.retain(|_, i| i.resident());
-            self.st.breaches.clear();
-        }
+            None => self.pump.state.handle(&ctx, ev, now),
+        };
         self.effects.extend(out.effects);
         self.timeline.extend(out.timeline);
         out.reply
@@ -196,7 +175,7 @@ impl World {
 
     /// Ticks at every wakeup up to and including `until`, as the driver does.
     fn run_until(&mut self, until: Timestamp) {
-        while let Some(w) = self.st.next_wakeup() {
+        while let Some(w) = self.pump.state.next_wakeup() {
             if w > until {
                 break;
             }
@@ -206,8 +185,8 @@ impl World {
 
     fn incidents(&self) -> Vec<&Incident> {
         match &self.disk {
-            Some(disk) => disk.values().collect(),
-            None => self.st.incidents.values().collect(),
+            Some(disk) => disk.incidents().collect(),
+            None => self.pump.state.incidents.values().collect(),
         }
     }
 
@@ -218,12 +197,12 @@ impl World {
     }
 
     fn breach(&self, service: &str) -> Option<&Breach> {
-        let breaches = match &self.disk {
-            Some(_) => &self.disk_breaches,
-            None => &self.st.breaches,
+        let breaches: Vec<&Breach> = match &self.disk {
+            Some(disk) => disk.breaches().collect(),
+            None => self.pump.state.breaches.values().collect(),
         };
         breaches
-            .values()
+            .into_iter()
             .filter(|b| b.closed_at.is_none())
             .find(|b| b.group_labels.get("service") == Some(service))
     }
@@ -255,7 +234,9 @@ impl World {
             if go != Reply::Go(true) {
                 continue;
             }
-            let name = self.st.incidents[&incident].steps[index].name.clone();
+            let name = self.pump.state.incidents[&incident].steps[index]
+                .name
+                .clone();
             let success = ok(&name);
             self.send(
                 Event::StepFinished {
@@ -283,7 +264,7 @@ impl World {
             dry_run: false,
             pagerduty: false,
         };
-        let mut st = self.st.clone();
+        let mut st = self.pump.state.clone();
         let out = st.recover(&ctx, now);
         (st, out)
     }
@@ -308,7 +289,7 @@ fn acts_exactly_at_start_plus_sustained() {
     let mut w = World::new(&rule("r", ""));
     with_releases(&mut w);
     w.alert("web", "f1", true, t(0.0), t(0.5));
-    assert_eq!(w.st.next_wakeup(), Some(t(600.0)));
+    assert_eq!(w.pump.state.next_wakeup(), Some(t(600.0)));
     w.tick(t(599.999));
     assert!(w.incidents().is_empty(), "must not act before the deadline");
     w.tick(t(600.0));
@@ -380,7 +361,7 @@ fn a_resolve_that_holds_ends_the_breach_and_a_new_breach_starts_fresh() {
     with_releases(&mut w);
     w.alert("web", "f1", true, t(0.0), t(0.0));
     w.alert("web", "f1", false, t(100.0), t(100.0));
-    assert_eq!(w.st.next_wakeup(), Some(t(220.0)));
+    assert_eq!(w.pump.state.next_wakeup(), Some(t(220.0)));
     w.run_until(t(220.0));
     assert!(w.breach("web").is_none());
     w.alert("web", "f1", true, t(300.0), t(300.0));
@@ -453,7 +434,7 @@ fn identical_repeats_change_nothing() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let out = w.st.handle(
+    let out = w.pump.state.handle(
         &ctx,
         Event::Signals(vec![Signal {
             source: Source::Alertmanager,
@@ -529,14 +510,14 @@ fn ledger_is_ordered_by_deployed_at_not_arrival() {
         w.release("web", "dpl-a", t(700.0), t(800.0)),
         Reply::Release { .. }
     ));
-    assert_eq!(w.st.releases["web"].len(), 3);
+    assert_eq!(w.pump.state.releases["web"].len(), 3);
 }
 
 #[test]
 fn environment_scopes_the_ledger() {
     let mut w = World::new(&rule("r", "    environment: production\n"));
     w.release("web", "stg-1", t(-100.0), t(-100.0));
-    if let Some(l) = w.st.releases.get_mut("web") {
+    if let Some(l) = w.pump.state.releases.get_mut("web") {
         l[0].environment = "staging".into();
     }
     with_releases(&mut w);
@@ -551,7 +532,10 @@ fn steps_run_in_order_then_rolled_back_and_ledger_updated() {
     with_releases(&mut w);
     w.alert("web", "f1", true, t(0.0), t(0.0));
     w.run_until(t(600.0));
-    assert!(w.st.freezes.is_empty(), "freeze starts with the first step");
+    assert!(
+        w.pump.state.freezes.is_empty(),
+        "freeze starts with the first step"
+    );
     w.run_steps(|_| true, t(601.0));
     let inc = w.only_incident();
     assert_eq!(inc.state, IncidentState::RolledBack);
@@ -561,9 +545,9 @@ fn steps_run_in_order_then_rolled_back_and_ledger_updated() {
             .all(|s| s.state == StepState::Done && s.attempts == 1)
     );
     assert_eq!(inc.steps[1].plan.argv, ["purge", "eu-west-1"]);
-    let f = &w.st.freezes["web"];
+    let f = &w.pump.state.freezes["web"];
     assert_eq!(f.incident.as_deref(), Some(inc.id.as_str()));
-    let latest = w.st.releases["web"].last().unwrap();
+    let latest = w.pump.state.releases["web"].last().unwrap();
     assert_eq!(
         (latest.deployment_id.as_str(), latest.origin.as_str()),
         ("dpl-a", "rollback")
@@ -574,7 +558,7 @@ fn steps_run_in_order_then_rolled_back_and_ledger_updated() {
         other => panic!("{other:?}"),
     }
     assert!(
-        w.st.releases["web"]
+        w.pump.state.releases["web"]
             .last()
             .unwrap()
             .posted_during_freeze
@@ -799,14 +783,20 @@ fn approval_needs_every_role_and_quorum() {
         vote(&mut w, &id, "ada", VoteKind::Approve, 612.0),
         Reply::Ok
     );
-    assert_eq!(w.st.incidents[&id].state, IncidentState::AwaitingApproval);
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::AwaitingApproval
+    );
     assert!(matches!(
         vote(&mut w, &id, "ada", VoteKind::Approve, 613.0),
         Reply::Conflict(_)
     ));
-    assert_eq!(w.st.incidents[&id].state, IncidentState::AwaitingApproval);
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::AwaitingApproval
+    );
     assert_eq!(vote(&mut w, &id, "cy", VoteKind::Approve, 614.0), Reply::Ok);
-    let inc = &w.st.incidents[&id];
+    let inc = &w.pump.state.incidents[&id];
     assert_eq!(inc.state, IncidentState::RollingBack);
     let counted: Vec<&str> = inc
         .approvals
@@ -822,7 +812,10 @@ fn approval_needs_every_role_and_quorum() {
         vote(&mut w, &id, "cy", VoteKind::Reject, 615.0),
         Reply::Conflict(_)
     ));
-    assert_eq!(w.st.incidents[&id].state, IncidentState::RollingBack);
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::RollingBack
+    );
 }
 
 #[test]
@@ -837,9 +830,15 @@ fn quorum_without_every_role_is_not_enough() {
     w.run_until(t(600.0));
     let id = w.only_incident().id.clone();
     vote(&mut w, &id, "ada", VoteKind::Approve, 601.0);
-    assert_eq!(w.st.incidents[&id].state, IncidentState::AwaitingApproval);
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::AwaitingApproval
+    );
     vote(&mut w, &id, "cy", VoteKind::Approve, 602.0);
-    assert_eq!(w.st.incidents[&id].state, IncidentState::RollingBack);
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::RollingBack
+    );
 }
 
 #[test]
@@ -847,7 +846,7 @@ fn one_reject_ends_it() {
     let (mut w, id) = approval_world("");
     vote(&mut w, &id, "ada", VoteKind::Approve, 601.0);
     vote(&mut w, &id, "cy", VoteKind::Reject, 602.0);
-    assert_eq!(w.st.incidents[&id].state, IncidentState::Rejected);
+    assert_eq!(w.pump.state.incidents[&id].state, IncidentState::Rejected);
     assert!(w.effects.is_empty());
 }
 
@@ -855,9 +854,12 @@ fn one_reject_ends_it() {
 fn approval_timeout_aborts_or_proceeds() {
     let (mut w, id) = approval_world("");
     w.run_until(t(899.0));
-    assert_eq!(w.st.incidents[&id].state, IncidentState::AwaitingApproval);
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::AwaitingApproval
+    );
     w.run_until(t(900.0));
-    assert_eq!(w.st.incidents[&id].state, IncidentState::Expired);
+    assert_eq!(w.pump.state.incidents[&id].state, IncidentState::Expired);
 
     let yaml = rule("r", "").replace(
         "    approval: none\n",
@@ -875,7 +877,7 @@ fn breach_clearing_before_approval_cancels() {
     let (mut w, id) = approval_world("");
     w.alert("web", "f1", false, t(650.0), t(650.0));
     w.run_until(t(770.0));
-    assert_eq!(w.st.incidents[&id].state, IncidentState::Cancelled);
+    assert_eq!(w.pump.state.incidents[&id].state, IncidentState::Cancelled);
 }
 
 #[test]
@@ -1075,7 +1077,7 @@ fn sim(yaml: &str, services: &[&str], script: &[(usize, u64, bool)]) -> World {
 fn sim_with(yaml: &str, services: &[&str], script: &[(usize, u64, bool)], let_go: bool) -> World {
     let mut w = World::new(yaml);
     if let_go {
-        w.disk = Some(BTreeMap::new());
+        w.disk = Some(Memory::default());
     }
     for s in services {
         w.release(s, "dpl-a", t(-3600.0), t(-3600.0));
@@ -1163,7 +1165,7 @@ proptest! {
     fn invariants_hold_for_any_history(script in prop::collection::vec((0usize..4, 1u64..400_000, any::<bool>()), 1..60)) {
         let yaml = format!("{}{}", rule("r1", ""), rule("r2", "    sources: [alertmanager]\n"));
         let w = sim(&yaml, &["web", "api"], &script);
-        for i in w.st.incidents.values() {
+        for i in w.pump.state.incidents.values() {
             let resolving_at_deadline = w.timeline.iter().any(|e| e.kind == Kind::BreachRefired && e.at > i.deadline && e.at == i.opened_at);
             prop_assert!(i.opened_at == i.deadline || resolving_at_deadline, "{i:#?}");
         }
@@ -1383,7 +1385,7 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
         dry_run: false,
         pagerduty: true,
     };
-    let out = w.st.handle(&ctx, Event::Tick, t(600.0));
+    let out = w.pump.state.handle(&ctx, Event::Tick, t(600.0));
     let queued: Vec<(String, String)> = out
         .changes
         .iter()
@@ -1410,7 +1412,7 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
         unreachable!()
     };
     // A failure is kept with its attempt count; a delivery removes it and says so.
-    let out = w.st.handle(
+    let out = w.pump.state.handle(
         &ctx,
         Event::Delivery {
             entry: first.clone(),
@@ -1424,7 +1426,7 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
     assert!(
         matches!(&out.changes[..], [Change::Outbox(e)] if e.attempts == 1 && e.next_at == Some(t(602.0)))
     );
-    let out = w.st.handle(
+    let out = w.pump.state.handle(
         &ctx,
         Event::Delivery {
             entry: first.clone(),
@@ -1449,7 +1451,7 @@ fn shadow_incidents_announce_nothing() {
         dry_run: false,
         pagerduty: true,
     };
-    let out = w.st.handle(&ctx, Event::Tick, t(600.0));
+    let out = w.pump.state.handle(&ctx, Event::Tick, t(600.0));
     assert!(!out.changes.iter().any(|c| matches!(c, Change::Outbox(_))));
 }
 
@@ -1511,7 +1513,7 @@ fn pagerduty_votes_map_users_to_people_and_deliveries_dedupe() {
         t(601.0),
     );
     assert_eq!(
-        w.st.incidents[&id].pagerduty_incident.as_deref(),
+        w.pump.state.incidents[&id].pagerduty_incident.as_deref(),
         Some("Q1")
     );
     assert!(
@@ -1521,7 +1523,7 @@ fn pagerduty_votes_map_users_to_people_and_deliveries_dedupe() {
     // Unknown PagerDuty user: recorded, not counted.
     pd_vote(&mut w, "d2", "Q1", "PNOBODY", VoteKind::Approve);
     assert!(
-        w.st.incidents[&id]
+        w.pump.state.incidents[&id]
             .approvals
             .votes
             .iter()
@@ -1536,10 +1538,16 @@ fn pagerduty_votes_map_users_to_people_and_deliveries_dedupe() {
         pd_vote(&mut w, "d3", "Q1", "PDADA", VoteKind::Approve),
         Reply::Duplicate
     );
-    assert_eq!(w.st.incidents[&id].state, IncidentState::AwaitingApproval);
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::AwaitingApproval
+    );
     pd_vote(&mut w, "d4", "Q1", "PDCY", VoteKind::Approve);
-    assert_eq!(w.st.incidents[&id].state, IncidentState::RollingBack);
-    let vias: Vec<&str> = w.st.incidents[&id]
+    assert_eq!(
+        w.pump.state.incidents[&id].state,
+        IncidentState::RollingBack
+    );
+    let vias: Vec<&str> = w.pump.state.incidents[&id]
         .approvals
         .votes
         .iter()
@@ -1555,7 +1563,7 @@ fn pagerduty_votes_map_users_to_people_and_deliveries_dedupe() {
     assert!(w.timeline.iter().any(|e| e.subject == "pagerduty:QOTHER"));
     // Delivery ids are forgotten after three days.
     w.tick(t(650.0 + 72.0 * 3600.0 + 1.0));
-    assert!(w.st.deliveries.is_empty());
+    assert!(w.pump.state.deliveries.is_empty());
 }
 
 #[test]

@@ -562,7 +562,8 @@ pub struct Freeze {
 }
 
 /// What one PagerDuty webhook delivery means to the engine, after signature and parsing.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PagerDutyInput {
     /// An `incident.*` event. `incident_key` is the Events API dedup key of the PagerDuty
     /// incident (rollbackd's own are `rollbackd/<incident id>`).

@@ -126,6 +126,10 @@ impl Rule {
 #[derive(Clone, Debug, Default)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// SHA-256 (hex) over every rule file's name and bytes, in load order: two sets with the
+    /// same digest decide alike. The input log records it, so a replay can tell whether it runs
+    /// the rules the daemon ran.
+    pub digest: String,
 }
 
 impl RuleSet {
@@ -198,9 +202,11 @@ pub fn load_dir(dir: &Path, ctx: &Context) -> (Option<RuleSet>, Vec<Problem>) {
     };
     files.sort();
     let mut rules: Vec<Rule> = Vec::new();
+    let mut digest = Digest::default();
     for file in &files {
         match std::fs::read_to_string(file) {
             Ok(text) => {
+                digest.add(file, &text);
                 let (mut found, mut p) = parse_file(file, &text, ctx);
                 problems.append(&mut p);
                 for r in found.drain(..) {
@@ -226,14 +232,43 @@ pub fn load_dir(dir: &Path, ctx: &Context) -> (Option<RuleSet>, Vec<Problem>) {
     }
     problems.sort();
     let ok = !problems.iter().any(|p| p.severity == Severity::Error);
-    (ok.then_some(RuleSet { rules }), problems)
+    let digest = digest.hex();
+    (ok.then_some(RuleSet { rules, digest }), problems)
 }
 
 /// Loads rules from one YAML text (tests, replay); `origin` names it in problems.
 pub fn load_str(origin: &str, text: &str, ctx: &Context) -> (Option<RuleSet>, Vec<Problem>) {
     let (rules, problems) = parse_file(Path::new(origin), text, ctx);
     let ok = !problems.iter().any(|p| p.severity == Severity::Error);
-    (ok.then_some(RuleSet { rules }), problems)
+    let mut digest = Digest::default();
+    digest.add(Path::new(origin), text);
+    let digest = digest.hex();
+    (ok.then_some(RuleSet { rules, digest }), problems)
+}
+
+/// The running digest of a rule set's files: by file name (not the directory, so a copy of the
+/// rules elsewhere has the same digest) and content.
+#[derive(Default)]
+struct Digest(sha2::Sha256);
+
+impl Digest {
+    fn add(&mut self, file: &Path, text: &str) {
+        use sha2::Digest as _;
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        self.0.update(name.unwrap_or_default().as_bytes());
+        self.0.update([0]);
+        self.0.update(text.len().to_le_bytes());
+        self.0.update(text.as_bytes());
+    }
+
+    fn hex(self) -> String {
+        use sha2::Digest as _;
+        self.0
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 fn problem(file: &Path, line: u64, column: u64, message: String) -> Problem {
