@@ -93,6 +93,7 @@ fn incident(n: u64, at: Timestamp) -> Incident {
             ),
         ],
         freeze: true,
+        notify: None,
         messages: BTreeMap::new(),
         pagerduty_incident: None,
         rollback_started_at: Some(at + SignedDuration::from_secs(41)),

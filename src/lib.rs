@@ -135,29 +135,9 @@ impl App {
                 ));
             }
         }
-        let busy: Vec<String> = self
-            .store
-            .incidents(None)
-            .map_err(|e| vec![e.to_string()])?
-            .into_iter()
-            .filter(|i| {
-                matches!(
-                    i.state,
-                    model::IncidentState::Approved
-                        | model::IncidentState::RollingBack
-                        | model::IncidentState::Verifying
-                ) && loaded.rules.get(&i.rule).is_none()
-            })
-            .map(|i| {
-                format!(
-                    "rule {} is removed but incident {} is {}; reload again when it has finished",
-                    i.rule, i.id, i.state
-                )
-            })
-            .collect();
-        if !busy.is_empty() {
-            return Err(busy);
-        }
+        // Incidents carry their plan from the moment they open, so a reload never needs to
+        // wait for one: those of a removed rule that have not started are cancelled by the
+        // engine, the others finish as planned.
         self.live.set(loaded.config, loaded.rules);
         self.engine
             .send(engine::Event::RulesReloaded)

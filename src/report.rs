@@ -380,6 +380,7 @@ pub(crate) mod tests {
                 ),
             ],
             freeze: true,
+            notify: None,
             messages: Default::default(),
             pagerduty_incident: Some("Q1ABCDEF".into()),
             rollback_started_at: Some(ts("2026-11-24T10:17:00Z")),

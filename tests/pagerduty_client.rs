@@ -542,6 +542,7 @@ fn incident() -> Incident {
         },
         steps: vec![],
         freeze: false,
+        notify: None,
         messages: Default::default(),
         pagerduty_incident: None,
         rollback_started_at: None,

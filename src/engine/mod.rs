@@ -658,6 +658,7 @@ impl State {
             approvals: approval,
             steps,
             freeze: rule.freeze,
+            notify: Some(rule.notify.clone()),
             messages,
             pagerduty_incident: b.pagerduty_incident.clone(),
             rollback_started_at: None,
@@ -927,11 +928,10 @@ impl State {
         let Some(inc) = self.incidents.get(id) else {
             return;
         };
-        let mut targets: Vec<String> = tx
-            .ctx
-            .rules
-            .get(&inc.rule)
-            .map(|r| r.notify.clone())
+        let mut targets: Vec<String> = inc
+            .notify
+            .clone()
+            .or_else(|| tx.ctx.rules.get(&inc.rule).map(|r| r.notify.clone()))
             .unwrap_or_default();
         if tx.ctx.pagerduty {
             targets.push("pagerduty".to_string());

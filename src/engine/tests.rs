@@ -1606,3 +1606,47 @@ fn rules_may_override_the_announcement_texts() {
         "eu-west-1 customers: web update paused"
     );
 }
+
+#[test]
+fn a_reload_that_removes_the_rule_of_a_running_rollback_lets_it_finish_its_plan() {
+    let mut w = World::new(&rule("r", "    notify: [team]\n    freeze: true\n"));
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(600.0));
+    assert_eq!(w.only_incident().state, IncidentState::RollingBack);
+    // The rule is gone; the incident keeps its plan and its notifier.
+    w.rules = ruleset("rules: []");
+    w.send(Event::RulesReloaded, t(601.0));
+    assert_eq!(w.only_incident().state, IncidentState::RollingBack);
+    w.run_steps(|_| true, t(602.0));
+    let inc = w.only_incident();
+    assert_eq!(inc.state, IncidentState::RolledBack);
+    assert_eq!(inc.steps[1].plan.argv, ["purge", "eu-west-1"]);
+    let out = w.pump.state.handle(
+        &Context {
+            rules: &w.rules,
+            people: &w.people,
+            dry_run: false,
+            pagerduty: false,
+        },
+        Event::Unfreeze {
+            service: "web".into(),
+            reason: "fixed".into(),
+            by: "ada".into(),
+        },
+        t(700.0),
+    );
+    let announced: Vec<&str> = out
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Outbox(e) => Some(e.target.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        announced,
+        ["team"],
+        "announced to the targets fixed at open"
+    );
+}

@@ -472,6 +472,9 @@ pub struct Incident {
     pub steps: Vec<StepRun>,
     /// Freeze the service's releases when the first step starts.
     pub freeze: bool,
+    /// The rule's notifier targets, fixed at open (absent on records written before they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<String>>,
     /// The rule's own `internal` / `external` announcement texts, rendered for this incident.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub messages: BTreeMap<String, String>,
