@@ -5,6 +5,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use proptest::prelude::*;
 
+use super::journal::backoff;
 use super::*;
 use crate::config::Person;
 use crate::pump::{self, Memory, Pump};
