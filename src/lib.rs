@@ -36,7 +36,6 @@ pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod notify;
-pub mod pagerduty;
 pub mod pump;
 pub mod replay;
 pub mod report;
@@ -222,7 +221,7 @@ impl Daemon {
             pagerduty: config
                 .pagerduty
                 .as_ref()
-                .map(|p| pagerduty::PdClient::from_config(executor.http.clone(), p)),
+                .map(|p| notify::pagerduty::PdClient::from_config(executor.http.clone(), p)),
             clock: self.clock.clone(),
             wake: outbox.clone(),
             stopping: CancellationToken::new(),

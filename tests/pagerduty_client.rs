@@ -1,4 +1,4 @@
-//! `rollbackd::pagerduty::PdClient` against the fake PagerDuty: request shapes and headers,
+//! `rollbackd::notify::pagerduty::PdClient` against the fake PagerDuty: request shapes and headers,
 //! and how each answer maps to `PdError`.
 
 #[path = "common/fake_pagerduty.rs"]
@@ -10,7 +10,7 @@ use fake_pagerduty::{ACCEPT_V2, FakePagerDuty, signed_webhook};
 use rollbackd::model::{
     Approval, Incident, IncidentState, ReleaseRef, Signal, SignalStatus, Source,
 };
-use rollbackd::pagerduty::{
+use rollbackd::notify::pagerduty::{
     EventAction, EventsV2, EventsV2Link, EventsV2Payload, PdClient, PdError, Severity,
 };
 use serde_json::json;

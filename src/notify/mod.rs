@@ -9,6 +9,7 @@
 //! with the same `X-Rollbackd-Delivery` id (and PagerDuty's dedup key) so receivers can tell.
 
 pub mod message;
+pub mod pagerduty;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -26,8 +27,8 @@ use crate::config::Notifier as NotifierConfig;
 use crate::driver::EngineHandle;
 use crate::engine::{Delivery, Event};
 use crate::model::{Incident, OutboxEntry, add};
-use crate::pagerduty::{EventAction, EventsV2, PdClient, PdError};
 use crate::store::Store;
+use pagerduty::{EventAction, EventsV2, PdClient, PdError};
 
 pub struct Notifier {
     pub store: Store,
