@@ -193,7 +193,7 @@ fn main() {
     let t = Instant::now();
     let parsed = inputs::read_lines(&text, "bench", &opts).expect("parse");
     let parsed_at = t.elapsed().as_secs_f64();
-    let all = inputs::sorted(Vec::new(), parsed);
+    let all = rollbackd::replay::files::sorted(Vec::new(), parsed);
     let report = replay::replay(&set, &people, all, None);
     let total = t.elapsed().as_secs_f64();
     let replay_secs = total - parsed_at;
