@@ -33,6 +33,7 @@ pub mod executor;
 pub mod ingest;
 pub mod inputs;
 pub mod live;
+pub mod message;
 pub mod metrics;
 pub mod model;
 pub mod notify;

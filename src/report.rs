@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
+use crate::message;
 use crate::model::{ChainStatus, Freeze, Incident, StepRun, TimelineEntry, since};
-use crate::notify::message;
 
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {

@@ -1603,7 +1603,7 @@ fn rules_may_override_the_announcement_texts() {
         "Rolling web back from v-dpl-b to v-dpl-a"
     );
     assert_eq!(
-        crate::notify::message::external(inc),
+        crate::message::external(inc),
         "eu-west-1 customers: web update paused"
     );
 }

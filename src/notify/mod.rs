@@ -8,7 +8,6 @@
 //! receiver's 2xx and the commit of "delivered" sends that one message again after the restart,
 //! with the same `X-Rollbackd-Delivery` id (and PagerDuty's dedup key) so receivers can tell.
 
-pub mod message;
 pub mod pagerduty;
 
 use std::collections::{BTreeMap, HashSet};
@@ -26,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::Notifier as NotifierConfig;
 use crate::driver::EngineHandle;
 use crate::engine::{Delivery, Event};
+use crate::message;
 use crate::model::{Incident, OutboxEntry, add};
 use crate::store::Store;
 use pagerduty::{EventAction, EventsV2, PdClient, PdError};
