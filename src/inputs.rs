@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::Event;
@@ -132,25 +132,61 @@ struct RawLine<'a> {
     rules_digest: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A break-glass vote, as a `vote` line's body and as the API's request (whose path carries the
+/// incident and the verb): the one place it becomes an [`Event`].
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct VoteBody {
-    incident: String,
-    person: String,
-    vote: VoteKind,
-    #[serde(default)]
-    via: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
+pub struct VoteLine {
+    pub incident: String,
+    pub person: String,
+    pub vote: VoteKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+impl VoteLine {
+    pub fn event(self) -> Event {
+        Event::Vote {
+            incident: self.incident,
+            person: self.person,
+            vote: self.vote,
+            via: self.via.unwrap_or_else(|| "break-glass".to_string()),
+            reason: self.reason,
+        }
+    }
+}
+
+/// A freeze or unfreeze, as a `freeze` / `unfreeze` line's body and as the API's request.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FreezeBody {
-    service: String,
-    reason: String,
-    #[serde(default)]
-    by: Option<String>,
+pub struct FreezeLine {
+    pub service: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl FreezeLine {
+    /// The freeze (`frozen`) or unfreeze event.
+    pub fn event(self, frozen: bool) -> Event {
+        let by = self.by.unwrap_or_else(|| "admin".to_string());
+        let (service, reason) = (self.service, self.reason);
+        if frozen {
+            Event::Freeze {
+                service,
+                reason,
+                by,
+            }
+        } else {
+            Event::Unfreeze {
+                service,
+                reason,
+                by,
+            }
+        }
+    }
 }
 
 /// Parses one input-log line; `Ok(None)` for a blank line or a `#` comment.
@@ -189,35 +225,12 @@ pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
                 input,
             }
         }
-        "vote" => {
-            let v: VoteBody =
-                serde_json::from_slice(body).map_err(|e| format!("vote body: {e}"))?;
-            Event::Vote {
-                incident: v.incident,
-                person: v.person,
-                vote: v.vote,
-                via: v.via.unwrap_or_else(|| "break-glass".to_string()),
-                reason: v.reason,
-            }
-        }
-        s @ ("freeze" | "unfreeze") => {
-            let f: FreezeBody =
-                serde_json::from_slice(body).map_err(|e| format!("{s} body: {e}"))?;
-            let by = f.by.unwrap_or_else(|| "admin".to_string());
-            if s == "freeze" {
-                Event::Freeze {
-                    service: f.service,
-                    reason: f.reason,
-                    by,
-                }
-            } else {
-                Event::Unfreeze {
-                    service: f.service,
-                    reason: f.reason,
-                    by,
-                }
-            }
-        }
+        "vote" => serde_json::from_slice::<VoteLine>(body)
+            .map_err(|e| format!("vote body: {e}"))?
+            .event(),
+        s @ ("freeze" | "unfreeze") => serde_json::from_slice::<FreezeLine>(body)
+            .map_err(|e| format!("{s} body: {e}"))?
+            .event(s == "freeze"),
         other => {
             return Err(format!(
                 "source: `{other}` is not one of alertmanager, grafana, pagerduty, signal, release, vote, freeze, unfreeze, engine, start"
@@ -311,14 +324,14 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// `body` is the request body as received (it parsed as JSON); an empty body means the event
-    /// itself is the body (votes and freezes, whose path carries part of the request).
+    /// `body` is the request body as received (it parsed as JSON), or for votes and freezes
+    /// (whose path carries part of the request) their [`VoteLine`] / [`FreezeLine`].
     pub fn new(source: &str, body: &[u8], event: &Event) -> Pending {
         let body = match serde_json::from_slice::<&RawValue>(body) {
             // Line breaks can only sit between JSON tokens: replacing them keeps the meaning and
             // every other byte.
             Ok(raw) => raw.get().replace(['\n', '\r'], " "),
-            Err(_) => event_body(event).to_string(),
+            Err(_) => "null".to_string(),
         };
         let mut extra = String::new();
         match event {
@@ -344,32 +357,6 @@ impl Pending {
 
     pub fn line(&self, at: Timestamp) -> String {
         format!("{{\"at\":\"{at}\"{}{}}}\n", self.head, self.tail)
-    }
-}
-
-/// The body of a line for events that have no request body of their own.
-fn event_body(event: &Event) -> serde_json::Value {
-    match event {
-        Event::Vote {
-            incident,
-            person,
-            vote,
-            via,
-            reason,
-        } => serde_json::json!({
-            "incident": incident, "person": person, "vote": vote, "via": via, "reason": reason,
-        }),
-        Event::Freeze {
-            service,
-            reason,
-            by,
-        }
-        | Event::Unfreeze {
-            service,
-            reason,
-            by,
-        } => serde_json::json!({"service": service, "reason": reason, "by": by}),
-        _ => serde_json::Value::Null,
     }
 }
 
@@ -452,17 +439,20 @@ mod tests {
         let back = parse_line(&line, &opts()).unwrap().unwrap();
         assert_eq!(back.at, at);
         assert!(matches!(back.event, Event::Signals(s) if s.len() == 1));
-        let vote = Event::Vote {
+        let vote = VoteLine {
             incident: "inc-000001".into(),
             person: "ada".into(),
             vote: VoteKind::Approve,
-            via: "break-glass".into(),
+            via: None,
             reason: Some("ok".into()),
         };
-        let line = Pending::new("vote", b"", &vote).line(at);
+        let body = serde_json::to_vec(&vote).unwrap();
+        let sent = vote.event();
+        let line = Pending::new("vote", &body, &sent).line(at);
         let back = parse_line(&line, &opts()).unwrap().unwrap();
-        assert!(
-            matches!(back.event, Event::Vote { incident, vote: VoteKind::Approve, .. } if incident == "inc-000001")
+        assert_eq!(
+            back.event, sent,
+            "the log line reads back as the event the API sent"
         );
     }
 

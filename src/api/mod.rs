@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::engine::{Event, Reply};
 use crate::ingest::{self, IngestError};
+use crate::inputs::{FreezeLine, VoteLine};
 use crate::model::{IncidentState, Signal, VoteKind};
 pub use auth::{Limiters, TokenKind};
 pub use error::ApiError;
@@ -94,6 +95,18 @@ impl App {
             .record_inputs
             .then(|| crate::inputs::Pending::new(source, body, &event));
         self.engine.send_recorded(event, line).await
+    }
+
+    /// A request whose path carries part of it (a vote, a freeze): its input-log body is `line`,
+    /// and its event is what `event` makes of the same line, as a replay of the log will.
+    async fn send_line<L: serde::Serialize>(
+        &self,
+        source: &str,
+        line: L,
+        event: impl FnOnce(L) -> Event,
+    ) -> Result<Reply, crate::driver::EngineError> {
+        let body = serde_json::to_vec(&line).unwrap_or_default();
+        self.send_recorded(source, &body, event(line)).await
     }
 }
 
@@ -489,16 +502,16 @@ async fn vote(
         ));
     }
     match app
-        .send_recorded(
+        .send_line(
             "vote",
-            b"",
-            Event::Vote {
+            VoteLine {
                 incident: id.clone(),
                 person: b.person,
                 vote,
-                via: "break-glass".to_string(),
+                via: None,
                 reason: b.reason,
             },
+            VoteLine::event,
         )
         .await?
     {
@@ -571,14 +584,14 @@ async fn put_freeze(
     let b = freeze_body(&body)?;
     let by = b.by.unwrap_or_else(|| "admin".to_string());
     match app
-        .send_recorded(
+        .send_line(
             "freeze",
-            b"",
-            Event::Freeze {
+            FreezeLine {
                 service: service.clone(),
                 reason: b.reason,
-                by,
+                by: Some(by),
             },
+            |l| l.event(true),
         )
         .await?
     {
@@ -597,14 +610,14 @@ async fn delete_freeze(
     let b = freeze_body(&body)?;
     let by = b.by.unwrap_or_else(|| "admin".to_string());
     match app
-        .send_recorded(
+        .send_line(
             "unfreeze",
-            b"",
-            Event::Unfreeze {
+            FreezeLine {
                 service: service.clone(),
                 reason: b.reason,
-                by,
+                by: Some(by),
             },
+            |l| l.event(false),
         )
         .await?
     {
