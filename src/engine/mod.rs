@@ -70,7 +70,20 @@ struct Tx<'a> {
     out: Output,
 }
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
+    fn new(ctx: &'a Context<'a>, now: Timestamp) -> Tx<'a> {
+        Tx {
+            ctx,
+            now,
+            out: Output {
+                reply: Reply::Ok,
+                changes: Vec::new(),
+                timeline: Vec::new(),
+                effects: Vec::new(),
+            },
+        }
+    }
+
     fn note(&mut self, subject: &str, kind: Kind, actor: &str, message: String) {
         self.note_with(subject, kind, actor, message, serde_json::Value::Null);
     }
@@ -99,16 +112,7 @@ impl Tx<'_> {
 impl State {
     /// Applies one event at `now`.
     pub fn handle(&mut self, ctx: &Context, event: Event, now: Timestamp) -> Output {
-        let mut tx = Tx {
-            ctx,
-            now,
-            out: Output {
-                reply: Reply::Ok,
-                changes: Vec::new(),
-                timeline: Vec::new(),
-                effects: Vec::new(),
-            },
-        };
+        let mut tx = Tx::new(ctx, now);
         let reply = match event {
             Event::Signals(signals) => {
                 for s in signals {
@@ -175,16 +179,7 @@ impl State {
     /// After a restart: the effects that were under way when the process stopped, decided from the
     /// step journal. A step that may have started runs again only if it is idempotent.
     pub fn recover(&mut self, ctx: &Context, now: Timestamp) -> Output {
-        let mut tx = Tx {
-            ctx,
-            now,
-            out: Output {
-                reply: Reply::Ok,
-                changes: Vec::new(),
-                timeline: Vec::new(),
-                effects: Vec::new(),
-            },
-        };
+        let mut tx = Tx::new(ctx, now);
         for inc in self.incidents.values() {
             if !inc.state.is_active() && inc.after_pending() {
                 tx.out.effects.push(Effect::RunAfter {
