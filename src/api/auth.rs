@@ -190,7 +190,7 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| refuse("missing X-Grafana-Alerting-Signature"))?;
     let sig =
-        decode_hex(sig.trim()).ok_or_else(|| refuse("X-Grafana-Alerting-Signature is not hex"))?;
+        hex::decode(sig.trim()).map_err(|_| refuse("X-Grafana-Alerting-Signature is not hex"))?;
     let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
         .map_err(|_| ApiError::internal("hmac key".to_string()))?;
     if let Some(ts) = headers
@@ -203,16 +203,6 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
     mac.update(body);
     mac.verify_slice(&sig)
         .map_err(|_| refuse("X-Grafana-Alerting-Signature does not match the body"))
-}
-
-pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
