@@ -79,74 +79,71 @@ pub fn render(app: &App) -> Result<String, ApiError> {
 }
 
 fn approvals(now: Timestamp, waiting: &[&Incident], more_active: bool) -> Markup {
+    let rows: Vec<Markup> = waiting
+        .iter()
+        .map(|i| {
+            html! {
+                tr {
+                    td { (i.id) }
+                    td { (i.service) " " (i.release_from.version) " → " (i.release_to.version) }
+                    td {
+                        (i.approvals.quorum) " of roles ["
+                        (i.approvals.require_roles.join(", ")) "]"
+                    }
+                    td {
+                        @for (n, v) in i.approvals.votes.iter().enumerate() {
+                            @if n > 0 { br; }
+                            (v.person) " " (format!("{:?}", v.vote))
+                            @if !v.counted { " (not counted)" }
+                        }
+                        @if i.approvals.votes.is_empty() { "none yet" }
+                    }
+                    td {
+                        @if let Some(d) = i.approvals.deadline { (countdown(now, d)) }
+                    }
+                }
+            }
+        })
+        .collect();
     html! {
         h2 #approvals { "Waiting for approval" }
         @if more_active {
             p.muted { "More than " (SHOWN) " incidents are active; the newest are shown." }
         }
-        @if waiting.is_empty() {
-            p.muted { "Nothing is waiting for approval." }
-        } @else {
-            table {
-                tr {
-                    th { "incident" } th { "rollback" } th { "needs" } th { "votes" }
-                    th { "deadline" }
-                }
-                @for i in waiting {
-                    tr {
-                        td { (i.id) }
-                        td {
-                            (i.service) " " (i.release_from.version) " → "
-                            (i.release_to.version)
-                        }
-                        td {
-                            (i.approvals.quorum) " of roles ["
-                            (i.approvals.require_roles.join(", ")) "]"
-                        }
-                        td {
-                            @for (n, v) in i.approvals.votes.iter().enumerate() {
-                                @if n > 0 { br; }
-                                (v.person) " " (format!("{:?}", v.vote))
-                                @if !v.counted { " (not counted)" }
-                            }
-                            @if i.approvals.votes.is_empty() { "none yet" }
-                        }
-                        td {
-                            @if let Some(d) = i.approvals.deadline { (countdown(now, d)) }
-                        }
-                    }
-                }
-            }
-        }
+        (table_or(
+            "Nothing is waiting for approval.",
+            &["incident", "rollback", "needs", "votes", "deadline"],
+            &rows,
+        ))
     }
 }
 
 fn open_breaches(now: Timestamp, breaches: &[Breach], more: bool) -> Markup {
-    html! {
-        h2 #breaches { "Open breaches" }
-        @if breaches.is_empty() {
-            p.muted { "No open breach." }
-        } @else {
-            table {
+    let rows: Vec<Markup> = breaches
+        .iter()
+        .map(|b| {
+            html! {
                 tr {
-                    th { "rule" } th { "group" } th { "started" } th { "deadline" }
-                    th { "status" }
-                }
-                @for b in breaches {
-                    tr {
-                        td { (b.rule) }
-                        td { code { (b.group) } }
-                        td { (b.started_at) }
-                        td { (countdown(now, b.deadline)) }
-                        td { (breach_status(b)) }
-                    }
+                    td { (b.rule) }
+                    td { code { (b.group) } }
+                    td { (b.started_at) }
+                    td { (countdown(now, b.deadline)) }
+                    td { (breach_status(b)) }
                 }
             }
-            @if more {
-                p.muted {
-                    "The " (SHOWN) " soonest are shown; "
-                    code { "GET /v1/breaches?limit=N" } " lists more."
-                }
+        })
+        .collect();
+    html! {
+        h2 #breaches { "Open breaches" }
+        (table_or(
+            "No open breach.",
+            &["rule", "group", "started", "deadline", "status"],
+            &rows,
+        ))
+        @if more && !rows.is_empty() {
+            p.muted {
+                "The " (SHOWN) " soonest are shown; "
+                code { "GET /v1/breaches?limit=N" } " lists more."
             }
         }
     }
@@ -154,75 +151,87 @@ fn open_breaches(now: Timestamp, breaches: &[Breach], more: bool) -> Markup {
 
 /// The newest incidents, each with its latest timeline entry.
 fn recent_incidents(incidents: &[(&Incident, String)]) -> Markup {
-    html! {
-        h2 #incidents { "Incidents" }
-        @if incidents.is_empty() {
-            p.muted { "No incident yet." }
-        } @else {
-            table {
+    let rows: Vec<Markup> = incidents
+        .iter()
+        .map(|(i, latest)| {
+            html! {
                 tr {
-                    th { "incident" } th { "state" } th { "service" } th { "release" }
-                    th { "opened" } th { "latest" }
-                }
-                @for (i, latest) in incidents {
-                    tr {
-                        td { (i.id) }
-                        td class={ "state " (state_class(i.state)) } { (i.state) }
-                        td { (i.service) " " (i.environment) }
-                        td { (i.release_from.version) " → " (i.release_to.version) }
-                        td { (i.opened_at) }
-                        td { (latest) }
-                    }
+                    td { (i.id) }
+                    td class={ "state " (state_class(i.state)) } { (i.state) }
+                    td { (i.service) " " (i.environment) }
+                    td { (i.release_from.version) " → " (i.release_to.version) }
+                    td { (i.opened_at) }
+                    td { (latest) }
                 }
             }
-        }
+        })
+        .collect();
+    html! {
+        h2 #incidents { "Incidents" }
+        (table_or(
+            "No incident yet.",
+            &["incident", "state", "service", "release", "opened", "latest"],
+            &rows,
+        ))
     }
 }
 
 fn release_freezes(freezes: &[Freeze]) -> Markup {
-    html! {
-        h2 #freezes { "Release freezes" }
-        @if freezes.is_empty() {
-            p.muted { "No service is frozen." }
-        } @else {
-            table {
-                tr { th { "service" } th { "since" } th { "by" } th { "reason" } }
-                @for f in freezes {
-                    tr {
-                        td.bad { (f.service) }
-                        td { (f.since) }
-                        td { (f.by) }
-                        td { (f.reason) }
-                    }
+    let rows: Vec<Markup> = freezes
+        .iter()
+        .map(|f| {
+            html! {
+                tr {
+                    td.bad { (f.service) }
+                    td { (f.since) }
+                    td { (f.by) }
+                    td { (f.reason) }
                 }
             }
-        }
+        })
+        .collect();
+    html! {
+        h2 #freezes { "Release freezes" }
+        (table_or("No service is frozen.", &["service", "since", "by", "reason"], &rows))
     }
 }
 
 fn recent_releases(releases: &BTreeMap<String, Vec<Release>>) -> Markup {
+    let rows: Vec<Markup> = releases
+        .iter()
+        .flat_map(|(service, list)| list.iter().map(move |r| (service, r)))
+        .map(|(service, r)| {
+            html! {
+                tr {
+                    td { (service) }
+                    td { (r.environment) }
+                    td { (r.version) }
+                    td { code { (r.deployment_id) } }
+                    td { (r.deployed_at) }
+                    td { (r.origin) }
+                }
+            }
+        })
+        .collect();
     html! {
         h2 #releases { "Recent releases" }
-        @if releases.is_empty() {
-            p.muted { "No release reported yet." }
+        (table_or(
+            "No release reported yet.",
+            &["service", "environment", "version", "deployment", "deployed", "origin"],
+            &rows,
+        ))
+    }
+}
+
+/// `empty` as a muted paragraph when there are no rows, else a table of the column names and rows.
+fn table_or(empty: &str, columns: &[&str], rows: &[Markup]) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p.muted { (empty) }
         } @else {
             table {
-                tr {
-                    th { "service" } th { "environment" } th { "version" } th { "deployment" }
-                    th { "deployed" } th { "origin" }
-                }
-                @for (service, list) in releases {
-                    @for r in list {
-                        tr {
-                            td { (service) }
-                            td { (r.environment) }
-                            td { (r.version) }
-                            td { code { (r.deployment_id) } }
-                            td { (r.deployed_at) }
-                            td { (r.origin) }
-                        }
-                    }
-                }
+                tr { @for c in columns { th { (c) } } }
+                @for r in rows { (r) }
             }
         }
     }
