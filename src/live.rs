@@ -97,7 +97,7 @@ impl Source {
                 h.update(std::fs::read(&f).unwrap_or_default());
             }
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(h.finalize())
     }
 }
 

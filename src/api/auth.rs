@@ -4,6 +4,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac};
@@ -55,6 +57,17 @@ fn token_matches(given: &str, want: &Secret) -> bool {
     a.ct_eq(&b).into()
 }
 
+/// The `user:password` of `Authorization: Basic <credentials>`: canonical standard base64 (RFC 4648
+/// alphabet, padded, no stray bits) of UTF-8 text. Anything else is no Basic credential at all.
+fn basic_credentials(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
+    let raw = BASE64.decode(encoded.trim()).ok()?;
+    String::from_utf8(raw).ok()
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -104,16 +117,7 @@ impl App {
         let Some(read) = &t.read else {
             return self.authorize(headers, TokenKind::Read);
         };
-        let basic = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Basic ")
-                    .or_else(|| v.strip_prefix("basic "))
-            })
-            .and_then(|b| decode_base64(b.trim()))
-            .and_then(|raw| String::from_utf8(raw).ok());
-        if let Some(userpass) = basic {
+        if let Some(userpass) = basic_credentials(headers) {
             let password = userpass.split_once(':').map(|(_, p)| p).unwrap_or("");
             let ok = std::iter::once(read)
                 .chain(t.admin.iter())
@@ -186,7 +190,7 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| refuse("missing X-Grafana-Alerting-Signature"))?;
     let sig =
-        decode_hex(sig.trim()).ok_or_else(|| refuse("X-Grafana-Alerting-Signature is not hex"))?;
+        hex::decode(sig.trim()).map_err(|_| refuse("X-Grafana-Alerting-Signature is not hex"))?;
     let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
         .map_err(|_| ApiError::internal("hmac key".to_string()))?;
     if let Some(ts) = headers
@@ -201,48 +205,45 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
         .map_err(|_| refuse("X-Grafana-Alerting-Signature does not match the body"))
 }
 
-/// Standard base64 (with or without padding), for HTTP Basic credentials.
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    fn basic(credentials: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        let v = HeaderValue::from_str(&format!("Basic {credentials}")).expect("header value");
+        h.insert(header::AUTHORIZATION, v);
+        super::basic_credentials(&h)
+    }
+
     #[test]
-    fn base64_decodes() {
-        assert_eq!(super::decode_base64("dXNlcjpwYXNz").unwrap(), b"user:pass");
-        assert_eq!(super::decode_base64("YTpi").unwrap(), b"a:b");
-        assert_eq!(super::decode_base64("YQ==").unwrap(), b"a");
-        assert!(super::decode_base64("!!").is_none());
+    fn basic_credentials_decode() {
+        assert_eq!(basic("dXNlcjpwYXNz").as_deref(), Some("user:pass"));
+        assert_eq!(basic("YTpi").as_deref(), Some("a:b"));
+        assert_eq!(basic("YQ==").as_deref(), Some("a"));
+        assert_eq!(basic(" YTpi ").as_deref(), Some("a:b"), "surrounding space");
+    }
+
+    #[test]
+    fn malformed_basic_credentials_are_refused() {
+        for bad in [
+            "!!", "YQ=",      // short padding
+            "YQ",       // no padding
+            "YQ===",    // too much padding
+            "Y Q==",    // inner space
+            "YR==",     // non-canonical: trailing bits set
+            "YQ==YQ==", // data after padding
+            "YTp*",     // not the base64 alphabet
+            "_-8=",     // URL-safe alphabet
+            "/w==",     // valid base64, not UTF-8
+        ] {
+            assert_eq!(basic(bad), None, "{bad:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer YTpi"),
+        );
+        assert_eq!(super::basic_credentials(&h), None, "another scheme");
     }
 }

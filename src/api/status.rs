@@ -1,20 +1,30 @@
 //! `GET /`: the status page. One server-rendered HTML page, no JavaScript, no CDN: it refreshes
-//! itself every few seconds. Everything shown comes from the store, and every value is escaped
+//! itself every few seconds. Everything shown comes from the store, and maud escapes every value
 //! (alert labels are attacker-controlled text).
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::App;
 use crate::api::ApiError;
-use crate::model::{Breach, Incident, IncidentState, since};
+use crate::model::{Breach, Freeze, Incident, IncidentState, Release, since};
 
 const REFRESH_SECONDS: u32 = 5;
 const RECENT_INCIDENTS: usize = 20;
 /// Shown at most; the page says how to see all.
 const SHOWN: usize = 200;
 const RELEASES_PER_SERVICE: usize = 3;
+
+const CSS: &str = "
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d1d1f;background:#fafafa}
+h1{font-size:1.3em;margin:0 0 .2em} h2{font-size:1.05em;margin:1.6em 0 .4em}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
+th{background:#f0f0f0} .muted{color:#777} code{font-size:.95em}
+.state{font-weight:600} .bad{color:#b00020} .good{color:#0a7d28} .wait{color:#a05a00}
+";
 
 pub fn render(app: &App) -> Result<String, ApiError> {
     let now = app.clock.now();
@@ -27,183 +37,213 @@ pub fn render(app: &App) -> Result<String, ApiError> {
         .iter()
         .filter(|i| i.state == IncidentState::AwaitingApproval)
         .collect();
-
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{REFRESH_SECONDS}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>rollbackd: {} active, {} breaches</title>
-<style>
-body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d1d1f;background:#fafafa}}
-h1{{font-size:1.3em;margin:0 0 .2em}} h2{{font-size:1.05em;margin:1.6em 0 .4em}}
-table{{border-collapse:collapse;width:100%;background:#fff}}
-th,td{{border:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}}
-th{{background:#f0f0f0}} .muted{{color:#777}} code{{font-size:.95em}}
-.state{{font-weight:600}} .bad{{color:#b00020}} .good{{color:#0a7d28}} .wait{{color:#a05a00}}
-</style></head><body>
-<h1>rollbackd</h1>
-<p class="muted">As of {now} · refreshes every {REFRESH_SECONDS} s · {} rule(s) loaded</p>
-"#,
-        active.len(),
-        breaches.len(),
-        app.rules().rules.len()
-    );
-
-    h.push_str("<h2 id=\"approvals\">Waiting for approval</h2>\n");
-    if more_active {
-        let _ = writeln!(
-            h,
-            "<p class=\"muted\">More than {SHOWN} incidents are active; the newest are shown.</p>"
-        );
-    }
-    if waiting.is_empty() {
-        h.push_str("<p class=\"muted\">Nothing is waiting for approval.</p>\n");
-    } else {
-        h.push_str("<table><tr><th>incident</th><th>rollback</th><th>needs</th><th>votes</th><th>deadline</th></tr>\n");
-        for i in &waiting {
-            let votes: Vec<String> = i
-                .approvals
-                .votes
-                .iter()
-                .map(|v| {
-                    format!(
-                        "{} {:?}{}",
-                        esc(&v.person),
-                        v.vote,
-                        if v.counted { "" } else { " (not counted)" }
-                    )
-                })
-                .collect();
-            let _ = writeln!(
-                h,
-                "<tr><td>{}</td><td>{} {} → {}</td><td>{} of roles [{}]</td><td>{}</td><td>{}</td></tr>",
-                esc(&i.id),
-                esc(&i.service),
-                esc(&i.release_from.version),
-                esc(&i.release_to.version),
-                i.approvals.quorum,
-                esc(&i.approvals.require_roles.join(", ")),
-                if votes.is_empty() {
-                    "none yet".to_string()
-                } else {
-                    votes.join("<br>")
-                },
-                i.approvals
-                    .deadline
-                    .map(|d| countdown(now, d))
-                    .unwrap_or_default()
-            );
-        }
-        h.push_str("</table>\n");
-    }
-
-    h.push_str("<h2 id=\"breaches\">Open breaches</h2>\n");
-    if breaches.is_empty() {
-        h.push_str("<p class=\"muted\">No open breach.</p>\n");
-    } else {
-        h.push_str("<table><tr><th>rule</th><th>group</th><th>started</th><th>deadline</th><th>status</th></tr>\n");
-        for b in &breaches {
-            let _ = writeln!(
-                h,
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&b.rule),
-                esc(&b.group),
-                b.started_at,
-                countdown(now, b.deadline),
-                breach_status(b)
-            );
-        }
-        h.push_str("</table>\n");
-        if more_breaches {
-            let _ = writeln!(
-                h,
-                "<p class=\"muted\">The {SHOWN} soonest are shown; <code>GET /v1/breaches?limit=N</code> lists more.</p>"
-            );
-        }
-    }
-
-    h.push_str("<h2 id=\"incidents\">Incidents</h2>\n");
-    if incidents.is_empty() {
-        h.push_str("<p class=\"muted\">No incident yet.</p>\n");
-    } else {
-        h.push_str("<table><tr><th>incident</th><th>state</th><th>service</th><th>release</th><th>opened</th><th>latest</th></tr>\n");
-        for i in incidents.iter().take(RECENT_INCIDENTS) {
+    let recent = incidents
+        .iter()
+        .take(RECENT_INCIDENTS)
+        .map(|i| {
             let latest = app
                 .store
                 .timeline(&i.id)?
                 .last()
-                .map(|t| format!("{} · {}", t.at, esc(&t.message)))
+                .map(|t| format!("{} · {}", t.at, t.message))
                 .unwrap_or_default();
-            let _ = writeln!(
-                h,
-                "<tr><td>{}</td><td class=\"state {}\">{}</td><td>{} {}</td><td>{} → {}</td><td>{}</td><td>{}</td></tr>",
-                esc(&i.id),
-                state_class(i.state),
-                i.state,
-                esc(&i.service),
-                esc(&i.environment),
-                esc(&i.release_from.version),
-                esc(&i.release_to.version),
-                i.opened_at,
-                latest
-            );
-        }
-        h.push_str("</table>\n");
-    }
+            Ok((i, latest))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
 
-    h.push_str("<h2 id=\"freezes\">Release freezes</h2>\n");
-    if freezes.is_empty() {
-        h.push_str("<p class=\"muted\">No service is frozen.</p>\n");
-    } else {
-        h.push_str("<table><tr><th>service</th><th>since</th><th>by</th><th>reason</th></tr>\n");
-        for f in &freezes {
-            let _ = writeln!(
-                h,
-                "<tr><td class=\"bad\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&f.service),
-                f.since,
-                esc(&f.by),
-                esc(&f.reason)
-            );
-        }
-        h.push_str("</table>\n");
-    }
-
-    h.push_str("<h2 id=\"releases\">Recent releases</h2>\n");
-    if releases.is_empty() {
-        h.push_str("<p class=\"muted\">No release reported yet.</p>\n");
-    } else {
-        h.push_str("<table><tr><th>service</th><th>environment</th><th>version</th><th>deployment</th><th>deployed</th><th>origin</th></tr>\n");
-        for (service, list) in &releases {
-            for r in list {
-                let _ = writeln!(
-                    h,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                    esc(service),
-                    esc(&r.environment),
-                    esc(&r.version),
-                    esc(&r.deployment_id),
-                    r.deployed_at,
-                    esc(&r.origin)
-                );
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content=(REFRESH_SECONDS);
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "rollbackd: " (active.len()) " active, " (breaches.len()) " breaches" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                h1 { "rollbackd" }
+                p.muted {
+                    "As of " (now) " · refreshes every " (REFRESH_SECONDS) " s · "
+                    (app.rules().rules.len()) " rule(s) loaded"
+                }
+                (approvals(now, &waiting, more_active))
+                (open_breaches(now, &breaches, more_breaches))
+                (recent_incidents(&recent))
+                (release_freezes(&freezes))
+                (recent_releases(&releases))
             }
         }
-        h.push_str("</table>\n");
-    }
-    h.push_str("</body></html>\n");
-    Ok(h)
+    };
+    Ok(page.into_string())
 }
 
+fn approvals(now: Timestamp, waiting: &[&Incident], more_active: bool) -> Markup {
+    let rows: Vec<Markup> = waiting
+        .iter()
+        .map(|i| {
+            html! {
+                tr {
+                    td { (i.id) }
+                    td { (i.service) " " (i.release_from.version) " → " (i.release_to.version) }
+                    td {
+                        (i.approvals.quorum) " of roles ["
+                        (i.approvals.require_roles.join(", ")) "]"
+                    }
+                    td {
+                        @for (n, v) in i.approvals.votes.iter().enumerate() {
+                            @if n > 0 { br; }
+                            (v.person) " " (format!("{:?}", v.vote))
+                            @if !v.counted { " (not counted)" }
+                        }
+                        @if i.approvals.votes.is_empty() { "none yet" }
+                    }
+                    td {
+                        @if let Some(d) = i.approvals.deadline { (countdown(now, d)) }
+                    }
+                }
+            }
+        })
+        .collect();
+    html! {
+        h2 #approvals { "Waiting for approval" }
+        @if more_active {
+            p.muted { "More than " (SHOWN) " incidents are active; the newest are shown." }
+        }
+        (table_or(
+            "Nothing is waiting for approval.",
+            &["incident", "rollback", "needs", "votes", "deadline"],
+            &rows,
+        ))
+    }
+}
+
+fn open_breaches(now: Timestamp, breaches: &[Breach], more: bool) -> Markup {
+    let rows: Vec<Markup> = breaches
+        .iter()
+        .map(|b| {
+            html! {
+                tr {
+                    td { (b.rule) }
+                    td { code { (b.group) } }
+                    td { (b.started_at) }
+                    td { (countdown(now, b.deadline)) }
+                    td { (breach_status(b)) }
+                }
+            }
+        })
+        .collect();
+    html! {
+        h2 #breaches { "Open breaches" }
+        (table_or(
+            "No open breach.",
+            &["rule", "group", "started", "deadline", "status"],
+            &rows,
+        ))
+        @if more && !rows.is_empty() {
+            p.muted {
+                "The " (SHOWN) " soonest are shown; "
+                code { "GET /v1/breaches?limit=N" } " lists more."
+            }
+        }
+    }
+}
+
+/// The newest incidents, each with its latest timeline entry.
+fn recent_incidents(incidents: &[(&Incident, String)]) -> Markup {
+    let rows: Vec<Markup> = incidents
+        .iter()
+        .map(|(i, latest)| {
+            html! {
+                tr {
+                    td { (i.id) }
+                    td class={ "state " (state_class(i.state)) } { (i.state) }
+                    td { (i.service) " " (i.environment) }
+                    td { (i.release_from.version) " → " (i.release_to.version) }
+                    td { (i.opened_at) }
+                    td { (latest) }
+                }
+            }
+        })
+        .collect();
+    html! {
+        h2 #incidents { "Incidents" }
+        (table_or(
+            "No incident yet.",
+            &["incident", "state", "service", "release", "opened", "latest"],
+            &rows,
+        ))
+    }
+}
+
+fn release_freezes(freezes: &[Freeze]) -> Markup {
+    let rows: Vec<Markup> = freezes
+        .iter()
+        .map(|f| {
+            html! {
+                tr {
+                    td.bad { (f.service) }
+                    td { (f.since) }
+                    td { (f.by) }
+                    td { (f.reason) }
+                }
+            }
+        })
+        .collect();
+    html! {
+        h2 #freezes { "Release freezes" }
+        (table_or("No service is frozen.", &["service", "since", "by", "reason"], &rows))
+    }
+}
+
+fn recent_releases(releases: &BTreeMap<String, Vec<Release>>) -> Markup {
+    let rows: Vec<Markup> = releases
+        .iter()
+        .flat_map(|(service, list)| list.iter().map(move |r| (service, r)))
+        .map(|(service, r)| {
+            html! {
+                tr {
+                    td { (service) }
+                    td { (r.environment) }
+                    td { (r.version) }
+                    td { code { (r.deployment_id) } }
+                    td { (r.deployed_at) }
+                    td { (r.origin) }
+                }
+            }
+        })
+        .collect();
+    html! {
+        h2 #releases { "Recent releases" }
+        (table_or(
+            "No release reported yet.",
+            &["service", "environment", "version", "deployment", "deployed", "origin"],
+            &rows,
+        ))
+    }
+}
+
+/// `empty` as a muted paragraph when there are no rows, else a table of the column names and rows.
+fn table_or(empty: &str, columns: &[&str], rows: &[Markup]) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p.muted { (empty) }
+        } @else {
+            table {
+                tr { @for c in columns { th { (c) } } }
+                @for r in rows { (r) }
+            }
+        }
+    }
+}
+
+/// Plain text: the page escapes it.
 fn breach_status(b: &Breach) -> String {
     match (&b.decision, b.clearing_since) {
-        (Some(d), _) if d.acted => format!(
-            "acted: {}",
-            esc(b.incident.as_deref().unwrap_or("incident"))
-        ),
-        (Some(d), _) => format!("did not act: {}", esc(&d.reason)),
+        (Some(d), _) if d.acted => {
+            format!("acted: {}", b.incident.as_deref().unwrap_or("incident"))
+        }
+        (Some(d), _) => format!("did not act: {}", d.reason),
         (None, Some(c)) => format!("resolving since {c}"),
         (None, None) => "firing".to_string(),
     }
@@ -226,29 +266,73 @@ fn state_class(s: IncidentState) -> &'static str {
     }
 }
 
-/// HTML-escapes text for element content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const HOSTILE: &str = r#"<script>alert("x")</script>&'"#;
+    const ESCAPED: &str = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;'";
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
     #[test]
-    fn escapes_markup() {
+    fn breach_labels_are_text_not_markup() {
+        let breach: Breach = serde_json::from_value(serde_json::json!({
+            "id": "b-000001", "rule": HOSTILE, "group": format!("{{service={HOSTILE:?}}}"),
+            "group_labels": {}, "labels": {"service": HOSTILE},
+            "started_at": "2026-01-01T00:00:00Z", "first_seen": "2026-01-01T00:00:00Z",
+            "deadline": "2026-01-01T00:10:00Z", "alerts": {},
+            "decision": {"at": "2026-01-01T00:10:00Z", "acted": false, "reason": HOSTILE}
+        }))
+        .expect("breach");
+        let html = open_breaches(at("2026-01-01T00:05:00Z"), &[breach], true).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains(&format!("<td>{ESCAPED}</td>")), "{html}");
+        assert!(
+            html.contains(&format!("<td>did not act: {ESCAPED}</td>")),
+            "{html}"
+        );
+        assert!(
+            html.contains("<code>{service=&quot;&lt;script&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("2026-01-01T00:10:00Z (in 300s)"), "{html}");
+        assert!(
+            html.contains("<code>GET /v1/breaches?limit=N</code>"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn freeze_reasons_are_text_not_markup() {
+        let freeze = Freeze {
+            service: HOSTILE.to_string(),
+            reason: HOSTILE.to_string(),
+            incident: None,
+            since: at("2026-01-01T00:00:00Z"),
+            by: HOSTILE.to_string(),
+        };
+        let html = release_freezes(&[freeze]).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(
+            html.contains(&format!("<td class=\"bad\">{ESCAPED}</td>")),
+            "{html}"
+        );
+        assert_eq!(html.matches(ESCAPED).count(), 3, "{html}");
+    }
+
+    #[test]
+    fn empty_sections_say_so() {
         assert_eq!(
-            super::esc(r#"<script>alert("x")</script>&'"#),
-            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&#39;"
+            release_freezes(&[]).into_string(),
+            r#"<h2 id="freezes">Release freezes</h2><p class="muted">No service is frozen.</p>"#
+        );
+        assert!(
+            recent_releases(&BTreeMap::new())
+                .into_string()
+                .contains("No release reported yet.")
         );
     }
 }

@@ -64,5 +64,5 @@ pub fn label_fingerprint(labels: &Labels) -> String {
         h.update([0xff]);
     }
     let d = h.finalize();
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&d[..8])
 }

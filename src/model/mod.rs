@@ -638,7 +638,7 @@ impl TimelineEntry {
         h.update(prev.as_bytes());
         h.update(b"\n");
         h.update(serde_json::to_vec(&bare).unwrap_or_default());
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(h.finalize())
     }
 }
 

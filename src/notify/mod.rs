@@ -392,11 +392,7 @@ pub fn sign(secret: &str, ts: &str, body: &[u8]) -> String {
     mac.update(ts.as_bytes());
     mac.update(b".");
     mac.update(body);
-    let tag = mac.finalize().into_bytes();
-    format!(
-        "v1={}",
-        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -536,11 +536,7 @@ fn is_email(s: &str) -> bool {
 pub fn signed_webhook(secret: &str, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(body.as_bytes());
-    let tag = mac.finalize().into_bytes();
-    format!(
-        "v1={}",
-        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The header PagerDuty sends while a secret rotates: one `v1=` entry per secret, `,`-joined.
