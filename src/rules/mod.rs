@@ -263,11 +263,7 @@ impl Digest {
 
     fn hex(self) -> String {
         use sha2::Digest as _;
-        self.0
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(self.0.finalize())
     }
 }
 
