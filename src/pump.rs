@@ -43,14 +43,14 @@ pub struct Memory {
 
 impl Memory {
     /// Keeps the records of one output, as the store's commit does.
-    pub fn commit(&mut self, changes: &[Change]) {
+    pub fn commit(&mut self, changes: Vec<Change>) {
         for c in changes {
             match c {
                 Change::Breach(b) => {
-                    self.breaches.insert(b.id.clone(), (**b).clone());
+                    self.breaches.insert(b.id.clone(), *b);
                 }
                 Change::Incident(i) => {
-                    self.incidents.insert(i.id.clone(), (**i).clone());
+                    self.incidents.insert(i.id.clone(), *i);
                 }
                 _ => {}
             }

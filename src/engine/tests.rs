@@ -116,9 +116,12 @@ impl World {
                     .handle(&*disk, &ctx, pump::Input::Event(ev), now)
                     .expect("memory reads back");
                 let loaded = handled.loaded();
-                disk.commit(&handled.out.changes);
-                self.pump.let_go(&handled.out.changes, [loaded]);
-                handled.out
+                let mut out = handled.out;
+                let changes = std::mem::take(&mut out.changes);
+                self.pump.let_go(&changes, [loaded]);
+                out.changes = changes.clone();
+                disk.commit(changes);
+                out
             }
             None => self.pump.state.handle(&ctx, ev, now),
         };

@@ -384,10 +384,10 @@ impl<'a> Replayer<'a> {
             };
             let loaded = handled.loaded();
             let mut out = handled.out;
-            self.memory.commit(&out.changes);
             let changes = std::mem::take(&mut out.changes);
             self.absorb(&changes, out, at, &mut queue, simulated);
             self.pump.let_go(&changes, [loaded]);
+            self.memory.commit(changes);
         }
     }
 
