@@ -645,9 +645,10 @@ fn replay_log(setup: &Setup, rules: &Path, until: Timestamp) -> (String, String)
     (String::from_utf8(out.stdout).unwrap(), stderr)
 }
 
-/// A live run with a rollback, a failing step, a rejection, a deadline decided by the timer and
-/// a reload, replayed from the daemon's own input log with its rules: the same incident ids,
-/// the same final states and votes, and every decision at the very instant the daemon made it.
+/// A live run with a rollback, a failing step, a rejection, a deadline decided by the timer, a
+/// kill -9 and a start, and a reload, replayed from the daemon's own input log with its rules:
+/// the same incident ids, the same final states and votes, and every decision at the very instant
+/// the daemon made it.
 #[test]
 fn replay_of_a_recorded_live_run_reproduces_it_exactly() {
     let setup = Setup::new(
@@ -689,7 +690,7 @@ fn replay_of_a_recorded_live_run_reproduces_it_exactly() {
     fire("LiveErrors", "web", 20.0, "aa01");
     fire("BrokenErrors", "shop", 8.0, "bb02");
     fire("GatedErrors", "pay", 20.0, "cc03");
-    let by_service = |svc: &str, state: &str| {
+    let by_service = |d: &Daemon, svc: &str, state: &str| {
         wait_for(Duration::from_secs(15), || {
             let (_, v) = get(&d.url("/v1/incidents"), None);
             v["items"]
@@ -700,7 +701,12 @@ fn replay_of_a_recorded_live_run_reproduces_it_exactly() {
         })
         .unwrap_or_else(|| panic!("{svc} never {state}; stderr:\n{}", d.stderr()))
     };
-    let pay = by_service("pay", "awaiting_approval");
+    by_service(&d, "web", "rolled_back");
+    by_service(&d, "shop", "rollback_failed");
+    let pay = by_service(&d, "pay", "awaiting_approval");
+    // A crash and a start in the middle: the log says where, and the replay recovers there too.
+    d.kill9();
+    let d = setup.start();
     let (s, v) = post(&d.url("/-/reload"), Some(LIVE_ADMIN), &json!({}));
     assert_eq!(s, 200, "{v}");
     let pay_id = pay["id"].as_str().unwrap().to_string();
@@ -716,7 +722,7 @@ fn replay_of_a_recorded_live_run_reproduces_it_exactly() {
         ("shop", "rollback_failed"),
         ("pay", "rejected"),
     ] {
-        let i = by_service(svc, end);
+        let i = by_service(&d, svc, end);
         let (_, full) = get(
             &d.url(&format!("/v1/incidents/{}", i["id"].as_str().unwrap())),
             Some(LIVE_ADMIN),
@@ -732,6 +738,11 @@ fn replay_of_a_recorded_live_run_reproduces_it_exactly() {
         .map(|l| l["source"].as_str().unwrap())
         .collect();
     assert_eq!(sources[0], "start", "{sources:?}");
+    assert_eq!(
+        sources.iter().filter(|s| **s == "start").count(),
+        2,
+        "one start line per daemon start: {sources:?}"
+    );
     for s in ["release", "alertmanager", "vote", "engine"] {
         assert!(sources.contains(&s), "no {s} line: {sources:?}");
     }
