@@ -210,7 +210,7 @@ impl Driver {
             applied.push(Applied {
                 reply,
                 answer: handled.out.reply.clone(),
-                loaded: handled.loaded(),
+                loaded: handled.loaded.take(),
                 effects: std::mem::take(&mut handled.out.effects),
                 now,
                 line,

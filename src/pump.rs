@@ -92,7 +92,7 @@ pub enum Input {
 pub struct Handled {
     pub out: Output,
     /// The finished incident read back for it, let go of after the commit.
-    loaded: Option<String>,
+    pub loaded: Option<String>,
 }
 
 pub struct Pump {
@@ -178,12 +178,5 @@ impl Pump {
             self.state.incidents.insert(id.clone(), i);
             id
         }))
-    }
-}
-
-impl Handled {
-    /// The incident read back for this input, for [`Pump::let_go`].
-    pub fn loaded(&self) -> Option<String> {
-        self.loaded.clone()
     }
 }

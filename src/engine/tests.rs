@@ -115,7 +115,7 @@ impl World {
                     .pump
                     .handle(&*disk, &ctx, pump::Input::Event(ev), now)
                     .expect("memory reads back");
-                let loaded = handled.loaded();
+                let loaded = handled.loaded;
                 let mut out = handled.out;
                 let changes = std::mem::take(&mut out.changes);
                 self.pump.let_go(&changes, [loaded]);

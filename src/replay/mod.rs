@@ -382,7 +382,7 @@ impl<'a> Replayer<'a> {
             let Ok(handled) = self.pump.handle(&self.memory, &ctx, input, at) else {
                 continue;
             };
-            let loaded = handled.loaded();
+            let loaded = handled.loaded;
             let mut out = handled.out;
             let changes = std::mem::take(&mut out.changes);
             self.absorb(&changes, out, at, &mut queue, simulated);
@@ -563,11 +563,6 @@ impl<'a> Replayer<'a> {
                     };
                     d.simulated = !exact && (simulated || !found);
                     self.decisions.push(d);
-                    let mut outcome = |ev: Event, recorded: bool| {
-                        if !exact {
-                            queue.push_back((pump::Input::Event(ev), simulated || !recorded));
-                        }
-                    };
                     outcome(
                         Event::AfterFinished {
                             incident: incident.clone(),
@@ -770,6 +765,11 @@ impl Recorded {
     }
 }
 
+/// The first characters of a digest (a hand-written log may hold any text there).
+fn short(digest: &str) -> String {
+    digest.chars().take(12).collect()
+}
+
 /// Whether `inputs` are a daemon's own log (it has `start` or `engine` lines) recorded under
 /// exactly `rules` (every recorded rules digest is theirs): then a replay takes every tick and
 /// outcome from the log. `Err` names the first digest that differs.
@@ -786,8 +786,8 @@ pub fn exact_for(inputs: &[Input], rules: &RuleSet) -> Result<bool, String> {
         None => Ok(true),
         Some((at, d)) => Err(format!(
             "the log was recorded under other rules from {at} (digest {}…, these are {}…): a what-if; outcomes without a recorded counterpart are simulated",
-            &d[..d.len().min(12)],
-            &rules.digest[..rules.digest.len().min(12)]
+            short(d),
+            short(&rules.digest)
         )),
     }
 }
