@@ -29,6 +29,9 @@ impl fmt::Debug for Secret {
 #[serde(deny_unknown_fields)]
 pub struct Tokens {
     pub ingest: Option<Secret>,
+    /// Records releases (`/v1/releases`): the release picks the rollback target, so it may be
+    /// kept apart from the alert senders' token. Unset: the ingest token does it.
+    pub releases: Option<Secret>,
     pub read: Option<Secret>,
     pub admin: Option<Secret>,
 }
@@ -65,11 +68,46 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grafana {
     /// When set, `X-Grafana-Alerting-Signature` must carry the HMAC-SHA256 of the body.
     pub webhook_secret: Option<Secret>,
+    /// A signature whose `X-Grafana-Alerting-Signature-Timestamp` is further than this from now
+    /// (either way) is refused, so a captured delivery cannot be sent again later.
+    #[serde(
+        default = "five_minutes",
+        deserialize_with = "human_duration::deserialize"
+    )]
+    pub signature_max_age: std::time::Duration,
+}
+
+impl Default for Grafana {
+    fn default() -> Self {
+        Grafana {
+            webhook_secret: None,
+            signature_max_age: five_minutes(),
+        }
+    }
+}
+
+fn five_minutes() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+/// Durations written as people write them: `30s`, `5m`, `1h 30m`.
+pub mod human_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. 30s, 5m, 1h"
+            ))
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -279,6 +317,7 @@ impl Config {
         }
         for (kind, tok) in [
             ("ingest", &self.tokens.ingest),
+            ("releases", &self.tokens.releases),
             ("read", &self.tokens.read),
             ("admin", &self.tokens.admin),
         ] {
@@ -291,6 +330,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What is allowed but unwise, said once at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let t = &self.tokens;
+        let mut out = Vec::new();
+        match (&t.ingest, &t.releases) {
+            (Some(_), None) => out.push(
+                "tokens.releases is not set: the ingest token (held by every alert sender) also records releases, and a release picks the rollback target; set tokens.releases".to_string(),
+            ),
+            (Some(i), Some(r)) if i == r => out.push(
+                "tokens.releases is the same as tokens.ingest: every alert sender can record releases, and a release picks the rollback target".to_string(),
+            ),
+            _ => {}
+        }
+        out
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {

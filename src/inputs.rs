@@ -8,7 +8,7 @@
 //!   HTTP endpoints take them), or `vote`, `freeze`, `unfreeze` for the break-glass API (bodies
 //!   `{"incident", "person", "vote": "approve"|"reject", "via", "reason"}` and
 //!   `{"service", "reason", "by"}`, since the path carries part of those requests);
-//! - `pagerduty` lines may carry `"delivery"` (the `X-Webhook-Id` header; default `event.id`), and
+//! - `pagerduty` lines may carry `"delivery"` (the de-duplication id; default `event.id`), and
 //!   `release` lines `"received_at"` (the receipt time, which a release without `deployed_at`
 //!   defaults to; default `at`);
 //! - `engine` lines are what the daemon handled besides requests, as the engine's own event

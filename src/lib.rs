@@ -117,6 +117,7 @@ impl App {
         let loaded = self.source.load().map_err(|e| e.lines())?;
         let old = self.config();
         let mut warnings: Vec<String> = loaded.warnings.iter().map(|p| p.to_string()).collect();
+        warnings.extend(loaded.config.warnings());
         for (what, changed) in [
             ("listen", old.listen != loaded.config.listen),
             ("data_dir", old.data_dir != loaded.config.data_dir),

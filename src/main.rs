@@ -290,6 +290,9 @@ fn serve(
     for p in &loaded.warnings {
         tracing::warn!("{p}");
     }
+    for w in loaded.config.warnings() {
+        tracing::warn!("{w}");
+    }
     let (cfg, set) = (loaded.config, loaded.rules);
     let addr = match cfg.listen_addr() {
         Ok(a) => a,

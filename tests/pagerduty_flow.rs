@@ -217,7 +217,11 @@ impl Flow {
         let (s, v) = deliver(&self.d, &body, Some(&signed_webhook(S1, &body)), delivery);
         assert_eq!(s, 202, "{v}");
         assert_eq!(v["event_type"], "incident.workflow.started", "{v}");
-        assert_eq!(v["delivery"], delivery, "{v}");
+        assert_eq!(
+            v["delivery"],
+            format!("evt-{delivery}"),
+            "the signed event id: {v}"
+        );
         v
     }
 
@@ -500,7 +504,10 @@ fn strangers_repeats_and_duplicate_deliveries_are_not_counted_and_a_note_approve
     let (s, again) = deliver(&f.d, &body, Some(&sig), "wh-ada-1");
     assert_eq!(s, 202, "a duplicate still gets a 2xx: {again}");
     assert_eq!(again["duplicate"], true, "{again}");
-    assert_eq!(again["delivery"], "wh-ada-1", "{again}");
+    assert_eq!(again["delivery"], "evt-ada-1", "{again}");
+    // Sent again under a new X-Webhook-Id (the header is not signed): the same event.
+    let (s, forged) = deliver(&f.d, &body, Some(&sig), "wh-forged-new-id");
+    assert_eq!((s, &forged["duplicate"]), (202, &json!(true)), "{forged}");
     let inc = f.incident();
     assert_eq!(votes(&inc).len(), 3, "no vote from the duplicate: {inc:#}");
     assert_eq!(counted(&inc), ["ada"]);
@@ -528,6 +535,53 @@ fn strangers_repeats_and_duplicate_deliveries_are_not_counted_and_a_note_approve
         .unwrap();
     assert_eq!(cy["via"], "pagerduty-note", "{cy}");
     assert_eq!(cy["reason"], "error rate doubled since v-B", "{cy}");
+    assert_eq!(f.step_log(), ["A"]);
+}
+
+/// A signed workflow body as PagerDuty would have sent it, with `event` fields changed before
+/// signing (what a captured delivery of an earlier time, or an integration's event, looks like).
+fn workflow_body_with(event_id: &str, user: &str, change: impl FnOnce(&mut Value)) -> String {
+    let body = webhook_workflow_started(event_id, PD_INC, APPROVE_WF, user);
+    let mut v: Value = serde_json::from_str(&body).unwrap();
+    change(&mut v["event"]);
+    v.to_string()
+}
+
+#[test]
+fn a_captured_approval_from_before_the_incident_and_a_bots_vote_are_not_counted() {
+    let f = Flow::awaiting(POLICY);
+    f.link();
+    // Ada's approval from an earlier incident on the same PagerDuty incident, sent again: its
+    // event id is past the de-duplication memory, its signed occurred_at is not.
+    let captured = workflow_body_with("evt-captured", ADA, |e| {
+        e["occurred_at"] = json!("2026-01-01T09:00:00.000Z");
+    });
+    let (s, v) = deliver(
+        &f.d,
+        &captured,
+        Some(&signed_webhook(S1, &captured)),
+        "wh-new-1",
+    );
+    assert_eq!((s, &v["duplicate"]), (202, &json!(false)), "{v}");
+    // An event whose agent is an integration, naming Cy's user id.
+    let bot = workflow_body_with("evt-bot", CY, |e| {
+        e["agent"]["type"] = json!("service_reference");
+    });
+    let (s, v) = deliver(&f.d, &bot, Some(&signed_webhook(S1, &bot)), "wh-new-2");
+    assert_eq!(s, 202, "{v}");
+    let inc = f.incident();
+    let v = votes(&inc);
+    assert_eq!(v.len(), 2, "{inc:#}");
+    assert!(counted(&inc).is_empty(), "{inc:#}");
+    let why = |i: usize| v[i]["why_not_counted"].as_str().unwrap_or("").to_string();
+    assert!(why(0).contains("before incident"), "{inc:#}");
+    assert!(why(1).contains("not a PagerDuty user"), "{inc:#}");
+    assert_eq!(inc["state"], "awaiting_approval");
+    // The same people, now: counted, and the rollback runs once.
+    f.workflow("wh-ada", APPROVE_WF, ADA);
+    f.workflow("wh-cy", APPROVE_WF, CY);
+    let inc = f.wait_state("rolled_back", Duration::from_secs(10));
+    assert_eq!(counted(&inc), ["ada", "cy"], "{inc:#}");
     assert_eq!(f.step_log(), ["A"]);
 }
 
@@ -789,15 +843,20 @@ fn signatures_are_checked_on_the_exact_bytes() {
     );
 
     // Rotation: several entries, one valid; or signed with the second configured secret.
-    let rotating = signed_webhook_rotating(&["retired-secret-0123456789", S1], &body);
-    let (s, v) = deliver(&d, &body, Some(&rotating), "wh-10");
+    let rotated = webhook_ping("evt-sig-rotated");
+    let rotating = signed_webhook_rotating(&["retired-secret-0123456789", S1], &rotated);
+    let (s, v) = deliver(&d, &rotated, Some(&rotating), "wh-10");
     assert_eq!((s, &v["duplicate"]), (202, &json!(false)), "rotation: {v}");
     let by_s2 = webhook_ping("evt-sig-2");
     let (s, v) = deliver(&d, &by_s2, Some(&signed_webhook(S2, &by_s2)), "wh-11");
     assert_eq!(s, 202, "second configured secret: {v}");
-    let both = signed_webhook_rotating(&[S2, S1], &body);
-    let (s, v) = deliver(&d, &body, Some(&both), "wh-12");
-    assert_eq!(s, 202, "{v}");
+    let both = signed_webhook_rotating(&[S2, S1], &rotated);
+    let (s, v) = deliver(&d, &rotated, Some(&both), "wh-12");
+    assert_eq!(
+        (s, &v["duplicate"]),
+        (202, &json!(true)),
+        "the same event: {v}"
+    );
 
     // A refused delivery does not use up its id: PagerDuty's retry with a good signature counts.
     expect_error(401, Some(&wrong), &body, "wh-13", "wrong signature");

@@ -1,4 +1,6 @@
-//! Admission: per-source ingress quotas (governor) and bearer tokens compared in constant time.
+//! Admission: bearer tokens compared in constant time, body signatures, then per-source ingress
+//! quotas (governor). Credentials come first: a caller who cannot prove who it is never spends a
+//! quota that the real senders need.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -19,8 +21,21 @@ use crate::config::{Limits, Secret};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenKind {
     Ingest,
+    /// `/v1/releases`: `tokens.releases` when set, else the ingest token.
+    Releases,
     Read,
     Admin,
+}
+
+impl TokenKind {
+    fn name(self) -> &'static str {
+        match self {
+            TokenKind::Ingest => "ingest",
+            TokenKind::Releases => "releases",
+            TokenKind::Read => "read",
+            TokenKind::Admin => "admin",
+        }
+    }
 }
 
 /// One quota per ingest source, so a flood from one cannot starve the others.
@@ -83,6 +98,12 @@ impl App {
         let t = &self.config().tokens;
         let accepted: Vec<&Secret> = match kind {
             TokenKind::Ingest => t.ingest.iter().collect(),
+            TokenKind::Releases => t
+                .releases
+                .as_ref()
+                .or(t.ingest.as_ref())
+                .into_iter()
+                .collect(),
             TokenKind::Admin => t.admin.iter().collect(),
             TokenKind::Read => match &t.read {
                 None => Vec::new(),
@@ -93,9 +114,8 @@ impl App {
             return Ok(());
         }
         let name = match kind {
-            TokenKind::Ingest => "ingest",
-            TokenKind::Read => "read",
-            TokenKind::Admin => "admin",
+            TokenKind::Releases if t.releases.is_none() => TokenKind::Ingest.name(),
+            k => k.name(),
         };
         match bearer(headers) {
             None => Err(ApiError::new(
@@ -136,23 +156,26 @@ impl App {
         Err(e)
     }
 
-    /// Quota, then token, for an ingest source; refusals are counted by reason.
+    /// The token of an ingest source; a refusal is counted and touches no quota.
     pub fn admit(
         &self,
         source: &str,
         headers: &HeaderMap,
         kind: TokenKind,
     ) -> Result<(), ApiError> {
-        self.quota(source)?;
-        self.authorize(headers, kind).inspect_err(|_| {
-            self.metrics
-                .ingest_rejected
-                .with_label_values(&[source, "auth"])
-                .inc();
-        })
+        self.authorize(headers, kind)
+            .inspect_err(|_| self.refused(source))
     }
 
-    /// The source's ingress quota: 429 with `Retry-After` beyond it.
+    pub(super) fn refused(&self, source: &str) {
+        self.metrics
+            .ingest_rejected
+            .with_label_values(&[source, "auth"])
+            .inc();
+    }
+
+    /// The source's ingress quota, spent only once the caller has proved who it is (token or
+    /// body signature): 429 with `Retry-After` beyond it.
     pub fn quota(&self, source: &str) -> Result<(), ApiError> {
         if let Err(wait) = self.limiters.check(source) {
             self.metrics
@@ -179,10 +202,7 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
         return Ok(());
     };
     let refuse = |msg: &str| {
-        app.metrics
-            .ingest_rejected
-            .with_label_values(&["grafana", "auth"])
-            .inc();
+        app.refused("grafana");
         ApiError::new(StatusCode::UNAUTHORIZED, msg.to_string())
     };
     let sig = headers
@@ -193,16 +213,35 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
         hex::decode(sig.trim()).map_err(|_| refuse("X-Grafana-Alerting-Signature is not hex"))?;
     let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
         .map_err(|_| ApiError::internal("hmac key".to_string()))?;
+    let mut fresh = None;
     if let Some(ts) = headers
         .get("x-grafana-alerting-signature-timestamp")
         .and_then(|v| v.to_str().ok())
     {
         mac.update(ts.as_bytes());
         mac.update(b":");
+        fresh = Some(ts);
     }
     mac.update(body);
     mac.verify_slice(&sig)
-        .map_err(|_| refuse("X-Grafana-Alerting-Signature does not match the body"))
+        .map_err(|_| refuse("X-Grafana-Alerting-Signature does not match the body"))?;
+    // Only a signed timestamp means anything, so its age is checked after the signature.
+    if let Some(ts) = fresh {
+        let max = app.config().grafana.signature_max_age;
+        let at: i64 = ts
+            .trim()
+            .parse()
+            .map_err(|_| refuse("X-Grafana-Alerting-Signature-Timestamp is not Unix seconds"))?;
+        let now = app.clock.now().as_second();
+        if now.abs_diff(at) > max.as_secs() {
+            return Err(refuse(&format!(
+                "X-Grafana-Alerting-Signature-Timestamp {at} is {}s from now, beyond grafana.signature_max_age ({}s): a stale or replayed delivery",
+                now - at,
+                max.as_secs()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,12 +27,14 @@ pub use auth::{Limiters, TokenKind};
 pub use error::ApiError;
 
 /// Who may call a route; checked before the body is read, so a caller without the token learns
-/// nothing but 401.
+/// nothing but 401. Credentials always come before the quota.
 #[derive(Clone, Copy)]
 enum Guard {
-    Ingest(&'static str),
-    /// A quota only: the source proves itself with a signature on the body.
-    Quota(&'static str),
+    /// The token, then the source's quota.
+    Ingest(&'static str, TokenKind),
+    /// The token only: the source also signs its body, and its handler spends the quota once the
+    /// signature holds.
+    Signed(&'static str),
     Read,
     Admin,
 }
@@ -43,8 +45,11 @@ async fn guard(
     next: Next,
 ) -> Result<Response, ApiError> {
     match g {
-        Guard::Ingest(source) => app.admit(source, req.headers(), TokenKind::Ingest)?,
-        Guard::Quota(source) => app.quota(source)?,
+        Guard::Ingest(source, kind) => {
+            app.admit(source, req.headers(), kind)?;
+            app.quota(source)?;
+        }
+        Guard::Signed(source) => app.admit(source, req.headers(), TokenKind::Ingest)?,
         Guard::Read => app.authorize(req.headers(), TokenKind::Read)?,
         Guard::Admin => app.authorize(req.headers(), TokenKind::Admin)?,
     }
@@ -113,7 +118,7 @@ impl App {
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config().limits.max_body_bytes;
     let with = |g: Guard| middleware::from_fn_with_state((app.clone(), g), guard);
-    let ingest = |source: &'static str| with(Guard::Ingest(source));
+    let ingest = |source: &'static str| with(Guard::Ingest(source, TokenKind::Ingest));
     Router::new()
         .route(
             "/v1/webhooks/alertmanager",
@@ -121,16 +126,13 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/v1/webhooks/grafana",
-            post(grafana).route_layer(ingest("grafana")),
+            post(grafana).route_layer(with(Guard::Signed("grafana"))),
         )
-        .route(
-            "/v1/webhooks/pagerduty",
-            post(pagerduty).route_layer(with(Guard::Quota("pagerduty"))),
-        )
+        .route("/v1/webhooks/pagerduty", post(pagerduty))
         .route("/v1/signals", post(signals).route_layer(ingest("signal")))
         .route(
             "/v1/releases",
-            post(post_release).route_layer(ingest("release")),
+            post(post_release).route_layer(with(Guard::Ingest("release", TokenKind::Releases))),
         )
         .route(
             "/v1/releases/{service}",
@@ -259,6 +261,7 @@ async fn grafana(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     auth::grafana_signature(&app, &headers, &body)?;
+    app.quota("grafana")?;
     let s = ingest::grafana::parse(&body).map_err(|e| malformed(&app, "grafana", e))?;
     ingest_signals(&app, "grafana", &body, s).await
 }
@@ -289,13 +292,11 @@ async fn pagerduty(
         let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
         return Err(ApiError::new(status, e.message()));
     }
+    app.quota("pagerduty")?;
     let event = ingest::pagerduty::parse(&body).map_err(|e| malformed(&app, "pagerduty", e))?;
-    let delivery = headers
-        .get("x-webhook-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map(String::from)
-        .unwrap_or_else(|| event.id.clone());
+    // The signed `event.id`, never the unsigned `X-Webhook-Id` header: a captured delivery sent
+    // again under a new header is still the same event.
+    let delivery = event.id.clone();
     let input = ingest::pagerduty::input(
         &event,
         pd.workflows.get("approve").map(String::as_str),

@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// One vote as cast: who, which way, through what, and why.
+pub(super) struct Ballot<'a> {
+    pub person: &'a str,
+    pub vote: VoteKind,
+    pub via: &'a str,
+    pub reason: Option<String>,
+}
+
+/// Why a signed PagerDuty vote is refused for its time: it has none, or it happened before the
+/// incident opened, so it was cast on an earlier one (a captured delivery sent again).
+fn stale(occurred_at: Option<Timestamp>, opened: Option<Timestamp>, id: &str) -> Option<String> {
+    match (occurred_at, opened) {
+        (None, _) => Some("the event has no valid occurred_at".to_string()),
+        (Some(at), Some(opened)) if at < opened => Some(format!(
+            "the event occurred at {at}, before incident {id} opened at {opened}: a vote on an earlier incident"
+        )),
+        _ => None,
+    }
+}
+
 impl State {
     pub(super) fn on_pagerduty(
         &mut self,
@@ -50,6 +70,7 @@ impl State {
                 vote,
                 via,
                 reason,
+                occurred_at,
             } => {
                 let Some(id) = self.index.announced_on(&pd_incident).map(str::to_string) else {
                     tx.note(
@@ -72,68 +93,78 @@ impl State {
                     .unwrap_or_else(|| {
                         format!("pagerduty-user:{}", pd_user.as_deref().unwrap_or("unknown"))
                     });
-                // Refusals are recorded by on_vote; PagerDuty itself always gets a 2xx.
-                self.on_vote(tx, &id, &person, vote, &via, reason);
+                let ballot = Ballot {
+                    person: &person,
+                    vote,
+                    via: &via,
+                    reason,
+                };
+                let opened = self.incidents.get(&id).map(|i| i.opened_at);
+                // Refusals are recorded; PagerDuty itself always gets a 2xx.
+                if pd_user.is_none() {
+                    let why = "the event's agent is not a PagerDuty user (agent.type is not user_reference)";
+                    self.refuse_vote(tx, &id, &ballot, why.to_string(), false);
+                } else if let Some(why) = stale(occurred_at, opened, &id) {
+                    self.refuse_vote(tx, &id, &ballot, why, false);
+                } else {
+                    self.on_vote(tx, &id, ballot);
+                }
             }
         }
         Reply::Ok
     }
 
-    pub(super) fn on_vote(
+    /// Records a vote that does not count, on the incident (up to a bound) and in the timeline.
+    pub(super) fn refuse_vote(
         &mut self,
         tx: &mut Tx,
         id: &str,
-        person: &str,
-        vote: VoteKind,
-        via: &str,
-        reason: Option<String>,
+        b: &Ballot,
+        why: String,
+        conflict: bool,
     ) -> Reply {
+        let verb = b.vote.verb();
+        if let Some(inc) = self
+            .incidents
+            .get_mut(id)
+            .filter(|i| i.approvals.votes.iter().filter(|v| !v.counted).count() < MAX_REFUSED_VOTES)
+        {
+            inc.approvals.votes.push(Vote {
+                person: b.person.to_string(),
+                vote: b.vote,
+                at: tx.now,
+                via: b.via.to_string(),
+                reason: b.reason.clone(),
+                counted: false,
+                why_not_counted: Some(why.clone()),
+            });
+        }
+        tx.note(
+            id,
+            Kind::VoteIgnored,
+            b.person,
+            format!("{verb} via {} not counted: {why}", b.via),
+        );
+        self.save_incident(tx, id);
+        if conflict {
+            Reply::Conflict(why)
+        } else {
+            Reply::Forbidden(why)
+        }
+    }
+
+    pub(super) fn on_vote(&mut self, tx: &mut Tx, id: &str, b: Ballot) -> Reply {
         let Some(inc) = self.incidents.get(id) else {
             return Reply::NotFound(format!("no incident {id}"));
         };
-        let verb = match vote {
-            VoteKind::Approve => "approve",
-            VoteKind::Reject => "reject",
-        };
-        let refuse = |me: &mut State, tx: &mut Tx, why: String, conflict: bool| {
-            // Refused votes are kept on the incident up to a bound; the timeline has them all.
-            if let Some(inc) = me.incidents.get_mut(id).filter(|i| {
-                i.approvals.votes.iter().filter(|v| !v.counted).count() < MAX_REFUSED_VOTES
-            }) {
-                inc.approvals.votes.push(Vote {
-                    person: person.to_string(),
-                    vote,
-                    at: tx.now,
-                    via: via.to_string(),
-                    reason: reason.clone(),
-                    counted: false,
-                    why_not_counted: Some(why.clone()),
-                });
-            }
-            tx.note(
-                id,
-                Kind::VoteIgnored,
-                person,
-                format!("{verb} via {via} not counted: {why}"),
-            );
-            me.save_incident(tx, id);
-            if conflict {
-                Reply::Conflict(why)
-            } else {
-                Reply::Forbidden(why)
-            }
-        };
+        let person = b.person;
         if inc.state != IncidentState::AwaitingApproval {
             let why = format!("incident {id} is {}, not awaiting approval", inc.state);
-            return refuse(self, tx, why, true);
+            return self.refuse_vote(tx, id, &b, why, true);
         }
         let Some(p) = tx.ctx.people.iter().find(|p| p.id == person) else {
-            return refuse(
-                self,
-                tx,
-                format!("`{person}` is not listed under people"),
-                false,
-            );
+            let why = format!("`{person}` is not listed under people");
+            return self.refuse_vote(tx, id, &b, why, false);
         };
         if !p
             .roles
@@ -144,7 +175,7 @@ impl State {
                 "`{person}` holds none of the roles [{}]",
                 inc.approvals.require_roles.join(", ")
             );
-            return refuse(self, tx, why, false);
+            return self.refuse_vote(tx, id, &b, why, false);
         }
         if inc
             .approvals
@@ -152,21 +183,24 @@ impl State {
             .iter()
             .any(|v| v.counted && v.person == person)
         {
-            return refuse(self, tx, format!("`{person}` has already voted"), true);
+            let why = format!("`{person}` has already voted");
+            return self.refuse_vote(tx, id, &b, why, true);
         }
         let roles = p.roles.clone();
+        let (verb, via, vote) = (b.vote.verb(), b.via, b.vote);
         if let Some(inc) = self.incidents.get_mut(id) {
             inc.approvals.votes.push(Vote {
                 person: person.to_string(),
                 vote,
                 at: tx.now,
                 via: via.to_string(),
-                reason: reason.clone(),
+                reason: b.reason.clone(),
                 counted: true,
                 why_not_counted: None,
             });
         }
-        let because = reason
+        let because = b
+            .reason
             .as_deref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default();

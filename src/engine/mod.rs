@@ -44,7 +44,7 @@ pub struct State {
     /// Per service, ordered by `deployed_at` (then arrival).
     pub releases: BTreeMap<String, Vec<Release>>,
     pub freezes: BTreeMap<String, Freeze>,
-    /// PagerDuty deliveries seen (`X-Webhook-Id`), kept [`DELIVERY_MEMORY`] for de-duplication.
+    /// PagerDuty events seen (the signed `event.id`), kept [`DELIVERY_MEMORY`] for de-duplication.
     pub deliveries: BTreeMap<String, Timestamp>,
     pub next_seq: u64,
     /// Derived from the records: rebuilt when the store loads them, kept current on every save.
@@ -113,6 +113,11 @@ impl State {
     /// Applies one event at `now`.
     pub fn handle(&mut self, ctx: &Context, event: Event, now: Timestamp) -> Output {
         let mut tx = Tx::new(ctx, now);
+        // What was due by `now` happens before the event at `now`: a vote that arrives after
+        // the approval deadline finds the request already expired.
+        if !matches!(event, Event::Tick) {
+            self.evaluate(&mut tx);
+        }
         let reply = match event {
             Event::Signals(signals) => {
                 for s in signals {
@@ -128,7 +133,16 @@ impl State {
                 vote,
                 via,
                 reason,
-            } => self.on_vote(&mut tx, &incident, &person, vote, &via, reason),
+            } => self.on_vote(
+                &mut tx,
+                &incident,
+                approval::Ballot {
+                    person: &person,
+                    vote,
+                    via: &via,
+                    reason,
+                },
+            ),
             Event::StepStarting {
                 incident,
                 index,

@@ -877,6 +877,20 @@ fn approval_timeout_aborts_or_proceeds() {
 }
 
 #[test]
+fn a_vote_just_after_the_deadline_finds_the_request_expired() {
+    // No tick ran between the deadline and the vote: the vote's own instant decides.
+    let (mut w, id) = approval_world("");
+    vote(&mut w, &id, "ada", VoteKind::Approve, 601.0);
+    let reply = vote(&mut w, &id, "cy", VoteKind::Approve, 900.001);
+    assert!(
+        matches!(reply, Reply::Conflict(ref why) if why.contains("expired")),
+        "{reply:?}"
+    );
+    assert_eq!(w.pump.state.incidents[&id].state, IncidentState::Expired);
+    assert!(w.effects.is_empty(), "nothing ran");
+}
+
+#[test]
 fn breach_clearing_before_approval_cancels() {
     let (mut w, id) = approval_world("");
     w.alert("web", "f1", false, t(650.0), t(650.0));
@@ -1475,6 +1489,7 @@ fn pd_vote(
                 vote,
                 via: "pagerduty-workflow".into(),
                 reason: None,
+                occurred_at: Some(t(649.0)),
             },
         },
         t(650.0),
@@ -1568,6 +1583,76 @@ fn pagerduty_votes_map_users_to_people_and_deliveries_dedupe() {
     // Delivery ids are forgotten after three days.
     w.tick(t(650.0 + 72.0 * 3600.0 + 1.0));
     assert!(w.pump.state.deliveries.is_empty());
+}
+
+#[test]
+fn pagerduty_votes_from_before_the_incident_or_not_from_a_person_do_not_count() {
+    let (mut w, id) = approval_world("");
+    for p in &mut w.people {
+        p.pagerduty_user = Some(format!("PD{}", p.id.to_uppercase()));
+    }
+    w.send(
+        Event::PagerDuty {
+            delivery: "link".into(),
+            input: pd_incident_signal(
+                "Q1",
+                Some(&format!("rollbackd/{id}")),
+                &[("alertname", "HighErrorRate"), ("service", "web")],
+            ),
+        },
+        t(601.0),
+    );
+    let opened = w.pump.state.incidents[&id].opened_at;
+    let send = |w: &mut World, delivery: &str, user: Option<&str>, at: Option<Timestamp>| {
+        w.send(
+            Event::PagerDuty {
+                delivery: delivery.into(),
+                input: PagerDutyInput::Vote {
+                    pd_incident: "Q1".into(),
+                    pd_user: user.map(String::from),
+                    vote: VoteKind::Approve,
+                    via: "pagerduty-workflow".into(),
+                    reason: None,
+                    occurred_at: at,
+                },
+            },
+            t(650.0),
+        )
+    };
+    // Cast on an earlier incident of the same PagerDuty incident, sent again now.
+    send(
+        &mut w,
+        "old",
+        Some("PDADA"),
+        Some(sub(opened, Duration::from_secs(1))),
+    );
+    send(&mut w, "no-time", Some("PDADA"), None);
+    // An integration's event, not a person's.
+    send(&mut w, "bot", None, Some(t(640.0)));
+    let inc = &w.pump.state.incidents[&id];
+    assert!(
+        inc.approvals.votes.iter().all(|v| !v.counted),
+        "{:?}",
+        inc.approvals.votes
+    );
+    let why: Vec<&str> = inc
+        .approvals
+        .votes
+        .iter()
+        .filter_map(|v| v.why_not_counted.as_deref())
+        .collect();
+    assert!(why[0].contains("before incident"), "{why:?}");
+    assert!(why[1].contains("occurred_at"), "{why:?}");
+    assert!(why[2].contains("not a PagerDuty user"), "{why:?}");
+    // The same person, on time, counts.
+    send(&mut w, "now", Some("PDADA"), Some(t(640.0)));
+    assert!(
+        w.pump.state.incidents[&id]
+            .approvals
+            .votes
+            .iter()
+            .any(|v| v.counted && v.person == "ada")
+    );
 }
 
 #[test]

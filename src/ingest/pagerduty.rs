@@ -160,7 +160,7 @@ pub enum PdKind {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PdEvent {
-    /// `event.id`: unique per event (the delivery id is the `X-Webhook-Id` header).
+    /// `event.id`: unique per event and signed with the body; redeliveries repeat it.
     pub id: String,
     pub event_type: String,
     pub resource_type: Option<String>,
@@ -365,7 +365,12 @@ pub fn input(
     reject: Option<&str>,
 ) -> crate::model::PagerDutyInput {
     use crate::model::{PagerDutyInput, VoteKind};
-    let pd_user = e.agent.as_ref().map(|a| a.id.clone());
+    // Only a person's click or note is a vote; an integration or PagerDuty itself is not.
+    let pd_user = e
+        .agent
+        .as_ref()
+        .filter(|a| a.kind.as_deref() == Some("user_reference"))
+        .map(|a| a.id.clone());
     match &e.kind {
         PdKind::Incident(i) => match signal(e) {
             Some(signal) => PagerDutyInput::Incident {
@@ -391,6 +396,7 @@ pub fn input(
                 vote,
                 via: "pagerduty-workflow".to_string(),
                 reason: None,
+                occurred_at: e.occurred_at,
             }
         }
         PdKind::Note {
@@ -407,6 +413,7 @@ pub fn input(
                 },
                 via: "pagerduty-note".to_string(),
                 reason,
+                occurred_at: e.occurred_at,
             },
             None => PagerDutyInput::Ignored,
         },

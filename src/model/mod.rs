@@ -245,6 +245,15 @@ pub enum VoteKind {
     Reject,
 }
 
+impl VoteKind {
+    pub fn verb(self) -> &'static str {
+        match self {
+            VoteKind::Approve => "approve",
+            VoteKind::Reject => "reject",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Vote {
     pub person: String,
@@ -577,10 +586,14 @@ pub enum PagerDutyInput {
     /// A vote: an approve/reject workflow run, or a `/approve` `/reject` note.
     Vote {
         pd_incident: String,
+        /// The PagerDuty user who cast it; `None` when the event's agent is not a user.
         pd_user: Option<String>,
         vote: VoteKind,
         via: String,
         reason: Option<String>,
+        /// `event.occurred_at`, signed with the body.
+        #[serde(default)]
+        occurred_at: Option<Timestamp>,
     },
     /// Well-formed, nothing to do (pings, other event types, workflows that are not ours).
     Ignored,

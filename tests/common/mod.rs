@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
 
+/// The binary the daemon tests start: [`BIN`], or `ROLLBACKD_TEST_BIN` when set (to run a test
+/// against another build, e.g. to see it fail on the binary from before a fix).
+pub fn bin() -> String {
+    std::env::var("ROLLBACKD_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// A running daemon. Dropping it kills the process (SIGKILL).
 pub struct Daemon {
     pub child: Child,
@@ -57,7 +63,7 @@ impl Setup {
             .unwrap_or(0);
         let stderr_log = self.path().join(format!("stderr-{n}.log"));
         let err = std::fs::File::create(&stderr_log).expect("stderr log");
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .arg("serve")
             .arg("--config")
             .arg(self.path().join("rollbackd.yaml"))
