@@ -22,6 +22,19 @@ const INGEST: &str = "ingest-token-0123456789abcdef";
 const READ: &str = "read-token-0123456789abcdefgh";
 const ADMIN: &str = "admin-token-0123456789abcdefg";
 const PD_SECRET: &str = "pd-webhook-secret-ChAnGeMe+/==";
+const RELEASES: &str = "releases-token-0123456789abcdef";
+const GRAFANA_SECRET: &str = "grafana-secret-0123456789abcdef";
+
+/// `X-Grafana-Alerting-Signature` over `"<ts>:" + body`, or over the body alone.
+fn grafana_sig(ts: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(GRAFANA_SECRET.as_bytes()).unwrap();
+    if !ts.is_empty() {
+        mac.update(format!("{ts}:").as_bytes());
+    }
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
 const ALERT: &str = "WebHighErrorRate";
 /// The request is not valid HTTP (non-ASCII bytes or spaces in the request target): hyper refuses
 /// it with a bare 400 before any handler, so the body cannot be the JSON error shape.
@@ -213,6 +226,8 @@ fn catalogue() -> Vec<Case> {
     let admin = bearer(ADMIN);
     let ingest = [ct, ("authorization", ing.as_str())];
     let admin_h = [ct, ("authorization", admin.as_str())];
+    let rel = bearer(RELEASES);
+    let releases_h = [ct, ("authorization", rel.as_str())];
     let read_h = [("authorization", read.as_str())];
     let am = "/v1/webhooks/alertmanager";
     let good_am = am_body(matching_labels(), json!(ts(-1.0)), "fp-good");
@@ -258,6 +273,9 @@ fn catalogue() -> Vec<Case> {
         "weird key !$": "`id`", "": "empty name"
     });
     let huge_path = format!("/v1/incidents/{}", "a".repeat(10_000));
+    let old_ts = (jiff::Timestamp::now().as_second() - 3600).to_string();
+    let gf_v2 = r#"{"version":"2","alerts":[]}"#;
+    let gf_no_alerts = r#"{"version":"1"}"#;
 
     vec![
         // ---- tokens (all three kinds configured) ----
@@ -266,9 +284,14 @@ fn catalogue() -> Vec<Case> {
         case("alertmanager with the read token", "POST", am, &[ct, ("authorization", read.as_str())], &good_am, 401, "not a valid ingest token"),
         case("alertmanager with Basic auth", "POST", am, &[ct, ("authorization", "Basic aW5nZXN0OnNlY3JldA==")], &good_am, 401, "missing"),
         case("alertmanager with an empty bearer", "POST", am, &[ct, ("authorization", "Bearer ")], &good_am, 401, "ingest"),
-        case("release without token", "POST", "/v1/releases", &[ct], release_body("web", "v9", "dpl_x", json!(ts(-60.0))), 401, "ingest token"),
+        case("release without token", "POST", "/v1/releases", &[ct], release_body("web", "v9", "dpl_x", json!(ts(-60.0))), 401, "releases token"),
+        case("release with the ingest token", "POST", "/v1/releases", &ingest, release_body("web", "v9", "dpl_x", json!(ts(-60.0))), 401, "not a valid releases token"),
         case("signal without token", "POST", "/v1/signals", &[ct], r#"{"labels":{"alertname":"WebHighErrorRate","service":"web"},"status":"firing"}"#, 401, "ingest token"),
         case("grafana without token", "POST", "/v1/webhooks/grafana", &[ct], "{}", 401, "ingest token"),
+        case("grafana without a signature", "POST", "/v1/webhooks/grafana", &ingest, "{}", 401, "missing X-Grafana-Alerting-Signature"),
+        case("grafana signature not hex", "POST", "/v1/webhooks/grafana", &[ct, ("authorization", ing.as_str()), ("x-grafana-alerting-signature", "zz")], "{}", 401, "not hex"),
+        case("grafana signature timestamp not Unix seconds", "POST", "/v1/webhooks/grafana", &[ct, ("authorization", ing.as_str()), ("x-grafana-alerting-signature", &grafana_sig("yesterday", "{}")), ("x-grafana-alerting-signature-timestamp", "yesterday")], "{}", 401, "not Unix seconds"),
+        case("grafana signature an hour old", "POST", "/v1/webhooks/grafana", &[ct, ("authorization", ing.as_str()), ("x-grafana-alerting-signature", &grafana_sig(&old_ts, "{}")), ("x-grafana-alerting-signature-timestamp", &old_ts)], "{}", 401, "signature_max_age"),
         case("incidents without token", "GET", "/v1/incidents", &[], "", 401, "read token"),
         case("breaches with the ingest token", "GET", "/v1/breaches", &[("authorization", ing.as_str())], "", 401, "not a valid read token"),
         case("approve with the read token", "POST", "/v1/incidents/inc-000001/approve", &[ct, ("authorization", read.as_str())], r#"{"person":"ada"}"#, 401, "admin token"),
@@ -296,7 +319,7 @@ fn catalogue() -> Vec<Case> {
         case("100,000 nested arrays as alerts", "POST", am, &ingest, &deep_arrays, 400, "invalid type: sequence"),
         case("100,000 nested arrays in an ignored field", "POST", am, &ingest, &deep_ignored, 200, "\"accepted\":0"),
         case("100,000 nested arrays in a signal (untagged)", "POST", "/v1/signals", &ingest, &deep_signal, 400, "recursion limit exceeded"),
-        case("100,000 nested arrays as release fields", "POST", "/v1/releases", &ingest, format!("{{\"service\":{}}}", nest(100_000)), 400, "invalid type: sequence"),
+        case("100,000 nested arrays as release fields", "POST", "/v1/releases", &releases_h, format!("{{\"service\":{}}}", nest(100_000)), 400, "invalid type: sequence"),
         case("50,000 nested objects", "POST", am, &ingest, &deep_objects, 400, "missing field `alerts`"),
         case("body over max_body_bytes", "POST", am, &ingest, &huge, 413, "too large"),
         case("invalid UTF-8 in a label", "POST", am, &ingest, &invalid_utf8, 400, "not valid JSON"),
@@ -312,35 +335,35 @@ fn catalogue() -> Vec<Case> {
         case("startsAt month 13", "POST", am, &ingest, a_starts(json!("2026-13-01T00:00:00Z")), 400, "alerts[0].startsAt"),
         case("startsAt without zone", "POST", am, &ingest, a_starts(json!("2026-11-24T10:00:00")), 400, "alerts[0].startsAt"),
         case("endsAt garbage", "POST", am, &ingest, r#"{"version":"4","alerts":[{"status":"resolved","labels":{"alertname":"WebHighErrorRate"},"endsAt":"tomorrow-ish"}]}"#, 400, "alerts[0].endsAt"),
-        case("release deployed at the end of year 9999", "POST", "/v1/releases", &ingest, release_body("web", "v9", "dpl_9999", json!("9999-12-31T23:59:59Z")), 400, "deployed_at: `9999-12-31T23:59:59Z` is not an RFC 3339 time"),
-        case("release deployed in year 9999", "POST", "/v1/releases", &ingest, release_body("web", "v9", "dpl_9999", json!("9999-12-30T00:00:00Z")), 400, "in the future"),
-        case("release deployed_at 1e300", "POST", "/v1/releases", &ingest, release_body("web", "v9", "dpl_n", json!(1e300)), 400, "expected shape"),
-        case("release deployed_at negative", "POST", "/v1/releases", &ingest, release_body("web", "v9", "dpl_n", json!(-86400)), 400, "expected shape"),
-        case("release deployed_at tomorrow", "POST", "/v1/releases", &ingest, release_body("web", "v9", "dpl_t", json!(ts(86_400.0))), 400, "in the future"),
+        case("release deployed at the end of year 9999", "POST", "/v1/releases", &releases_h, release_body("web", "v9", "dpl_9999", json!("9999-12-31T23:59:59Z")), 400, "deployed_at: `9999-12-31T23:59:59Z` is not an RFC 3339 time"),
+        case("release deployed in year 9999", "POST", "/v1/releases", &releases_h, release_body("web", "v9", "dpl_9999", json!("9999-12-30T00:00:00Z")), 400, "in the future"),
+        case("release deployed_at 1e300", "POST", "/v1/releases", &releases_h, release_body("web", "v9", "dpl_n", json!(1e300)), 400, "expected shape"),
+        case("release deployed_at negative", "POST", "/v1/releases", &releases_h, release_body("web", "v9", "dpl_n", json!(-86400)), 400, "expected shape"),
+        case("release deployed_at tomorrow", "POST", "/v1/releases", &releases_h, release_body("web", "v9", "dpl_t", json!(ts(86_400.0))), 400, "in the future"),
         case("signal starts_at garbage", "POST", "/v1/signals", &ingest, r#"{"labels":{"alertname":"WebHighErrorRate","service":"web"},"status":"firing","starts_at":"soon"}"#, 400, "starts_at"),
         // ---- releases: values that would become step arguments ----
-        case("release version $(id)", "POST", "/v1/releases", &ingest, release_body("web", "$(id)", "dpl_a", json!(ts(-60.0))), 400, "version"),
-        case("release deployment_id --force", "POST", "/v1/releases", &ingest, release_body("web", "v1", "--force", json!(ts(-60.0))), 400, "deployment_id"),
-        case("release service ../../etc", "POST", "/v1/releases", &ingest, release_body("../../etc", "v1", "dpl_a", json!(ts(-60.0))), 400, "service"),
-        case("release service with a space", "POST", "/v1/releases", &ingest, release_body("web; rm -rf /", "v1", "dpl_a", json!(ts(-60.0))), 400, "service"),
-        case("release service ${env:HOME}", "POST", "/v1/releases", &ingest, release_body("${env:HOME}", "v1", "dpl_a", json!(ts(-60.0))), 400, "service"),
-        case("release version is a template", "POST", "/v1/releases", &ingest, release_body("web", "{{ labels.x }}", "dpl_a", json!(ts(-60.0))), 400, "version"),
-        case("release deployment_id of 300 characters", "POST", "/v1/releases", &ingest, &long_dpl, 400, "deployment_id"),
-        case("release with an unknown field", "POST", "/v1/releases", &ingest, r#"{"service":"web","version":"v1","deployment_id":"d","admin":true}"#, 400, "unknown field"),
-        case("release without service", "POST", "/v1/releases", &ingest, r#"{"version":"v1","deployment_id":"d"}"#, 400, "missing field `service`"),
-        case("release version is a number", "POST", "/v1/releases", &ingest, r#"{"service":"web","version":1.5,"deployment_id":"d"}"#, 400, "expected shape"),
+        case("release version $(id)", "POST", "/v1/releases", &releases_h, release_body("web", "$(id)", "dpl_a", json!(ts(-60.0))), 400, "version"),
+        case("release deployment_id --force", "POST", "/v1/releases", &releases_h, release_body("web", "v1", "--force", json!(ts(-60.0))), 400, "deployment_id"),
+        case("release service ../../etc", "POST", "/v1/releases", &releases_h, release_body("../../etc", "v1", "dpl_a", json!(ts(-60.0))), 400, "service"),
+        case("release service with a space", "POST", "/v1/releases", &releases_h, release_body("web; rm -rf /", "v1", "dpl_a", json!(ts(-60.0))), 400, "service"),
+        case("release service ${env:HOME}", "POST", "/v1/releases", &releases_h, release_body("${env:HOME}", "v1", "dpl_a", json!(ts(-60.0))), 400, "service"),
+        case("release version is a template", "POST", "/v1/releases", &releases_h, release_body("web", "{{ labels.x }}", "dpl_a", json!(ts(-60.0))), 400, "version"),
+        case("release deployment_id of 300 characters", "POST", "/v1/releases", &releases_h, &long_dpl, 400, "deployment_id"),
+        case("release with an unknown field", "POST", "/v1/releases", &releases_h, r#"{"service":"web","version":"v1","deployment_id":"d","admin":true}"#, 400, "unknown field"),
+        case("release without service", "POST", "/v1/releases", &releases_h, r#"{"version":"v1","deployment_id":"d"}"#, 400, "missing field `service`"),
+        case("release version is a number", "POST", "/v1/releases", &releases_h, r#"{"service":"web","version":1.5,"deployment_id":"d"}"#, 400, "expected shape"),
         // ---- signals ----
         case("signal without labels", "POST", "/v1/signals", &ingest, r#"{"labels":{},"status":"firing"}"#, 400, "labels"),
         case("signal status on", "POST", "/v1/signals", &ingest, r#"{"labels":{"a":"b"},"status":"on"}"#, 400, "status"),
         case("signal unknown field", "POST", "/v1/signals", &ingest, r#"{"labels":{"a":"b"},"status":"firing","severity":"x"}"#, 400, "expected shape"),
         case("signal list with one bad", "POST", "/v1/signals", &ingest, r#"[{"labels":{"alertname":"WebHighErrorRate","service":"web"},"status":"firing"},{"labels":{},"status":"firing"}]"#, 400, "labels"),
         // ---- grafana ----
-        case("grafana version 2", "POST", "/v1/webhooks/grafana", &ingest, r#"{"version":"2","alerts":[]}"#, 400, "version"),
-        case("grafana alerts missing", "POST", "/v1/webhooks/grafana", &ingest, r#"{"version":"1"}"#, 400, "missing field `alerts`"),
+        case("grafana version 2", "POST", "/v1/webhooks/grafana", &[ct, ("authorization", ing.as_str()), ("x-grafana-alerting-signature", &grafana_sig("", gf_v2))], gf_v2, 400, "version"),
+        case("grafana alerts missing", "POST", "/v1/webhooks/grafana", &[ct, ("authorization", ing.as_str()), ("x-grafana-alerting-signature", &grafana_sig("", gf_no_alerts))], gf_no_alerts, 400, "missing field `alerts`"),
         // ---- content types ----
         case("text/plain", "POST", am, &[("content-type", "text/plain"), ("authorization", ing.as_str())], &good_am, 415, "is not JSON"),
         case("form encoded", "POST", am, &[("content-type", "application/x-www-form-urlencoded"), ("authorization", ing.as_str())], "a=b", 415, "is not JSON"),
-        case("multipart", "POST", "/v1/releases", &[("content-type", "multipart/form-data; boundary=x"), ("authorization", ing.as_str())], "--x--", 415, "is not JSON"),
+        case("multipart", "POST", "/v1/releases", &[("content-type", "multipart/form-data; boundary=x"), ("authorization", rel.as_str())], "--x--", 415, "is not JSON"),
         case("text/json", "POST", "/v1/signals", &[("content-type", "text/json"), ("authorization", ing.as_str())], "{}", 415, "is not JSON"),
         case("content type of invalid bytes", "POST", am, &[("content-type", "application/jsön"), ("authorization", ing.as_str())], &good_am, 415, "not JSON"),
         case("freeze as XML", "PUT", "/v1/freezes/web", &[("content-type", "application/xml"), ("authorization", admin.as_str())], "<reason/>", 415, "is not JSON"),
@@ -356,6 +379,7 @@ fn catalogue() -> Vec<Case> {
         case("pagerduty signed, no event.id", "POST", pd, &[ct, ("x-pagerduty-signature", &fake_pagerduty::signed_webhook(PD_SECRET, &pd_no_id))], &pd_no_id, 400, "event.id"),
         case("pagerduty unknown event type", "POST", pd, &[ct, ("x-pagerduty-signature", &pd_sig_ok), ("x-webhook-id", "wh-replay-1")], &pd_ok, 202, "\"duplicate\":false"),
         case("pagerduty delivery replayed", "POST", pd, &[ct, ("x-pagerduty-signature", &pd_sig_ok), ("x-webhook-id", "wh-replay-1")], &pd_ok, 202, "\"duplicate\":true"),
+        case("pagerduty delivery replayed under a new X-Webhook-Id", "POST", pd, &[ct, ("x-pagerduty-signature", &pd_sig_ok), ("x-webhook-id", "wh-replay-2")], &pd_ok, 202, "\"duplicate\":true"),
         case("pagerduty signed, 100,000 nested arrays", "POST", pd, &[ct, ("x-pagerduty-signature", &deep_pd_sig)], &deep_pd, 400, "recursion limit exceeded"),
         case("pagerduty ping", "POST", pd, &[ct, ("x-pagerduty-signature", &fake_pagerduty::signed_webhook(PD_SECRET, &pd_ping))], &pd_ping, 202, "pagey.ping"),
         // ---- votes and freezes ----
@@ -371,7 +395,7 @@ fn catalogue() -> Vec<Case> {
         case("PUT /healthz", "PUT", "/healthz", &[], "", 405, "method not allowed"),
         case("GET the webhook", "GET", am, &[], "", 405, "method not allowed"),
         case("DELETE /v1/incidents", "DELETE", "/v1/incidents", &read_h, "", 405, "method not allowed"),
-        case("PATCH /v1/releases", "PATCH", "/v1/releases", &ingest, "{}", 405, "method not allowed"),
+        case("PATCH /v1/releases", "PATCH", "/v1/releases", &releases_h, "{}", 405, "method not allowed"),
         case("TRACE /metrics", "TRACE", "/metrics", &[], "", 405, "method not allowed"),
         case("made-up method", "BREW", "/v1/incidents", &read_h, "", 405, "method not allowed"),
         // ---- paths and query strings ----
@@ -429,8 +453,9 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn hostile_and_broken_requests_are_refused_and_change_nothing() {
     let config = format!(
-        "tokens: {{ingest: \"{INGEST}\", read: \"{READ}\", admin: \"{ADMIN}\"}}\n\
+        "tokens: {{ingest: \"{INGEST}\", releases: \"{RELEASES}\", read: \"{READ}\", admin: \"{ADMIN}\"}}\n\
          pagerduty: {{webhook_secrets: [\"{PD_SECRET}\"]}}\n\
+         grafana: {{webhook_secret: \"{GRAFANA_SECRET}\"}}\n\
          people:\n  - {{id: ada, roles: [founder]}}\n"
     );
     let rules = format!(

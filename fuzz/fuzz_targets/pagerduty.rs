@@ -5,7 +5,8 @@
 //! Properties: nothing panics; the real HMAC of the body is always accepted (alone, and among
 //! other entries during a rotation); no header is 400; a header without a well-formed `v1=` entry
 //! is 400, and one whose entries are all well-formed but wrong is 401; a signature under another
-//! secret never passes; an empty configured secret never verifies anything.
+//! secret never passes; an empty configured secret never verifies anything; a vote names a
+//! PagerDuty user only when the event's agent is one, and carries the event's `occurred_at`.
 #![no_main]
 
 use hmac::{Hmac, Mac};
@@ -87,7 +88,21 @@ fuzz_target!(|data: &[u8]| {
     // The parse and its meaning, whatever the signature.
     if let Ok(event) = pagerduty::parse(body) {
         assert!(!event.id.is_empty() && !event.event_type.is_empty());
-        let _ = pagerduty::input(&event, Some("PAPPRV1"), Some("PREJCT1"));
+        // A vote is a person's (`agent.type: user_reference`) or nobody's, and carries the
+        // signed occurred_at it is checked against.
+        if let rollbackd::model::PagerDutyInput::Vote {
+            pd_user,
+            occurred_at,
+            ..
+        } = pagerduty::input(&event, Some("PAPPRV1"), Some("PREJCT1"))
+        {
+            let person = event
+                .agent
+                .as_ref()
+                .filter(|a| a.kind.as_deref() == Some("user_reference"));
+            assert_eq!(pd_user, person.map(|a| a.id.clone()));
+            assert_eq!(occurred_at, event.occurred_at);
+        }
         let _ = pagerduty::input(&event, None, None);
         if let Some(s) = pagerduty::signal(&event) {
             assert!(!s.key.is_empty());

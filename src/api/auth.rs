@@ -10,7 +10,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -193,55 +192,25 @@ impl App {
     }
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Grafana's optional webhook HMAC: hex HMAC-SHA256 of the body in `X-Grafana-Alerting-Signature`,
-/// over `"<timestamp>:" + body` when `X-Grafana-Alerting-Signature-Timestamp` is present.
+/// Grafana's optional webhook HMAC (see [`crate::ingest::grafana::verify_signature`]).
 pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    let Some(secret) = &app.config().grafana.webhook_secret else {
+    let config = app.config();
+    let Some(secret) = &config.grafana.webhook_secret else {
         return Ok(());
     };
-    let refuse = |msg: &str| {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    crate::ingest::grafana::verify_signature(
+        secret.expose(),
+        header("x-grafana-alerting-signature"),
+        header("x-grafana-alerting-signature-timestamp"),
+        body,
+        app.clock.now().as_second(),
+        config.grafana.signature_max_age,
+    )
+    .map_err(|msg| {
         app.refused("grafana");
-        ApiError::new(StatusCode::UNAUTHORIZED, msg.to_string())
-    };
-    let sig = headers
-        .get("x-grafana-alerting-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| refuse("missing X-Grafana-Alerting-Signature"))?;
-    let sig =
-        hex::decode(sig.trim()).map_err(|_| refuse("X-Grafana-Alerting-Signature is not hex"))?;
-    let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
-        .map_err(|_| ApiError::internal("hmac key".to_string()))?;
-    let mut fresh = None;
-    if let Some(ts) = headers
-        .get("x-grafana-alerting-signature-timestamp")
-        .and_then(|v| v.to_str().ok())
-    {
-        mac.update(ts.as_bytes());
-        mac.update(b":");
-        fresh = Some(ts);
-    }
-    mac.update(body);
-    mac.verify_slice(&sig)
-        .map_err(|_| refuse("X-Grafana-Alerting-Signature does not match the body"))?;
-    // Only a signed timestamp means anything, so its age is checked after the signature.
-    if let Some(ts) = fresh {
-        let max = app.config().grafana.signature_max_age;
-        let at: i64 = ts
-            .trim()
-            .parse()
-            .map_err(|_| refuse("X-Grafana-Alerting-Signature-Timestamp is not Unix seconds"))?;
-        let now = app.clock.now().as_second();
-        if now.abs_diff(at) > max.as_secs() {
-            return Err(refuse(&format!(
-                "X-Grafana-Alerting-Signature-Timestamp {at} is {}s from now, beyond grafana.signature_max_age ({}s): a stale or replayed delivery",
-                now - at,
-                max.as_secs()
-            )));
-        }
-    }
-    Ok(())
+        ApiError::new(StatusCode::UNAUTHORIZED, msg)
+    })
 }
 
 #[cfg(test)]
