@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// A resolved secret. Its `Debug` never shows the value, so it cannot leak through a log line.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -53,6 +54,16 @@ pub struct Limits {
     pub ingest_burst: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A connection must deliver a request's complete head (request line and headers) within
+    /// this, counted from when the daemon starts waiting for it; an idle keep-alive connection
+    /// is closed after it too.
+    #[serde(deserialize_with = "human_duration")]
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this of its head; else 408.
+    #[serde(deserialize_with = "human_duration")]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -61,7 +72,22 @@ impl Default for Limits {
             ingest_per_second: 200,
             ingest_burst: 400,
             max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
+    }
+}
+
+/// A duration written as the rules write them: `10s`, `1m`, `500ms`.
+fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like `10s` or `1m` ({e})"))
+        }),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a duration like `10s` or `1m`, got `{other}`"
+        ))),
     }
 }
 
@@ -277,6 +303,17 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             return Err("limits.max_body_bytes must be at least 1024".to_string());
         }
+        for (key, d) in [
+            ("header_read_timeout", self.limits.header_read_timeout),
+            ("body_read_timeout", self.limits.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("limits.{key} must be longer than 0s"));
+            }
+        }
+        if self.limits.max_connections == 0 {
+            return Err("limits.max_connections must be at least 1".to_string());
+        }
         for (kind, tok) in [
             ("ingest", &self.tokens.ingest),
             ("read", &self.tokens.read),
@@ -422,6 +459,33 @@ mod tests {
             ("tokens: {read: short}", "shorter"),
             ("rules: [", "t:1:"),
             ("x: \"${vault:a}\"", "not a reference"),
+        ] {
+            let e = Config::parse(yaml, "t").unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_take_durations() {
+        let c = Config::parse(
+            "limits: { header_read_timeout: 2s, body_read_timeout: 1m, max_connections: 3 }",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_connections, 3);
+        for (yaml, want) in [
+            (
+                "limits: { header_read_timeout: 10 }",
+                "limits.header_read_timeout",
+            ),
+            (
+                "limits: { body_read_timeout: soon }",
+                "limits.body_read_timeout",
+            ),
+            ("limits: { body_read_timeout: 0s }", "longer than 0s"),
+            ("limits: { max_connections: 0 }", "max_connections"),
         ] {
             let e = Config::parse(yaml, "t").unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");

@@ -15,6 +15,7 @@
 //!   and Events API client.
 //! - [`report`]: an incident's change-log record and postmortem draft (Markdown, JSON).
 //! - [`cli`]: operator commands, thin clients of the HTTP API.
+//! - [`server`]: connections under the router: their limit, head deadline, graceful stop.
 //! - [`api`]: thin HTTP handlers; [`metrics`]: the owned Prometheus registry; [`clock`]: time.
 //!
 //! # Rules of the house
@@ -41,6 +42,7 @@ pub mod pump;
 pub mod replay;
 pub mod report;
 pub mod rules;
+pub mod server;
 pub mod steps;
 pub mod store;
 
@@ -256,14 +258,18 @@ impl Daemon {
         let watcher = tokio::spawn(reload_triggers(app.clone(), stop_engine.clone()));
         app.ready.store(true, Ordering::Release);
         let stopped = fatal.clone();
-        let server = axum::serve(listener, api::router(app.clone()))
-            .with_graceful_shutdown(async move {
+        server::serve(
+            listener,
+            api::router(app.clone()),
+            &config.limits,
+            async move {
                 tokio::select! {
                     _ = shutdown => {}
                     _ = stopped.cancelled() => {}
                 }
-            })
-            .await;
+            },
+        )
+        .await;
         app.ready.store(false, Ordering::Release);
         if !executor.drain(self.grace).await {
             tracing::warn!(
@@ -278,7 +284,6 @@ impl Daemon {
             tracing::error!(error = %fatal, "the engine stopped");
             return Err(ServeError::Engine(fatal));
         }
-        server?;
         Ok(())
     }
 }
