@@ -14,6 +14,7 @@
 //! - [`notify`]: delivers the durable outbox (Slack, webhooks, PagerDuty); [`pagerduty`]: its REST
 //!   and Events API client.
 //! - [`report`]: an incident's change-log record and postmortem draft (Markdown, JSON).
+//! - [`logging`]: the text log, one line per event whatever the values hold.
 //! - [`cli`]: operator commands, thin clients of the HTTP API.
 //! - [`server`]: connections under the router: their limit, head deadline, graceful stop.
 //! - [`api`]: thin HTTP handlers; [`metrics`]: the owned Prometheus registry; [`clock`]: time.
@@ -34,6 +35,7 @@ pub mod executor;
 pub mod ingest;
 pub mod inputs;
 pub mod live;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod model;
