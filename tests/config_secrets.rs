@@ -12,21 +12,11 @@ const SECRET: &str = "s3cr3t-value-123";
 const ADMIN: &str = "admin-token-0123456789abcdefghij";
 
 fn start_with_env(config: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
-    std::fs::write(dir.path().join("rules/r.yaml"), "rules: []\n").unwrap();
-    let cfg = dir.path().join("rollbackd.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: 127.0.0.1:0\ndata_dir: {}\nrules_dir: {}\n{config}",
-            dir.path().join("data").display(),
-            dir.path().join("rules").display()
-        ),
-    )
-    .unwrap();
+    let setup = Setup::new(config, "rules: []\n");
     Command::new(BIN)
-        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .arg("serve")
+        .arg("--config")
+        .arg(setup.path().join("rollbackd.yaml"))
         .env("ROLLBACKD_TEST_SECRET", SECRET)
         .env_remove("ROLLBACKD_CONFIG")
         .output()

@@ -50,13 +50,7 @@ fn a_newline_in_input_never_starts_a_log_line() {
     );
     let d = setup.start();
     for (id, secs) in [("A", -120.0), ("B", -60.0)] {
-        let (s, v) = post(
-            &d.url("/v1/releases"),
-            None,
-            &json!({"service": "web", "environment": "production", "version": format!("v-{id}"),
-                    "deployment_id": id, "deployed_at": ts(secs)}),
-        );
-        assert_eq!(s, 201, "{v}");
+        post_release(&d, "web", id, &ts(secs));
     }
     let labels = json!({"alertname": "WebHighErrorRate", "service": "web", "severity": "page"});
     let (s, v) = post(
