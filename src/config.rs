@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// A resolved secret. Its `Debug` never shows the value, so it cannot leak through a log line.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -56,6 +57,16 @@ pub struct Limits {
     pub ingest_burst: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A connection must deliver a request's complete head (request line and headers) within
+    /// this, counted from when the daemon starts waiting for it; an idle keep-alive connection
+    /// is closed after it too.
+    #[serde(deserialize_with = "human_duration")]
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this of its head; else 408.
+    #[serde(deserialize_with = "human_duration")]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -64,7 +75,22 @@ impl Default for Limits {
             ingest_per_second: 200,
             ingest_burst: 400,
             max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
+    }
+}
+
+/// A duration written as the rules write them: `10s`, `1m`, `500ms`.
+fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like `10s` or `1m` ({e})"))
+        }),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a duration like `10s` or `1m`, got `{other}`"
+        ))),
     }
 }
 
@@ -75,10 +101,7 @@ pub struct Grafana {
     pub webhook_secret: Option<Secret>,
     /// A signature whose `X-Grafana-Alerting-Signature-Timestamp` is further than this from now
     /// (either way) is refused, so a captured delivery cannot be sent again later.
-    #[serde(
-        default = "five_minutes",
-        deserialize_with = "human_duration::deserialize"
-    )]
+    #[serde(default = "five_minutes", deserialize_with = "human_duration")]
     pub signature_max_age: std::time::Duration,
 }
 
@@ -93,21 +116,6 @@ impl Default for Grafana {
 
 fn five_minutes() -> std::time::Duration {
     std::time::Duration::from_secs(300)
-}
-
-/// Durations written as people write them: `30s`, `5m`, `1h 30m`.
-pub mod human_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a duration ({e}); write e.g. 30s, 5m, 1h"
-            ))
-        })
-    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -250,9 +258,12 @@ impl Config {
                 }
             })?
         };
-        resolve_tree(&mut tree, "").map_err(invalid)?;
-        let cfg: Config = serde_json::from_value(tree).map_err(|e| invalid(e.to_string()))?;
-        cfg.validate().map_err(invalid)?;
+        let raw = tree.clone();
+        let mut resolved = Vec::new();
+        resolve_tree(&mut tree, "", &mut resolved).map_err(invalid)?;
+        let cfg: Config = serde_path_to_error::deserialize(tree)
+            .map_err(|e| invalid(conceal(explain(&e, &raw), &resolved)))?;
+        cfg.validate().map_err(|m| invalid(conceal(m, &resolved)))?;
         Ok(cfg)
     }
 
@@ -315,6 +326,17 @@ impl Config {
         if self.limits.max_body_bytes < 1024 {
             return Err("limits.max_body_bytes must be at least 1024".to_string());
         }
+        for (key, d) in [
+            ("header_read_timeout", self.limits.header_read_timeout),
+            ("body_read_timeout", self.limits.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("limits.{key} must be longer than 0s"));
+            }
+        }
+        if self.limits.max_connections == 0 {
+            return Err("limits.max_connections must be at least 1".to_string());
+        }
         for (kind, tok) in [
             ("ingest", &self.tokens.ingest),
             ("releases", &self.tokens.releases),
@@ -370,19 +392,117 @@ impl Config {
     }
 }
 
-fn resolve_tree(v: &mut serde_json::Value, path: &str) -> Result<(), String> {
+/// A typed-parse error of the resolved tree, said without the resolved values: the key's path
+/// and, where the value came from a reference, the reference instead of what it resolved to.
+fn explain(e: &serde_path_to_error::Error<serde_json::Error>, raw: &serde_json::Value) -> String {
+    let path = e.path().to_string();
+    let at = |m: &dyn fmt::Display| {
+        if path == "." {
+            m.to_string()
+        } else {
+            format!("{path}: {m}")
+        }
+    };
+    let mut refs = Vec::new();
+    references_in(subtree(raw, e.path()), &mut refs);
+    if refs.is_empty() {
+        return at(e.inner());
+    }
+    // The same parse over the unresolved text fails at the same key with the reference quoted
+    // where the value would have been; when it does not (the reference itself would parse), the
+    // message names the reference only.
+    match serde_path_to_error::deserialize::<_, Config>(raw.clone()) {
+        Err(r) if r.path().to_string() == path => at(r.inner()),
+        _ => at(&format!(
+            "the value of {} is not valid here (the value is not shown)",
+            refs.join(", ")
+        )),
+    }
+}
+
+/// The part of `v` at `path`, or the deepest part of it the path still leads to.
+fn subtree<'a>(
+    v: &'a serde_json::Value,
+    path: &serde_path_to_error::Path,
+) -> &'a serde_json::Value {
+    use serde_path_to_error::Segment;
+    let mut here = v;
+    for seg in path.iter() {
+        let next = match seg {
+            Segment::Seq { index } => here.get(*index),
+            Segment::Map { key } => here.get(key.as_str()),
+            Segment::Enum { variant } => here.get(variant.as_str()),
+            Segment::Unknown => None,
+        };
+        match next {
+            Some(n) => here = n,
+            None => break,
+        }
+    }
+    here
+}
+
+/// Every `${..}` reference written in the strings of `v`.
+fn references_in(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::String(s) => {
-            *s = resolve_refs(s).map_err(|e| format!("{}: {e}", path.trim_start_matches('.')))?;
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                let Some(end) = rest[start..].find('}') else {
+                    break;
+                };
+                out.push(rest[start..start + end + 1].to_string());
+                rest = &rest[start + end + 1..];
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| references_in(i, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|i| references_in(i, out)),
+        _ => {}
+    }
+}
+
+/// The shortest resolved value `conceal` hides: shorter ones are no secret worth the name, and
+/// replacing every occurrence of a letter or two would garble the message.
+const CONCEAL_MIN: usize = 4;
+
+/// `message` with every resolved value (as written, and as Rust's `{:?}` escapes it inside
+/// quotes) replaced by the reference it came from.
+fn conceal(mut message: String, resolved: &[(String, String)]) -> String {
+    let mut pairs: Vec<&(String, String)> = resolved
+        .iter()
+        .filter(|(_, v)| v.chars().count() >= CONCEAL_MIN)
+        .collect();
+    pairs.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    for (reference, value) in pairs {
+        let escaped = format!("{value:?}");
+        let escaped = &escaped[1..escaped.len() - 1];
+        message = message.replace(value.as_str(), reference);
+        if escaped != value {
+            message = message.replace(escaped, reference);
+        }
+    }
+    message
+}
+
+/// Resolves the references in every string of `v`, noting each (reference, value) in `resolved`.
+fn resolve_tree(
+    v: &mut serde_json::Value,
+    path: &str,
+    resolved: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    match v {
+        serde_json::Value::String(s) => {
+            *s = resolve_noting(s, resolved)
+                .map_err(|e| format!("{}: {e}", path.trim_start_matches('.')))?;
         }
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                resolve_tree(item, &format!("{path}[{i}]"))?;
+                resolve_tree(item, &format!("{path}[{i}]"), resolved)?;
             }
         }
         serde_json::Value::Object(map) => {
             for (k, item) in map.iter_mut() {
-                resolve_tree(item, &format!("{path}.{k}"))?;
+                resolve_tree(item, &format!("{path}.{k}"), resolved)?;
             }
         }
         _ => {}
@@ -393,6 +513,10 @@ fn resolve_tree(v: &mut serde_json::Value, path: &str) -> Result<(), String> {
 /// Replaces every `${env:NAME}` and `${file:PATH}` in `s`. A missing variable or unreadable file is
 /// an error naming it (never its value). File contents lose one trailing newline.
 pub fn resolve_refs(s: &str) -> Result<String, String> {
+    resolve_noting(s, &mut Vec::new())
+}
+
+fn resolve_noting(s: &str, resolved: &mut Vec<(String, String)>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -414,6 +538,7 @@ pub fn resolve_refs(s: &str) -> Result<String, String> {
             ));
         };
         out.push_str(&value);
+        resolved.push((format!("${{{reference}}}"), value));
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -477,6 +602,66 @@ mod tests {
             ("tokens: {read: short}", "shorter"),
             ("rules: [", "t:1:"),
             ("x: \"${vault:a}\"", "not a reference"),
+        ] {
+            let e = Config::parse(yaml, "t").unwrap_err().to_string();
+            assert!(e.contains(want), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_type_error_names_the_key_and_reference_never_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "s3cr3t-\"value\"-123\n").unwrap();
+        let r = format!("${{file:{}}}", f.display());
+        for (yaml, key) in [
+            (
+                format!("pagerduty: {{ webhook_secrets: \"{r}\" }}"),
+                "pagerduty.webhook_secrets",
+            ),
+            (
+                format!("limits: {{ ingest_burst: \"{r}\" }}"),
+                "limits.ingest_burst",
+            ),
+            (
+                format!("limits: {{ header_read_timeout: \"x{r}\" }}"),
+                "limits.header_read_timeout",
+            ),
+            (format!("pagerduty: {{ from: \"{r}\" }}"), "pagerduty.from"),
+            (
+                format!("people: [{{ id: a, roles: \"{r}\" }}]"),
+                "people[0].roles",
+            ),
+        ] {
+            let e = Config::parse(&yaml, "t").unwrap_err().to_string();
+            eprintln!("{e}");
+            assert!(e.contains(key), "{yaml}: {e}");
+            assert!(e.contains(&r), "{yaml}: {e}");
+            assert!(!e.contains("s3cr3t"), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_take_durations() {
+        let c = Config::parse(
+            "limits: { header_read_timeout: 2s, body_read_timeout: 1m, max_connections: 3 }",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_connections, 3);
+        for (yaml, want) in [
+            (
+                "limits: { header_read_timeout: 10 }",
+                "limits.header_read_timeout",
+            ),
+            (
+                "limits: { body_read_timeout: soon }",
+                "limits.body_read_timeout",
+            ),
+            ("limits: { body_read_timeout: 0s }", "longer than 0s"),
+            ("limits: { max_connections: 0 }", "max_connections"),
         ] {
             let e = Config::parse(yaml, "t").unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");

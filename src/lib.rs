@@ -14,7 +14,9 @@
 //! - [`notify`]: delivers the durable outbox (Slack, webhooks, PagerDuty); [`pagerduty`]: its REST
 //!   and Events API client.
 //! - [`report`]: an incident's change-log record and postmortem draft (Markdown, JSON).
+//! - [`logging`]: the text log, one line per event whatever the values hold.
 //! - [`cli`]: operator commands, thin clients of the HTTP API.
+//! - [`server`]: connections under the router: their limit, head deadline, graceful stop.
 //! - [`api`]: thin HTTP handlers; [`metrics`]: the owned Prometheus registry; [`clock`]: time.
 //!
 //! # Rules of the house
@@ -33,6 +35,7 @@ pub mod executor;
 pub mod ingest;
 pub mod inputs;
 pub mod live;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod model;
@@ -41,6 +44,7 @@ pub mod pump;
 pub mod replay;
 pub mod report;
 pub mod rules;
+pub mod server;
 pub mod steps;
 pub mod store;
 
@@ -257,14 +261,18 @@ impl Daemon {
         let watcher = tokio::spawn(reload_triggers(app.clone(), stop_engine.clone()));
         app.ready.store(true, Ordering::Release);
         let stopped = fatal.clone();
-        let server = axum::serve(listener, api::router(app.clone()))
-            .with_graceful_shutdown(async move {
+        server::serve(
+            listener,
+            api::router(app.clone()),
+            &config.limits,
+            async move {
                 tokio::select! {
                     _ = shutdown => {}
                     _ = stopped.cancelled() => {}
                 }
-            })
-            .await;
+            },
+        )
+        .await;
         app.ready.store(false, Ordering::Release);
         if !executor.drain(self.grace).await {
             tracing::warn!(
@@ -279,7 +287,6 @@ impl Daemon {
             tracing::error!(error = %fatal, "the engine stopped");
             return Err(ServeError::Engine(fatal));
         }
-        server?;
         Ok(())
     }
 }

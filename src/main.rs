@@ -264,13 +264,16 @@ fn serve(
     dry_run: bool,
     grace_seconds: u64,
 ) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    {
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        rollbackd::logging::subscriber(
             tracing_subscriber::EnvFilter::try_from_env("ROLLBACKD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            std::io::stderr,
+            rollbackd::logging::colour_on_stderr(),
         )
-        .with_writer(std::io::stderr)
         .init();
+    }
     let source = rollbackd::live::Source {
         config,
         listen,
@@ -281,9 +284,12 @@ fn serve(
         Ok(l) => l,
         Err(e) => {
             for line in e.lines() {
-                eprintln!("{line}");
+                eprintln!("{}", rollbackd::logging::one_line(&line));
             }
-            eprintln!("rollbackd: {e}; not starting");
+            eprintln!(
+                "rollbackd: {}; not starting",
+                rollbackd::logging::one_line(&e.to_string())
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };

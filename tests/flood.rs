@@ -87,13 +87,7 @@ fn a_flood_is_held_to_the_quota_and_admin_calls_still_pass() {
 
     // An incident awaiting approval, before the flood.
     for (id, secs) in [("A", -120.0), ("B", -60.0)] {
-        let (s, v) = post(
-            &d.url("/v1/releases"),
-            None,
-            &json!({"service": "web", "environment": "production", "version": format!("v-{id}"),
-                    "deployment_id": id, "deployed_at": ts(secs)}),
-        );
-        assert_eq!(s, 201, "release {id}: {v}");
+        post_release(&d, "web", id, &ts(secs));
     }
     let (s, v) = post(
         &d.url("/v1/webhooks/alertmanager"),

@@ -115,8 +115,13 @@ impl App {
     }
 }
 
+/// When a request's body must have arrived (`limits.body_read_timeout` after its head).
+#[derive(Clone, Copy)]
+struct BodyDeadline(tokio::time::Instant);
+
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.config().limits.max_body_bytes;
+    let body_time = app.config().limits.body_read_timeout;
     let with = |g: Guard| middleware::from_fn_with_state((app.clone(), g), guard);
     let ingest = |source: &'static str| with(Guard::Ingest(source, TokenKind::Ingest));
     Router::new()
@@ -189,10 +194,16 @@ pub fn router(app: Arc<App>) -> Router {
         })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(move |mut req: Request, next: Next| {
+            req.extensions_mut()
+                .insert(BodyDeadline(tokio::time::Instant::now() + body_time));
+            next.run(req)
+        }))
         .with_state(app)
 }
 
-/// The request body as received, after the size limit and a content-type check.
+/// The request body as received, after the size limit and a content-type check, and only if it
+/// all arrived before the request's `BodyDeadline` (else 408).
 pub struct RawBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
@@ -209,7 +220,18 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
                 ));
             }
         }
-        let body = Bytes::from_request(req, state).await.map_err(|e| {
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(BodyDeadline(at)) => tokio::time::timeout_at(at, read).await.map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive within limits.body_read_timeout",
+                )
+            })?,
+            None => read.await,
+        };
+        let body = read.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
             } else {

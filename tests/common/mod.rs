@@ -156,6 +156,18 @@ pub fn get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     (status, resp.json().unwrap_or(serde_json::Value::Null))
 }
 
+/// Posts release `id` (version `v-<id>`) of `service` in production; expects 201.
+pub fn post_release(d: &Daemon, service: &str, id: &str, deployed_at: &str) {
+    let (s, v) = post(
+        &d.url("/v1/releases"),
+        None,
+        &serde_json::json!({"service": service, "environment": "production",
+                            "version": format!("v-{id}"), "deployment_id": id,
+                            "deployed_at": deployed_at}),
+    );
+    assert_eq!(s, 201, "release {id}: {v}");
+}
+
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
