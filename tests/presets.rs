@@ -128,23 +128,21 @@ async fn run_http_step(step: &StepSpec, vars: &BTreeMap<String, String>) -> Step
         headers,
         body,
         expect_status,
+        follow_redirects,
     } = &step.action
     else {
         panic!("step {:?} is not an http step", step.name)
     };
     let url = url.render(vars).expect("url renders");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client");
     steps::run_http(
-        &client,
+        &steps::http_client(),
         HttpStep {
             method,
             url: &url,
             headers,
             body,
             expect_status,
+            follow_redirects: *follow_redirects,
         },
         step.timeout,
         4096,
