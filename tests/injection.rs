@@ -311,3 +311,36 @@ fn a_template_before_the_path_of_an_http_url_is_a_lint_error() {
     let (code, out) = lint(&setup.path().join("rules"));
     assert_eq!((code, out.as_str()), (0, ""), "{out}");
 }
+
+#[test]
+fn a_secret_in_argv_is_a_lint_warning_and_the_shipped_rules_have_none() {
+    let setup = Setup::new("", "rules: []\n");
+    let file = setup.path().join("rules/rules.yaml");
+    let steps = r#"      - name: token on the command line
+        run: [deploy-tool, rollback, --token, "${env:DEPLOY_TOKEN}"]
+      - name: token through the environment
+        run: [deploy-tool, rollback]
+        env: { DEPLOY_TOKEN: "${env:DEPLOY_TOKEN}" }
+"#;
+    std::fs::write(&file, format!("{HTTP_RULE_HEAD}{steps}")).unwrap();
+    let (code, out) = lint(&setup.path().join("rules"));
+    assert_eq!(code, 0, "a warning does not fail the lint: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let prefix = format!("{}:9:", file.display());
+    assert!(lines[0].starts_with(&prefix), "{out}");
+    assert!(
+        lines[0].contains("warning: ")
+            && lines[0].contains("${env:DEPLOY_TOKEN}")
+            && lines[0].contains("command line")
+            && lines[0].contains("env:"),
+        "{out}"
+    );
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [root.join("rules"), root.join("rules/presets")] {
+        let (code, out) = lint(&dir);
+        assert_eq!(code, 0, "{}: {out}", dir.display());
+        assert!(!out.contains("command line"), "{}: {out}", dir.display());
+    }
+}

@@ -884,6 +884,16 @@ fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) 
                     "run: the program itself may not be a template",
                 );
             }
+            for a in argv {
+                if let Some(reference) = secret_reference(&a.value) {
+                    lint.warn(
+                        &a.referenced,
+                        format!(
+                            "run: `{reference}` in argv puts the secret on the child's command line (readable in /proc/PID/cmdline and ps while it runs); pass it through the step's environment instead, e.g. `env: {{ NAME: \"{reference}\" }}`, and let the program read NAME"
+                        ),
+                    );
+                }
+            }
             let argv: Vec<Template> = argv
                 .iter()
                 .filter_map(|a| lint.template(a, Scope::Step))
@@ -967,6 +977,13 @@ fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) 
             None
         }
     }
+}
+
+/// The first `${env:..}` / `${file:..}` reference in `s`, as written.
+fn secret_reference(s: &str) -> Option<&str> {
+    let start = s.find("${env:").or_else(|| s.find("${file:"))?;
+    let len = s[start..].find('}').map_or(s.len() - start, |e| e + 1);
+    Some(&s[start..start + len])
 }
 
 fn compile_verify(lint: &mut Lint, v: &Spanned<RawVerify>) -> Option<Verify> {
