@@ -12,25 +12,36 @@ use common::receiver::Receiver;
 use common::*;
 use serde_json::{Value, json};
 
-#[test]
-fn hostile_label_values_never_reach_a_process() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("ran.log");
-    let rules = format!(
+/// A rule that acts 1 s into a breach of `alertname`, one breach per service, without approval,
+/// with `steps` (YAML list items).
+fn acting_rule(alertname: &str, steps: &str) -> String {
+    format!(
         r#"rules:
-  - name: inject
-    match: ['alertname="Inject"']
+  - name: acting
+    match: ['alertname="{alertname}"']
     group_by: [service]
     service: "{{{{ labels.service }}}}"
     breach: {{ sustained: 1s }}
     release: {{ max_age: 1h }}
     approval: none
     steps:
-      - name: use the label
+{steps}"#
+    )
+}
+
+#[test]
+fn hostile_label_values_never_reach_a_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("ran.log");
+    let rules = acting_rule(
+        "Inject",
+        &format!(
+            r#"      - name: use the label
         run: [/bin/sh, -c, 'echo "$0" >> {}', "target={{{{ labels.target }}}}"]
         idempotent: true
 "#,
-        log.display()
+            log.display()
+        ),
     );
     let setup = Setup::new("", &rules);
     let d = setup.start();
@@ -49,25 +60,12 @@ fn hostile_label_values_never_reach_a_process() {
     ];
     for (i, value) in hostile.iter().enumerate() {
         let service = format!("svc-{i}");
-        for (v, dep, ago) in [("v1", "dpl-1", -600.0), ("v2", "dpl-2", -300.0)] {
-            let (s, b) = post(
-                &d.url("/v1/releases"),
-                None,
-                &json!({"service": service, "version": v, "deployment_id": dep, "deployed_at": ts(ago)}),
-            );
-            assert_eq!(s, 201, "{b}");
-        }
-        let (s, b) = post(
-            &d.url("/v1/webhooks/alertmanager"),
-            None,
-            &am_alert(
-                "firing",
-                json!({"alertname": "Inject", "service": service, "target": value}),
-                &ts(-5.0),
-                &format!("fp{i}"),
-            ),
+        release_pair_and_alert(
+            &d,
+            &service,
+            json!({"alertname": "Inject", "service": service, "target": value}),
+            &format!("fp{i}"),
         );
-        assert_eq!(s, 200, "{b}");
     }
     let items = wait_for(Duration::from_secs(10), || {
         let (_, v) = get(&d.url("/v1/incidents"), None);
@@ -121,25 +119,6 @@ fn hostile_release_fields_are_refused_at_the_door() {
     assert_eq!(v["items"], json!([]));
 }
 
-/// Posts the release pair `dpl-1` → `dpl-2` of `service` and a firing alert with `labels` that
-/// began 5 s ago (every rule here acts after 1 s).
-fn release_pair_and_alert(d: &Daemon, service: &str, labels: Value, fingerprint: &str) {
-    for (v, dep, ago) in [("v1", "dpl-1", -600.0), ("v2", "dpl-2", -300.0)] {
-        let (s, b) = post(
-            &d.url("/v1/releases"),
-            None,
-            &json!({"service": service, "version": v, "deployment_id": dep, "deployed_at": ts(ago)}),
-        );
-        assert_eq!(s, 201, "{b}");
-    }
-    let (s, b) = post(
-        &d.url("/v1/webhooks/alertmanager"),
-        None,
-        &am_alert("firing", labels, &ts(-5.0), fingerprint),
-    );
-    assert_eq!(s, 200, "{b}");
-}
-
 fn incident_of(d: &Daemon, service: &str, done: &[&str]) -> Value {
     wait_for(Duration::from_secs(10), || {
         let (_, v) = get(&d.url("/v1/incidents"), None);
@@ -159,17 +138,10 @@ fn hostile_label_in_an_http_url_stays_one_segment_on_the_rules_host() {
     let setup = Setup::new("", "rules: []\n");
     let secret = setup.path().join("api-key");
     std::fs::write(&secret, "k-0123456789abcdef").unwrap();
-    let rules = format!(
-        r#"rules:
-  - name: url-inject
-    match: ['alertname="UrlInject"']
-    group_by: [service]
-    service: "{{{{ labels.service }}}}"
-    breach: {{ sustained: 1s }}
-    release: {{ max_age: 1h }}
-    approval: none
-    steps:
-      - name: call the deploy API
+    let rules = acting_rule(
+        "UrlInject",
+        &format!(
+            r#"      - name: call the deploy API
         http:
           method: POST
           url: "{}/v1/clusters/{{{{ labels.cluster }}}}/rollback?to={{{{ release.previous.deployment_id }}}}&note={{{{ labels.note }}}}"
@@ -177,8 +149,9 @@ fn hostile_label_in_an_http_url_stays_one_segment_on_the_rules_host() {
           json: {{ rollback: true }}
         idempotent: true
 "#,
-        intended.url(""),
-        secret.display()
+            intended.url(""),
+            secret.display()
+        ),
     );
     std::fs::write(setup.path().join("rules/rules.yaml"), rules).unwrap();
     let d = setup.start();

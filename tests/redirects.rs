@@ -36,25 +36,7 @@ fn run_step(url: &str, extra: &str) -> Value {
     );
     std::fs::write(setup.path().join("rules/rules.yaml"), rules).unwrap();
     let d = setup.start();
-    for (v, dep, ago) in [("v1", "dpl-1", -600.0), ("v2", "dpl-2", -300.0)] {
-        let (s, b) = post(
-            &d.url("/v1/releases"),
-            None,
-            &json!({"service": "svc", "version": v, "deployment_id": dep, "deployed_at": ts(ago)}),
-        );
-        assert_eq!(s, 201, "{b}");
-    }
-    let (s, b) = post(
-        &d.url("/v1/webhooks/alertmanager"),
-        None,
-        &am_alert(
-            "firing",
-            json!({"alertname": "Redirected"}),
-            &ts(-5.0),
-            "fp-r",
-        ),
-    );
-    assert_eq!(s, 200, "{b}");
+    release_pair_and_alert(&d, "svc", json!({"alertname": "Redirected"}), "fp-r");
     wait_for(Duration::from_secs(10), || {
         let (_, v) = get(&d.url("/v1/incidents"), None);
         let inc = v["items"].as_array()?.first()?.clone();
@@ -67,29 +49,31 @@ fn run_step(url: &str, extra: &str) -> Value {
     .unwrap_or_else(|| panic!("{:#}", get(&d.url("/v1/incidents"), None).1))
 }
 
-fn step_error(inc: &Value) -> &str {
-    inc["steps"][0]["error"].as_str().unwrap_or("")
-}
-
-#[test]
-fn a_redirect_is_not_followed_by_default() {
+/// `api` answers `status` with a redirect to another loopback server; the step runs with
+/// `extra` and must fail, with `api` asked once and the other server never. Returns the error.
+fn redirect_elsewhere_fails(status: u16, extra: &str) -> (String, String) {
     let api = Receiver::generic();
     let elsewhere = Receiver::generic();
-    api.redirect_next(302, &elsewhere.url("/landing"));
-    let inc = run_step(&api.url("/v1/rollback"), "");
+    api.redirect_next(status, &elsewhere.url("/landing"));
+    let inc = run_step(&api.url("/v1/rollback"), extra);
     assert_eq!(inc["state"], "rollback_failed", "{inc:#}");
-    let error = step_error(&inc);
-    assert!(
-        error.contains("302")
-            && error.contains(&elsewhere.url(""))
-            && error.contains("not followed"),
-        "{error}"
-    );
     assert_eq!(api.requests().len(), 1);
+    std::thread::sleep(Duration::from_millis(200));
     assert!(
         elsewhere.requests().is_empty(),
         "{:#?}",
         elsewhere.requests()
+    );
+    let error = inc["steps"][0]["error"].as_str().unwrap_or("").to_string();
+    (error, elsewhere.url(""))
+}
+
+#[test]
+fn a_redirect_is_not_followed_by_default() {
+    let (error, elsewhere) = redirect_elsewhere_fails(302, "");
+    assert!(
+        error.contains("302") && error.contains(&elsewhere) && error.contains("not followed"),
+        "{error}"
     );
 }
 
@@ -111,21 +95,9 @@ fn same_origin_follows_a_redirect_on_the_same_server() {
 
 #[test]
 fn same_origin_refuses_a_redirect_to_another_port() {
-    let api = Receiver::generic();
-    let elsewhere = Receiver::generic();
-    api.redirect_next(307, &elsewhere.url("/landing"));
-    let inc = run_step(&api.url("/v1/rollback"), ", follow_redirects: same_origin");
-    assert_eq!(inc["state"], "rollback_failed", "{inc:#}");
-    let error = step_error(&inc);
+    let (error, elsewhere) = redirect_elsewhere_fails(307, ", follow_redirects: same_origin");
     assert!(
-        error.contains(&format!("redirect to {} was refused", elsewhere.url(""))),
+        error.contains(&format!("redirect to {elsewhere} was refused")),
         "{error}"
-    );
-    assert_eq!(api.requests().len(), 1);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        elsewhere.requests().is_empty(),
-        "{:#?}",
-        elsewhere.requests()
     );
 }
