@@ -134,6 +134,20 @@ for f in sorted((ROOT / "rules").glob("*.yaml")) + sorted((ROOT / "tests/golden/
 for f in sorted((ROOT / "rules/presets").glob("*.yaml")):
     put("rules", f"preset-{f.stem}", f.read_text())
 put("rules", "anchors", "x: &a [1,2]\nrules:\n  - name: r\n    service: s\n    breach: {sustained: 1s}\n    match: *a\n")
+put("rules", "http-url-redirects", """rules:
+  - name: r
+    match: ['alertname="X"']
+    service: s
+    breach: {sustained: 1s}
+    steps:
+      - name: ok
+        http: { url: "https://api.example.com/v1/{{ labels.c }}/x?to={{ release.previous.deployment_id }}", follow_redirects: same_origin }
+      - name: host
+        http: { url: "http://{{ labels.c }}.invalid:8080/x#{{ labels.f }}", follow_redirects: always }
+      - name: argv secret
+        run: [tool, --token, "${env:TOKEN}"]
+        env: { TOKEN: "${env:TOKEN}" }
+""")
 for f in [ROOT / "rollbackd.yaml", ROOT / "tests/golden/replay/rollbackd.yaml"]:
     put("config", f"{f.parent.name}-{f.stem}", f.read_text())
 put("config", "contract", """listen: 0.0.0.0:9750
@@ -168,6 +182,7 @@ for i, s in enumerate([
     "a;rm -rf /\x00run {{ release.previous.deployment_id }} --yes\x00\x00",
     "../../etc\x00${env:X} {{ service }}\x00",
     "-rf\x00{{ incident.id }}{{labels.team}}\x00pre\x00post",
+    "a/../../b?x=1#@127.0.0.1:9\x00https://h.example:8/{{ labels.x }}?q={{ service }}\x00\x00",
 ]):
     put("template", f"{i}", s)
 print("seeds written under", CORPUS)

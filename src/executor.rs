@@ -20,7 +20,10 @@ use crate::store::Store;
 pub struct Executor {
     pub engine: EngineHandle,
     pub store: Store,
+    /// Verification checks (and, through the daemon, the notifier).
     pub http: reqwest::Client,
+    /// http steps and probes: follows no redirect by itself ([`steps::http_client`]).
+    pub step_http: reqwest::Client,
     pub metrics: Arc<Metrics>,
     pub max_output: usize,
     pub tracker: TaskTracker,
@@ -141,13 +144,14 @@ impl Executor {
                     _ => ("", ""),
                 };
                 steps::run_http(
-                    &self.http,
+                    &self.step_http,
                     HttpStep {
                         method,
                         url,
                         headers: &plan.headers,
                         body: &plan.body,
                         expect_status: &plan.expect_status,
+                        follow_redirects: plan.follow_redirects,
                     },
                     timeout,
                     self.max_output,

@@ -201,6 +201,7 @@ impl Daemon {
                 .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .unwrap_or_default(),
+            step_http: steps::http_client(),
             metrics: metrics.clone(),
             max_output: config.step_output_bytes,
             tracker: TaskTracker::new(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::resolve_refs;
 use crate::engine::StepResult;
-use crate::rules::Body;
+use crate::rules::{Body, Redirects};
 
 /// Runs `argv` with a timeout; stdout and stderr are captured and cut to `max_output` bytes.
 pub async fn run_command(
@@ -152,9 +152,26 @@ pub struct HttpStep<'a> {
     pub headers: &'a BTreeMap<String, String>,
     pub body: &'a Body,
     pub expect_status: &'a [u16],
+    pub follow_redirects: Redirects,
 }
 
-/// Sends one HTTP request; success is an expected status (any 2xx when none is listed).
+/// Redirects a `same_origin` step follows before it gives up.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// The client http steps are sent with: it never follows a redirect by itself ([`run_http`]
+/// decides, per step), so no header of a step reaches a server the rule did not name.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
+/// Sends one HTTP request; success is an expected status (any 2xx when none is listed). A 3xx is
+/// the answer unless the step follows redirects within its origin (`follow_redirects:
+/// same_origin`, at most [`MAX_REDIRECTS`]); a redirect elsewhere is refused, naming only the
+/// origin it pointed to. `client` must not follow redirects itself (see [`http_client`]).
 pub async fn run_http(
     client: &reqwest::Client,
     s: HttpStep<'_>,
@@ -169,47 +186,125 @@ pub async fn run_http(
         error: Some(error),
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    let url = match resolve_refs(s.url) {
-        Ok(u) => u,
+    let mut url = match resolve_refs(s.url).map(|u| reqwest::Url::parse(&u)) {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => return fail(format!("url: not a valid URL ({e})")),
         Err(e) => return fail(format!("url: {e}")),
     };
+    let origin = url.origin();
     let Ok(method) = reqwest::Method::from_bytes(s.method.as_bytes()) else {
         return fail(format!("bad method {}", s.method));
     };
-    let mut req = client.request(method, &url).timeout(timeout);
+    let mut headers = reqwest::header::HeaderMap::new();
     for (k, v) in s.headers {
-        match resolve_refs(v) {
-            Ok(v) => req = req.header(k, v),
+        let value = match resolve_refs(v) {
+            Ok(v) => v,
             Err(e) => return fail(format!("header {k}: {e}")),
+        };
+        match (
+            reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+            reqwest::header::HeaderValue::from_str(&value),
+        ) {
+            (Ok(k), Ok(v)) => {
+                headers.append(k, v);
+            }
+            _ => return fail(format!("header {k}: not a valid header name or value")),
         }
     }
-    req = match s.body {
-        Body::None => req,
-        Body::Json(v) => req.json(v),
+    let raw_body = match s.body {
         Body::Raw(b) => match resolve_refs(b) {
-            Ok(b) => req.body(b),
+            Ok(b) => Some(b),
             Err(e) => return fail(format!("body: {e}")),
         },
+        _ => None,
     };
-    match req.send().await {
-        // reqwest's error text names the URL (without secrets in headers); keep it short.
-        Err(e) => fail(format!("request failed: {}", without_url(&e))),
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let ok = if s.expect_status.is_empty() {
-                (200..300).contains(&status)
-            } else {
-                s.expect_status.contains(&status)
-            };
-            let text = resp.text().await.unwrap_or_default();
-            StepResult {
-                ok,
-                exit_code: Some(i32::from(status)),
-                output: truncate(&text, max_output),
-                error: (!ok).then(|| format!("unexpected HTTP status {status}")),
-                duration_ms: started.elapsed().as_millis() as u64,
+    let mut hops = 0;
+    loop {
+        let mut req = client
+            .request(method.clone(), url.clone())
+            .timeout(timeout.saturating_sub(started.elapsed()))
+            .headers(headers.clone());
+        req = match (s.body, &raw_body) {
+            (Body::Json(v), _) => req.json(v),
+            (_, Some(b)) => req.body(b.clone()),
+            _ => req,
+        };
+        let resp = match req.send().await {
+            // reqwest's error text names the URL (without secrets in headers); keep it short.
+            Err(e) => return fail(format!("request failed: {}", without_url(&e))),
+            Ok(resp) => resp,
+        };
+        let status = resp.status();
+        let target = status
+            .is_redirection()
+            .then(|| resp.headers().get(reqwest::header::LOCATION))
+            .flatten()
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| url.join(l).ok());
+        let mut note = None;
+        if let Some(target) = target {
+            let to = target.origin().ascii_serialization();
+            match s.follow_redirects {
+                Redirects::SameOrigin if target.origin() != origin => {
+                    return fail(format!(
+                        "HTTP {} redirect to {to} was refused: follow_redirects: same_origin follows only redirects within {}",
+                        status.as_u16(),
+                        origin.ascii_serialization()
+                    ));
+                }
+                Redirects::SameOrigin if hops == MAX_REDIRECTS => {
+                    return fail(format!(
+                        "more than {MAX_REDIRECTS} redirects; the last (HTTP {}) was not followed",
+                        status.as_u16()
+                    ));
+                }
+                Redirects::SameOrigin => {
+                    // 307 and 308 repeat the request as it was; the others would turn it into a
+                    // GET, which is not the step the rule wrote unless it was a GET already.
+                    let keeps_method = matches!(status.as_u16(), 307 | 308)
+                        || method == reqwest::Method::GET
+                        || method == reqwest::Method::HEAD;
+                    if !keeps_method {
+                        return fail(format!(
+                            "HTTP {} redirect to {to} was not followed: it would turn {method} into GET (only 307 and 308 keep the method)",
+                            status.as_u16()
+                        ));
+                    }
+                    hops += 1;
+                    url = target;
+                    continue;
+                }
+                Redirects::None => {
+                    note = Some(format!(
+                        "HTTP {} redirect to {to} was not followed (follow_redirects: same_origin follows redirects within the same origin)",
+                        status.as_u16()
+                    ));
+                }
             }
         }
+        let status = status.as_u16();
+        let ok = if s.expect_status.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            s.expect_status.contains(&status)
+        };
+        let mut text = resp.text().await.unwrap_or_default();
+        let error = match (ok, note) {
+            (true, Some(n)) => {
+                text = format!("[{n}]\n{text}");
+                None
+            }
+            (true, None) => None,
+            (false, Some(n)) => Some(format!("unexpected HTTP status {status}: {n}")),
+            (false, None) => Some(format!("unexpected HTTP status {status}")),
+        };
+        return StepResult {
+            ok,
+            exit_code: Some(i32::from(status)),
+            output: truncate(&text, max_output),
+            error,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
     }
 }
 
@@ -305,6 +400,83 @@ mod tests {
         assert!(r.error.unwrap().contains("timed out"));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(!marker.exists(), "a child of the step outlived its timeout");
+    }
+
+    /// A loopback server answering every request with `status` and `Location: location`,
+    /// counting requests.
+    async fn redirector(
+        status: u16,
+        location: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        let app = axum::Router::new().fallback(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            async move {
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap_or_default(),
+                    [("location", location)],
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, seen)
+    }
+
+    async fn http(method: &str, url: &str, follow: Redirects) -> StepResult {
+        run_http(
+            &http_client(),
+            HttpStep {
+                method,
+                url,
+                headers: &BTreeMap::new(),
+                body: &Body::Json(serde_json::json!({"op": "rollback"})),
+                expect_status: &[],
+                follow_redirects: follow,
+            },
+            Duration::from_secs(5),
+            256,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn same_origin_redirects_are_bounded_and_keep_the_method() {
+        use std::sync::atomic::Ordering;
+        let (base, seen) = redirector(302, "/again").await;
+        let r = http("GET", &format!("{base}/start"), Redirects::SameOrigin).await;
+        assert!(r.error.unwrap().contains("more than 5 redirects"));
+        assert_eq!(seen.load(Ordering::SeqCst), MAX_REDIRECTS + 1);
+
+        let (base, seen) = redirector(303, "/result").await;
+        let r = http("PATCH", &format!("{base}/flag"), Redirects::SameOrigin).await;
+        let e = r.error.unwrap();
+        assert!(e.contains("would turn PATCH into GET"), "{e}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+        // Not following, a 3xx is the answer; expected, it succeeds and the output says so.
+        let r = run_http(
+            &http_client(),
+            HttpStep {
+                method: "GET",
+                url: &format!("{base}/flag"),
+                headers: &BTreeMap::new(),
+                body: &Body::None,
+                expect_status: &[303],
+                follow_redirects: Redirects::None,
+            },
+            Duration::from_secs(5),
+            256,
+        )
+        .await;
+        assert!(
+            r.ok && r.output.contains("was not followed"),
+            "{}",
+            r.output
+        );
     }
 
     #[test]

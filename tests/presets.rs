@@ -116,6 +116,14 @@ fn render_argv(step: &StepSpec, vars: &BTreeMap<String, String>) -> Result<Vec<S
     }
 }
 
+/// The `env` of a `run` step, secret references unexpanded.
+fn run_env(step: &StepSpec) -> &BTreeMap<String, String> {
+    match &step.action {
+        Action::Run { env, .. } => env,
+        Action::Http { .. } => panic!("step {:?} is not a run step", step.name),
+    }
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -128,23 +136,21 @@ async fn run_http_step(step: &StepSpec, vars: &BTreeMap<String, String>) -> Step
         headers,
         body,
         expect_status,
+        follow_redirects,
     } = &step.action
     else {
         panic!("step {:?} is not an http step", step.name)
     };
     let url = url.render(vars).expect("url renders");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("http client");
     steps::run_http(
-        &client,
+        &steps::http_client(),
         HttpStep {
             method,
             url: &url,
             headers,
             body,
             expect_status,
+            follow_redirects: *follow_redirects,
         },
         step.timeout,
         4096,
@@ -611,11 +617,14 @@ fn vercel_renders_rollback_to_the_previous_deployment() {
             "--timeout",
             "4m",
             "--yes",
-            "--token",
-            "${env:VERCEL_TOKEN}",
             "--scope",
             "my-team",
         ])
+    );
+    // The token reaches the CLI through its environment, never on its command line.
+    assert_eq!(
+        run_env(s).get("VERCEL_TOKEN").map(String::as_str),
+        Some("${env:VERCEL_TOKEN}")
     );
     // A deployment id with shell syntax never reaches the argv.
     let err = render_argv(
@@ -766,10 +775,15 @@ fn migrate_renders_goto_the_previous_schema_version() {
             "-path",
             "/srv/portal/migrations",
             "-database",
-            "${env:DATABASE_URL}",
+            "postgres://migrator@db.internal:5432/portal?sslmode=require",
             "goto",
             "20240611093000",
         ])
+    );
+    // The password reaches the driver as PGPASSWORD, never on migrate's command line.
+    assert_eq!(
+        run_env(s).get("PGPASSWORD").map(String::as_str),
+        Some("${env:DATABASE_PASSWORD}")
     );
 }
 
@@ -834,12 +848,19 @@ fn presets_hold_secrets_only_as_references() {
                         rule.name
                     );
                 }
-                Action::Run { argv, .. } => {
-                    let argv: Vec<&str> = argv.iter().map(|t| t.source()).collect();
-                    for pair in argv.windows(2) {
-                        if matches!(pair[0], "--token" | "-t" | "-database") {
-                            assert!(is_ref(pair[1]), "{}: {} {}", rule.name, pair[0], pair[1]);
-                        }
+                Action::Run { argv, env, .. } => {
+                    // A secret in argv is on the child's command line: presets pass them in `env`.
+                    for a in argv {
+                        assert!(
+                            !a.source().contains("${"),
+                            "{}: secret in argv: {}",
+                            rule.name,
+                            a.source()
+                        );
+                    }
+                    for (k, v) in env {
+                        let is_secret = k.contains("TOKEN") || k.contains("PASSWORD");
+                        assert!(!is_secret || is_ref(v), "{}: {k}: {v}", rule.name);
                     }
                 }
             }

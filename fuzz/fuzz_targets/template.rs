@@ -6,6 +6,10 @@
 //!   here independently of `value_is_safe`); Err otherwise. The same inside literal text.
 //! - An arbitrary source, parsed in either scope and rendered with every name bound to one
 //!   arbitrary value: never panics; if it has a substitution and renders Ok, the value is safe.
+//! - An http URL with `{{ labels.x }}` in a path segment and a query value, rendered with an
+//!   arbitrary value: Ok unless the segment would be empty, `.` or `..`; the host, path and query
+//!   stay as written, the value appears percent-encoded (only unreserved characters and `%XX`)
+//!   and decodes back to itself. An arbitrary source parsed as a URL never panics.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -33,6 +37,23 @@ const NAMES: &[&str] = &[
     "release.current.deployment_id",
     "release.current.version",
 ];
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).expect("ascii");
+            out.push(u8::from_str_radix(hex, 16).expect("hex"));
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
 
 fn safe(v: &str) -> bool {
     v.chars()
@@ -68,6 +89,38 @@ fuzz_target!(|input: Input| {
             assert_eq!(out, format!("{pre}{}{post}", input.value));
         }
         Err(_) => assert!(!safe(input.value)),
+    }
+
+    // In a URL: encoded where it stands, the structure as written.
+    let u = Template::parse_url(
+        "https://api.example.com/v1/{{ labels.x }}/x?q={{ labels.x }}",
+        Scope::Step,
+    )
+    .unwrap();
+    match u.render(&one) {
+        Ok(out) => {
+            let rest = out
+                .strip_prefix("https://api.example.com/v1/")
+                .expect("scheme and host kept");
+            let (segment, query) = rest.split_once("/x?q=").expect("path and query kept");
+            assert_eq!(segment, query);
+            assert!(
+                segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)),
+                "not encoded: {out:?}"
+            );
+            assert_eq!(percent_decode(segment), input.value.as_bytes());
+            assert!(!matches!(input.value, "" | "." | ".."));
+        }
+        Err(_) => assert!(
+            matches!(input.value, "" | "." | ".."),
+            "value {:?} refused in a URL",
+            input.value
+        ),
+    }
+    if let Ok(t) = Template::parse_url(input.source, Scope::Step) {
+        let _ = t.render(&one);
     }
 
     // Arbitrary source: bind every known name and every `labels.*` it may use to the value.

@@ -412,19 +412,21 @@ pub(super) fn empty_plan(a: &Action) -> Plan {
             headers,
             body,
             expect_status,
+            follow_redirects,
             ..
         } => Plan {
             kind: StepKind::Http,
             headers: headers.clone(),
             body: body.clone(),
             expect_status: expect_status.clone(),
+            follow_redirects: *follow_redirects,
             ..Plan::run(Vec::new())
         },
     }
 }
 
 /// An action as it will run: the argv of a run action, or `[METHOD, URL]` of an http action,
-/// rendered; env, dir, headers and body copied with their secret references unexpanded.
+/// rendered (URL values percent-encoded, the rule's host kept or the step refused); env, dir, headers and body copied with their secret references unexpanded.
 pub(super) fn plan_action(a: &Action, vars: &BTreeMap<String, String>) -> Result<Plan, String> {
     let argv = match a {
         Action::Run { argv, .. } => argv

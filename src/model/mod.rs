@@ -317,6 +317,22 @@ impl Body {
     }
 }
 
+/// Which redirects an http step follows: none (a 3xx is the answer), or those that stay on the
+/// request's scheme, host and port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Redirects {
+    #[default]
+    None,
+    SameOrigin,
+}
+
+impl Redirects {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Redirects::None)
+    }
+}
+
 /// One action exactly as it will run, fixed when the incident opened: templates rendered,
 /// secret references (`${env:..}`, `${file:..}`) still references. The executor reads nothing else,
 /// so a reload changes only incidents opened after it.
@@ -337,6 +353,9 @@ pub struct Plan {
     /// Statuses that mean success (any 2xx when empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expect_status: Vec<u16>,
+    /// Redirects an http step follows (none unless the rule says `same_origin`).
+    #[serde(default, skip_serializing_if = "Redirects::is_none")]
+    pub follow_redirects: Redirects,
 }
 
 impl Plan {
@@ -350,6 +369,7 @@ impl Plan {
             headers: BTreeMap::new(),
             body: Body::None,
             expect_status: Vec::new(),
+            follow_redirects: Redirects::None,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-pub use crate::model::{Body, Check};
+pub use crate::model::{Body, Check, Redirects};
 use crate::model::{Labels, Source};
 pub use matcher::Matcher;
 pub use template::{Scope, Template};
@@ -46,6 +46,7 @@ pub enum Action {
         headers: BTreeMap<String, String>,
         body: Body,
         expect_status: Vec<u16>,
+        follow_redirects: Redirects,
     },
 }
 
@@ -391,6 +392,7 @@ struct RawHttp {
     json: Option<serde_json::Value>,
     body: Option<String>,
     expect_status: Option<StatusList>,
+    follow_redirects: Option<Spanned<String>>,
 }
 
 fn default_method() -> String {
@@ -491,13 +493,16 @@ impl Lint<'_> {
     }
 
     fn template(&mut self, s: &Spanned<String>, scope: Scope) -> Option<Template> {
-        match Template::parse(&s.value, scope) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.at(&s.referenced, e);
-                None
-            }
-        }
+        self.parsed(s, Template::parse(&s.value, scope))
+    }
+
+    /// An http step's URL: templates only after the host (see [`Template::parse_url`]).
+    fn url_template(&mut self, s: &Spanned<String>) -> Option<Template> {
+        self.parsed(s, Template::parse_url(&s.value, Scope::Step))
+    }
+
+    fn parsed(&mut self, s: &Spanned<String>, t: Result<Template, String>) -> Option<Template> {
+        t.map_err(|e| self.at(&s.referenced, e)).ok()
     }
 }
 
@@ -879,6 +884,16 @@ fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) 
                     "run: the program itself may not be a template",
                 );
             }
+            for a in argv {
+                if let Some(reference) = secret_reference(&a.value) {
+                    lint.warn(
+                        &a.referenced,
+                        format!(
+                            "run: `{reference}` in argv puts the secret on the child's command line (readable in /proc/PID/cmdline and ps while it runs); pass it through the step's environment instead, e.g. `env: {{ NAME: \"{reference}\" }}`, and let the program read NAME"
+                        ),
+                    );
+                }
+            }
             let argv: Vec<Template> = argv
                 .iter()
                 .filter_map(|a| lint.template(a, Scope::Step))
@@ -903,16 +918,34 @@ fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) 
                     ),
                 );
             }
-            if !(h.value.url.value.starts_with("http://")
-                || h.value.url.value.starts_with("https://")
-                || h.value.url.value.starts_with("${"))
-            {
+            // With templates, `parse_url` asks for more (a literal scheme and host) and says so.
+            let url_text = h.value.url.value.as_str();
+            let starts_ok = ["http://", "https://", "${"]
+                .iter()
+                .any(|p| url_text.starts_with(p));
+            if !starts_ok && !url_text.contains("{{") {
                 lint.at(
                     &h.value.url.referenced,
                     "http.url must start with http:// or https://",
                 );
             }
-            let url = lint.template(&h.value.url, Scope::Step);
+            let url = lint.url_template(&h.value.url);
+            let follow_redirects = match h.value.follow_redirects.as_ref() {
+                None => Redirects::None,
+                Some(f) => {
+                    match f.value.as_str() {
+                        "none" => Redirects::None,
+                        "same_origin" => Redirects::SameOrigin,
+                        other => {
+                            lint.at(
+                            &f.referenced,
+                            format!("http.follow_redirects: `{other}` is not one of: none, same_origin"),
+                        );
+                            Redirects::None
+                        }
+                    }
+                }
+            };
             let body = match (&h.value.json, &h.value.body) {
                 (Some(_), Some(_)) => {
                     lint.at(&h.referenced, "http: give `json` or `body`, not both");
@@ -936,6 +969,7 @@ fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) 
                 headers: h.value.headers.clone(),
                 body,
                 expect_status,
+                follow_redirects,
             })
         }
         _ => {
@@ -943,6 +977,13 @@ fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) 
             None
         }
     }
+}
+
+/// The first `${env:..}` / `${file:..}` reference in `s`, as written.
+fn secret_reference(s: &str) -> Option<&str> {
+    let start = s.find("${env:").or_else(|| s.find("${file:"))?;
+    let len = s[start..].find('}').map_or(s.len() - start, |e| e + 1);
+    Some(&s[start..start + len])
 }
 
 fn compile_verify(lint: &mut Lint, v: &Spanned<RawVerify>) -> Option<Verify> {

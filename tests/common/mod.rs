@@ -212,3 +212,27 @@ pub fn am_alert(
         }]
     })
 }
+
+/// Posts the release pair `dpl-1` → `dpl-2` of `service` and a firing alert with `labels` that
+/// began 5 s ago (every rule here acts after 1 s).
+pub fn release_pair_and_alert(
+    d: &Daemon,
+    service: &str,
+    labels: serde_json::Value,
+    fingerprint: &str,
+) {
+    for (v, dep, ago) in [("v1", "dpl-1", -600.0), ("v2", "dpl-2", -300.0)] {
+        let (s, b) = post(
+            &d.url("/v1/releases"),
+            None,
+            &serde_json::json!({"service": service, "version": v, "deployment_id": dep, "deployed_at": ts(ago)}),
+        );
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, b) = post(
+        &d.url("/v1/webhooks/alertmanager"),
+        None,
+        &am_alert("firing", labels, &ts(-5.0), fingerprint),
+    );
+    assert_eq!(s, 200, "{b}");
+}

@@ -1,5 +1,6 @@
 //! A loopback HTTP server for black-box tests that records every request and answers as told:
-//! canned answers, a failing spell, or its port closed (connection refused) and opened again.
+//! canned answers (redirects among them), a failing spell, or its port closed (connection refused)
+//! and opened again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,10 @@ use super::wait_for;
 /// One request a receiver got, and its answer.
 #[derive(Clone, Debug)]
 pub struct Req {
+    /// As sent (percent-encoding kept).
     pub path: String,
+    /// As sent, without the `?`; empty when there is none.
+    pub query: String,
     /// Lowercase names.
     pub headers: BTreeMap<String, String>,
     pub raw: Vec<u8>,
@@ -39,6 +43,8 @@ pub struct Recorder {
     requests: Vec<Req>,
     /// Canned answers for the next requests, then `failing`, then `ok`.
     script: VecDeque<(u16, String)>,
+    /// Redirects (status, `Location`) for the next requests, before `script`.
+    redirects: VecDeque<(u16, String)>,
     failing: Option<(u16, String)>,
     ok: (u16, String),
 }
@@ -64,6 +70,7 @@ impl Receiver {
         let inner = Arc::new(Mutex::new(Recorder {
             requests: Vec::new(),
             script: VecDeque::new(),
+            redirects: VecDeque::new(),
             failing: None,
             ok: (ok_status, ok_body.to_string()),
         }));
@@ -143,6 +150,15 @@ impl Receiver {
             .push_back((status, body.to_string()));
     }
 
+    /// Answers the next request with the redirect `status` to `location`.
+    pub fn redirect_next(&self, status: u16, location: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .redirects
+            .push_back((status, location.to_string()));
+    }
+
     /// Answers every request with `status` until [`recover`](Self::recover).
     pub fn fail_all(&self, status: u16, body: &str) {
         self.inner.lock().unwrap().failing = Some((status, body.to_string()));
@@ -188,11 +204,15 @@ pub async fn record(
     body: Bytes,
 ) -> Response {
     let mut g = inner.lock().unwrap();
-    let (status, text) = g
-        .script
-        .pop_front()
-        .or_else(|| g.failing.clone())
-        .unwrap_or_else(|| g.ok.clone());
+    let redirect = g.redirects.pop_front();
+    let (status, text) = match &redirect {
+        Some((status, _)) => (*status, String::new()),
+        None => g
+            .script
+            .pop_front()
+            .or_else(|| g.failing.clone())
+            .unwrap_or_else(|| g.ok.clone()),
+    };
     let headers = headers
         .iter()
         .map(|(k, v)| {
@@ -204,15 +224,21 @@ pub async fn record(
         .collect();
     g.requests.push(Req {
         path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         raw: body.to_vec(),
         status,
     });
-    (
+    let mut resp = (
         StatusCode::from_u16(status).unwrap(),
         [("content-type", "text/plain")],
         text,
     )
-        .into_response()
+        .into_response();
+    if let Some((_, location)) = redirect {
+        resp.headers_mut()
+            .insert("location", location.parse().unwrap());
+    }
+    resp
 }
