@@ -20,7 +20,8 @@ use crate::store::Store;
 pub struct Executor {
     pub engine: EngineHandle,
     pub store: Store,
-    /// Verification checks (and, through the daemon, the notifier).
+    /// Verification checks (and, through the daemon, the notifier): redirects within one origin
+    /// only ([`steps::outbound_client`]).
     pub http: reqwest::Client,
     /// http steps and probes: follows no redirect by itself ([`steps::http_client`]).
     pub step_http: reqwest::Client,

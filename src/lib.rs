@@ -197,10 +197,7 @@ impl Daemon {
         let executor = Executor {
             engine: engine.clone(),
             store: store.clone(),
-            http: reqwest::Client::builder()
-                .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_default(),
+            http: steps::outbound_client(),
             step_http: steps::http_client(),
             metrics: metrics.clone(),
             max_output: config.step_output_bytes,

@@ -168,6 +168,25 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// The client of checks, notifiers and the PagerDuty API: it follows a redirect only within the
+/// origin it was sent to (at most [`MAX_REDIRECTS`]); a redirect elsewhere is the answer, so no
+/// header it carries reaches a server nobody configured.
+pub fn outbound_client() -> reqwest::Client {
+    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+        let home = attempt.previous().first().map(|u| u.origin());
+        if home == Some(attempt.url().origin()) && attempt.previous().len() <= MAX_REDIRECTS {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    });
+    reqwest::Client::builder()
+        .user_agent(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
+        .redirect(same_origin)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Sends one HTTP request; success is an expected status (any 2xx when none is listed). A 3xx is
 /// the answer unless the step follows redirects within its origin (`follow_redirects:
 /// same_origin`, at most [`MAX_REDIRECTS`]); a redirect elsewhere is refused, naming only the
@@ -476,6 +495,35 @@ mod tests {
             r.ok && r.output.contains("was not followed"),
             "{}",
             r.output
+        );
+    }
+
+    #[tokio::test]
+    async fn the_outbound_client_stays_on_its_origin() {
+        use std::sync::atomic::Ordering;
+        let (elsewhere, seen_elsewhere) = redirector(200, "").await;
+        let location: &'static str = Box::leak(format!("{elsewhere}/stolen").into_boxed_str());
+        let (base, seen) = redirector(307, location).await;
+        let c = outbound_client();
+        let r = c.get(format!("{base}/hook")).send().await.unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            307,
+            "another origin's redirect is the answer"
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            seen_elsewhere.load(Ordering::SeqCst),
+            0,
+            "nothing went elsewhere"
+        );
+        let (base, seen) = redirector(302, "/again").await;
+        let r = c.get(format!("{base}/hook")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 302);
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            MAX_REDIRECTS + 1,
+            "same origin, bounded"
         );
     }
 
