@@ -173,6 +173,10 @@ grafana: { webhook_secret: "g" }
 limits: { ingest_per_second: 200, ingest_burst: 400, max_body_bytes: 4096 }
 step_output_bytes: 100
 """)
+put("config", "security", """tokens: { ingest: "ingest-token-0123456789", releases: "releases-token-0123456789", admin: "admin-token-0123456789" }
+grafana: { webhook_secret: "${env:HOME}", signature_max_age: 90s }
+limits: { header_read_timeout: 2s, body_read_timeout: 1m, max_connections: 8, ingest_per_second: 1, ingest_burst: 1 }
+""")
 put("config", "empty", "")
 put("config", "bad-ref", 'tokens: { admin: "${vault:x}" }\n')
 

@@ -14,6 +14,8 @@ fuzz_target!(|text: &str| {
         assert!(cfg.validate().is_ok());
         assert!(cfg.limits.ingest_per_second >= 1 && cfg.limits.ingest_burst >= 1);
         assert!(cfg.limits.max_body_bytes >= 1024);
+        assert!(cfg.limits.max_connections >= 1);
+        assert!(!cfg.limits.header_read_timeout.is_zero() && !cfg.limits.body_read_timeout.is_zero());
         let _ = cfg.rules_context();
         // Debug never shows a token.
         let _ = format!("{cfg:?}");
