@@ -53,6 +53,20 @@ pub struct Limits {
     pub ingest_burst: u32,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Open breaches one rule may hold at once; a firing alert that would open one more is
+    /// refused (429) until some close. Alerts of breaches already open are never refused.
+    pub max_open_breaches_per_rule: usize,
+}
+
+impl Limits {
+    /// The limits that are fixed at start (quotas, body limit); the breach cap follows a reload.
+    pub fn fixed_at_start(&self) -> (u32, u32, usize) {
+        (
+            self.ingest_per_second,
+            self.ingest_burst,
+            self.max_body_bytes,
+        )
+    }
 }
 
 impl Default for Limits {
@@ -61,6 +75,7 @@ impl Default for Limits {
             ingest_per_second: 200,
             ingest_burst: 400,
             max_body_bytes: 1024 * 1024,
+            max_open_breaches_per_rule: 10_000,
         }
     }
 }
@@ -276,6 +291,9 @@ impl Config {
         }
         if self.limits.max_body_bytes < 1024 {
             return Err("limits.max_body_bytes must be at least 1024".to_string());
+        }
+        if self.limits.max_open_breaches_per_rule == 0 {
+            return Err("limits.max_open_breaches_per_rule must be at least 1".to_string());
         }
         for (kind, tok) in [
             ("ingest", &self.tokens.ingest),
