@@ -67,6 +67,24 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Open breaches one rule may hold at once; a firing alert that would open one more is
+    /// refused (429) until some close. Alerts of breaches already open are never refused.
+    pub max_open_breaches_per_rule: usize,
+}
+
+impl Limits {
+    /// The limits that are fixed at start (quotas, body limit, connections); the breach cap
+    /// follows a reload.
+    pub fn fixed_at_start(&self) -> (u32, u32, usize, Duration, Duration, usize) {
+        (
+            self.ingest_per_second,
+            self.ingest_burst,
+            self.max_body_bytes,
+            self.header_read_timeout,
+            self.body_read_timeout,
+            self.max_connections,
+        )
+    }
 }
 
 impl Default for Limits {
@@ -78,6 +96,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_open_breaches_per_rule: 10_000,
         }
     }
 }
@@ -336,6 +355,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return Err("limits.max_connections must be at least 1".to_string());
+        }
+        if self.limits.max_open_breaches_per_rule == 0 {
+            return Err("limits.max_open_breaches_per_rule must be at least 1".to_string());
         }
         for (kind, tok) in [
             ("ingest", &self.tokens.ingest),

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::engine::{Change, Context, Effect, Event, Reply};
+use crate::engine::{Change, Context, Effect, Event, MAX_SIGNALS_PER_EVENT, Reply};
 use crate::inputs::{self, Pending, Recorder};
 use crate::metrics::Metrics;
 use crate::model::{Kind, since};
@@ -132,10 +132,16 @@ impl Driver {
                 cmd = inbox.recv() => {
                     let Some(cmd) = cmd else { break };
                     // Group commit: whatever else is already queued shares this commit.
+                    // It stops at MAX_BATCH events or once it holds a chunk's worth of signals,
+                    // so a commit's records stay bounded however large the deliveries.
+                    let mut signals = signals_in(&cmd.event);
                     let mut batch = vec![Waiting::Command(Box::new(cmd))];
-                    while batch.len() < MAX_BATCH {
+                    while batch.len() < MAX_BATCH && signals < MAX_SIGNALS_PER_EVENT {
                         match inbox.try_recv() {
-                            Ok(c) => batch.push(Waiting::Command(Box::new(c))),
+                            Ok(c) => {
+                                signals += signals_in(&c.event);
+                                batch.push(Waiting::Command(Box::new(c)));
+                            }
                             Err(_) => break,
                         }
                     }
@@ -160,6 +166,7 @@ impl Driver {
             people: &config.people,
             dry_run: self.dry_run,
             pagerduty: config.pagerduty.is_some(),
+            max_open_breaches_per_rule: config.limits.max_open_breaches_per_rule,
         };
         let mut changes = Vec::new();
         let mut timeline = Vec::new();
@@ -273,6 +280,13 @@ impl Driver {
             a.effects.into_iter().for_each(perform);
         }
         Ok(())
+    }
+}
+
+fn signals_in(e: &Event) -> usize {
+    match e {
+        Event::Signals(s) => s.len(),
+        _ => 0,
     }
 }
 

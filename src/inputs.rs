@@ -5,7 +5,10 @@
 //! - `at` is the instant the engine handled the input (its `now`), so a replay sees it at the same
 //!   instant;
 //! - `source` is `alertmanager`, `grafana`, `pagerduty`, `signal` or `release` (bodies as the
-//!   HTTP endpoints take them), or `vote`, `freeze`, `unfreeze` for the break-glass API (bodies
+//!   HTTP endpoints take them; an alert webhook of more than one chunk of
+//!   `MAX_SIGNALS_PER_EVENT` alerts is one line per chunk, `{"version", "alerts": [..]}` with
+//!   that chunk's alerts as received, since each chunk is its own event), or `vote`, `freeze`,
+//!   `unfreeze` for the break-glass API (bodies
 //!   `{"incident", "person", "vote": "approve"|"reject", "via", "reason"}` and
 //!   `{"service", "reason", "by"}`, since the path carries part of those requests);
 //! - `pagerduty` lines may carry `"delivery"` (the de-duplication id; default `event.id`), and

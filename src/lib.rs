@@ -127,7 +127,7 @@ impl App {
             ("data_dir", old.data_dir != loaded.config.data_dir),
             (
                 "limits",
-                format!("{:?}", old.limits) != format!("{:?}", loaded.config.limits),
+                old.limits.fixed_at_start() != loaded.config.limits.fixed_at_start(),
             ),
             (
                 "pagerduty (outbound client)",

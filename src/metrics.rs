@@ -1,5 +1,6 @@
 //! `/metrics`: one owned registry (no globals), bounded labels only (sources, states, outcomes and
-//! reasons come from closed sets; never a rule name, service or alert label).
+//! reasons come from closed sets; rule names from the operator's rule files; never a service or
+//! an alert label).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -14,6 +15,7 @@ pub struct Metrics {
     pub signals_received: IntCounterVec,
     pub ingest_rejected: IntCounterVec,
     pub breaches_open: IntGauge,
+    pub breaches_refused: IntCounterVec,
     pub incidents: IntGaugeVec,
     pub step_outcomes: IntCounterVec,
     pub decision_latency: Histogram,
@@ -42,6 +44,14 @@ impl Metrics {
         .expect("static metric definition");
         let breaches_open = IntGauge::new("rollbackd_breaches_open", "Breaches currently open.")
             .expect("static metric definition");
+        let breaches_refused = IntCounterVec::new(
+            Opts::new(
+                "rollbackd_breaches_refused_total",
+                "Firing signals refused because their rule already held limits.max_open_breaches_per_rule open breaches, by rule.",
+            ),
+            &["rule"],
+        )
+        .expect("static metric definition");
         let incidents = IntGaugeVec::new(
             Opts::new("rollbackd_incidents", "Incidents by state."),
             &["state"],
@@ -79,6 +89,7 @@ impl Metrics {
             Box::new(signals_received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ingest_rejected.clone()),
             Box::new(breaches_open.clone()),
+            Box::new(breaches_refused.clone()),
             Box::new(incidents.clone()),
             Box::new(step_outcomes.clone()),
             Box::new(decision_latency.clone()),
@@ -106,6 +117,7 @@ impl Metrics {
             signals_received,
             ingest_rejected,
             breaches_open,
+            breaches_refused,
             incidents,
             step_outcomes,
             decision_latency,

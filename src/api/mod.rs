@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::engine::{Event, Reply};
+use crate::engine::{Event, MAX_SIGNALS_PER_EVENT, Refusal, Reply};
 use crate::ingest::{self, IngestError};
 use crate::inputs::{FreezeLine, VoteLine};
 use crate::model::{IncidentState, Signal, VoteKind};
@@ -100,6 +100,16 @@ impl App {
             .record_inputs
             .then(|| crate::inputs::Pending::new(source, body, &event));
         self.engine.send_recorded(event, line).await
+    }
+
+    /// Counts signals refused at the open-breach cap, per rule.
+    fn count_refused(&self, refused: &[Refusal]) {
+        for r in refused {
+            self.metrics
+                .breaches_refused
+                .with_label_values(&[r.rule.as_str()])
+                .inc_by(r.signals as u64);
+        }
     }
 
     /// A request whose path carries part of it (a vote, a freeze): its input-log body is `line`,
@@ -263,18 +273,86 @@ async fn ingest_signals(
             .with_label_values(&[s.source.as_str()])
             .inc_by(n as u64);
     }
-    app.send_recorded(source, body, Event::Signals(signals))
+    let reply = app
+        .send_recorded(source, body, Event::Signals(signals))
         .await?;
-    tracing::debug!(source, n, "signals accepted");
-    Ok(Json(json!({"accepted": n})).into_response())
+    signals_answer(app, source, n, reply)
+}
+
+/// A webhook's alerts, handed to the engine in chunks of at most [`MAX_SIGNALS_PER_EVENT`], in
+/// order, each committed before the next is decoded; the answer comes once every chunk is
+/// durable. A delivery of one chunk is logged with its body as received, a larger one as one
+/// input-log line per chunk (its alerts exactly as received).
+async fn ingest_delivery(
+    app: &App,
+    source: &str,
+    body: &[u8],
+    d: ingest::alertmanager::Delivery<'_>,
+) -> Result<Response, ApiError> {
+    d.check().map_err(|e| malformed(app, source, e))?;
+    let n = d.len();
+    app.metrics
+        .signals_received
+        .with_label_values(&[d.source().as_str()])
+        .inc_by(n as u64);
+    let whole = n <= MAX_SIGNALS_PER_EVENT;
+    let mut reply = Reply::Ok;
+    for range in d.ranges(MAX_SIGNALS_PER_EVENT) {
+        let signals = d
+            .chunk(range.clone())
+            .map_err(|e| malformed(app, source, e))?;
+        let chunk_body = (!whole && app.record_inputs).then(|| d.chunk_body(range));
+        let logged = chunk_body.as_deref().map_or(body, str::as_bytes);
+        reply.merge(
+            app.send_recorded(source, logged, Event::Signals(signals))
+                .await?,
+        );
+    }
+    signals_answer(app, source, n, reply)
+}
+
+/// 200 `{"accepted": n}`, or 429 when some signals would have opened a breach beyond
+/// `limits.max_open_breaches_per_rule` (everything else in the request was applied and is
+/// durable; a redelivery is idempotent).
+fn signals_answer(app: &App, source: &str, n: usize, reply: Reply) -> Result<Response, ApiError> {
+    let Reply::Refused(refused) = reply else {
+        tracing::debug!(source, n, "signals accepted");
+        return Ok(Json(json!({"accepted": n})).into_response());
+    };
+    app.count_refused(&refused);
+    let names: Vec<String> = refused
+        .iter()
+        .map(|r| {
+            format!(
+                "rule {} holds {} open breaches (limits.max_open_breaches_per_rule): {} alert(s) refused",
+                r.rule, r.cap, r.signals
+            )
+        })
+        .collect();
+    tracing::warn!(source, refused = %names.join("; "), "signals refused at the open-breach cap");
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "too many open breaches: {}; the other alerts were applied",
+            names.join("; ")
+        ),
+    );
+    e.detail = json!({
+        "received": n,
+        "refused": refused.iter().map(|r| json!({
+            "rule": r.rule, "cap": r.cap, "alerts": r.signals,
+        })).collect::<Vec<_>>(),
+    });
+    Err(e)
 }
 
 async fn alertmanager(
     State(app): State<Arc<App>>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let s = ingest::alertmanager::parse(&body).map_err(|e| malformed(&app, "alertmanager", e))?;
-    ingest_signals(&app, "alertmanager", &body, s).await
+    let d =
+        ingest::alertmanager::delivery(&body).map_err(|e| malformed(&app, "alertmanager", e))?;
+    ingest_delivery(&app, "alertmanager", &body, d).await
 }
 
 async fn grafana(
@@ -284,8 +362,8 @@ async fn grafana(
 ) -> Result<Response, ApiError> {
     auth::grafana_signature(&app, &headers, &body)?;
     app.quota("grafana")?;
-    let s = ingest::grafana::parse(&body).map_err(|e| malformed(&app, "grafana", e))?;
-    ingest_signals(&app, "grafana", &body, s).await
+    let d = ingest::grafana::delivery(&body).map_err(|e| malformed(&app, "grafana", e))?;
+    ingest_delivery(&app, "grafana", &body, d).await
 }
 
 /// PagerDuty Webhooks V3: the signature is checked on the exact bytes before anything is parsed;
@@ -340,6 +418,9 @@ async fn pagerduty(
             },
         )
         .await?;
+    if let Reply::Refused(r) = &reply {
+        app.count_refused(r);
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({

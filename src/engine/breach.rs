@@ -19,6 +19,12 @@ impl State {
                 SignalStatus::Firing => {
                     // A start in the future is a clock problem upstream: count from receipt.
                     let start = s.starts_at.unwrap_or(now).min(now);
+                    let cap = rule.max_open.unwrap_or(tx.ctx.max_open_breaches_per_rule);
+                    if open.is_none() && self.index.open_of_rule(&rule.name) >= cap {
+                        // One more breach would pass the rule's cap: refused, nothing kept.
+                        tx.refused.entry(rule.name.clone()).or_insert((cap, 0)).1 += 1;
+                        continue;
+                    }
                     let seq = match open {
                         Some(seq) => seq,
                         None => self.seq(tx),

@@ -48,6 +48,8 @@ pub struct Rollback {
 pub struct Index {
     /// Every open breach, by (rule, group).
     open: HashMap<u128, BreachSeq>,
+    /// How many breaches each rule holds open (what `limits.max_open_breaches_per_rule` caps).
+    open_per_rule: HashMap<Box<str>, usize>,
     /// Open breaches by the earliest instant they may need the engine (a deadline, or the start of
     /// a clearing window). Entries go stale when a breach changes; each is checked when it comes
     /// up, so an entry may be early or dead, never late.
@@ -75,10 +77,23 @@ impl Index {
         if b.closed_at.is_some() {
             if self.open.get(&key) == Some(&seq) {
                 self.open.remove(&key);
+                if let Some(n) = self.open_per_rule.get_mut(b.rule.as_str()) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.open_per_rule.remove(b.rule.as_str());
+                    }
+                }
             }
             return;
         }
-        self.open.insert(key, seq);
+        if self.open.insert(key, seq).is_none() {
+            match self.open_per_rule.get_mut(b.rule.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.open_per_rule.insert(b.rule.as_str().into(), 1);
+                }
+            }
+        }
         let at = match (b.clearing_since, &b.decision) {
             (Some(c), _) => c,
             (None, None) => b.deadline,
@@ -90,6 +105,11 @@ impl Index {
     /// The open breach of a rule for a group, if any.
     pub fn open_breach(&self, rule: &str, group: &str) -> Option<BreachSeq> {
         self.open.get(&key_hash(rule, group)).copied()
+    }
+
+    /// How many breaches of a rule are open.
+    pub fn open_of_rule(&self, rule: &str) -> usize {
+        self.open_per_rule.get(rule).copied().unwrap_or(0)
     }
 
     /// How many breaches are open.

@@ -8,7 +8,7 @@
 //!   timeline) before it performs any effect, so a crash can never run a step it did not record.
 //! - One breach per (rule, group); one incident per breach; one active incident per service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -62,12 +62,21 @@ pub struct Context<'a> {
     pub dry_run: bool,
     /// PagerDuty is configured: every announcement also goes to the `pagerduty` target.
     pub pagerduty: bool,
+    /// `limits.max_open_breaches_per_rule`: a firing signal that would open a breach of a rule
+    /// already holding this many open ones (or its own `breach.max_open`) is refused (see
+    /// [`Reply::Refused`]).
+    pub max_open_breaches_per_rule: usize,
 }
 
 struct Tx<'a> {
     ctx: &'a Context<'a>,
     now: Timestamp,
     out: Output,
+    /// Where each breach saved in this event sits in `out.changes`: a breach saved again
+    /// replaces its earlier copy, so an event holds one copy per breach, not one per signal.
+    saved: HashMap<BreachSeq, usize>,
+    /// Signals refused per rule: (the rule's cap, how many).
+    refused: BTreeMap<String, (usize, usize)>,
 }
 
 impl<'a> Tx<'a> {
@@ -81,6 +90,8 @@ impl<'a> Tx<'a> {
                 timeline: Vec::new(),
                 effects: Vec::new(),
             },
+            saved: HashMap::new(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -186,7 +197,15 @@ impl State {
             }
         };
         self.evaluate(&mut tx);
-        tx.out.reply = reply;
+        tx.out.reply = match reply {
+            Reply::Ok if !tx.refused.is_empty() => Reply::Refused(
+                std::mem::take(&mut tx.refused)
+                    .into_iter()
+                    .map(|(rule, (cap, signals))| Refusal { rule, cap, signals })
+                    .collect(),
+            ),
+            other => other,
+        };
         tx.out
     }
 
@@ -302,7 +321,18 @@ impl State {
 
     fn save_breach(index: &mut Index, tx: &mut Tx, b: &Breach) {
         index.breach(b);
-        tx.out.changes.push(Change::Breach(Box::new(b.clone())));
+        let copy = Change::Breach(Box::new(b.clone()));
+        let Some(seq) = breach_seq(&b.id) else {
+            tx.out.changes.push(copy);
+            return;
+        };
+        match tx.saved.get(&seq) {
+            Some(&at) if at < tx.out.changes.len() => tx.out.changes[at] = copy,
+            _ => {
+                tx.saved.insert(seq, tx.out.changes.len());
+                tx.out.changes.push(copy);
+            }
+        }
     }
 
     fn save_incident(&mut self, tx: &mut Tx, id: &str) {

@@ -16,7 +16,8 @@ pub use crate::model::{Announcement, Kind, ReasonCode};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {
-    /// One webhook's alerts, applied together.
+    /// Alerts applied together: a webhook's, or one chunk of at most [`MAX_SIGNALS_PER_EVENT`]
+    /// of a larger one.
     Signals(Vec<Signal>),
     Release(Release),
     /// Time passed: deadlines may be due.
@@ -143,15 +144,57 @@ pub enum Change {
     Seq(u64),
 }
 
+/// The most signals one [`Event::Signals`] carries: a larger delivery is handed over in chunks
+/// of this size, each its own commit, so memory follows the chunk rather than the delivery.
+pub const MAX_SIGNALS_PER_EVENT: usize = 500;
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
     Ok,
+    /// Some signals were not applied for some rules: they would have opened a breach beyond
+    /// `limits.max_open_breaches_per_rule`. The rest of the event was applied.
+    Refused(Vec<Refusal>),
     Duplicate,
     Go(bool),
     NotFound(String),
     Conflict(String),
     Forbidden(String),
-    Release { frozen: Option<Freeze> },
+    Release {
+        frozen: Option<Freeze>,
+    },
+}
+
+/// Signals of one rule refused because the rule already holds `cap` open breaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: String,
+    pub cap: usize,
+    /// How many signals of the event were refused for this rule.
+    pub signals: usize,
+}
+
+impl Reply {
+    /// Adds another event's refusals to this reply's (a chunked delivery answers once).
+    pub fn merge(&mut self, other: Reply) {
+        let Reply::Refused(more) = other else {
+            return;
+        };
+        if !matches!(self, Reply::Refused(_)) {
+            *self = Reply::Refused(Vec::new());
+        }
+        let Reply::Refused(all) = self else {
+            return;
+        };
+        for r in more {
+            match all.iter_mut().find(|a| a.rule == r.rule) {
+                Some(a) => {
+                    a.signals += r.signals;
+                    a.cap = r.cap;
+                }
+                None => all.push(r),
+            }
+        }
+    }
 }
 
 #[derive(Debug)]

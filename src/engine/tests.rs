@@ -87,6 +87,8 @@ struct World {
     /// and every breach are let go of after each event and read back from here when an event
     /// needs them.
     disk: Option<Memory>,
+    /// `limits.max_open_breaches_per_rule`.
+    cap: usize,
 }
 
 impl World {
@@ -99,6 +101,7 @@ impl World {
             effects: Vec::new(),
             timeline: Vec::new(),
             disk: None,
+            cap: 10_000,
         }
     }
 
@@ -108,6 +111,7 @@ impl World {
             people: &self.people,
             dry_run: self.dry_run,
             pagerduty: false,
+            max_open_breaches_per_rule: self.cap,
         };
         let out = match &mut self.disk {
             Some(disk) => {
@@ -147,7 +151,14 @@ impl World {
         )
     }
 
-    fn alert(&mut self, service: &str, key: &str, firing: bool, at: Timestamp, now: Timestamp) {
+    fn alert(
+        &mut self,
+        service: &str,
+        key: &str,
+        firing: bool,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Reply {
         let labels: Labels = [
             ("alertname", "HighErrorRate"),
             ("service", service),
@@ -170,7 +181,7 @@ impl World {
                 ends_at: (!firing).then_some(at),
             }]),
             now,
-        );
+        )
     }
 
     fn tick(&mut self, now: Timestamp) {
@@ -267,6 +278,7 @@ impl World {
             people: &self.people,
             dry_run: false,
             pagerduty: false,
+            max_open_breaches_per_rule: 10_000,
         };
         let mut st = self.pump.state.clone();
         let out = st.recover(&ctx, now);
@@ -286,6 +298,89 @@ impl World {
 fn with_releases(w: &mut World) {
     w.release("web", "dpl-a", t(-3600.0), t(-3600.0));
     w.release("web", "dpl-b", t(-1800.0), t(-1800.0));
+}
+
+#[test]
+fn a_rule_at_its_open_breach_cap_refuses_new_breaches_only() {
+    let mut w = World::new(&rule("r", ""));
+    w.disk = Some(Memory::default());
+    w.cap = 2;
+    assert_eq!(w.alert("web", "f1", true, t(0.0), t(1.0)), Reply::Ok);
+    assert_eq!(w.alert("shop", "f2", true, t(0.0), t(1.0)), Reply::Ok);
+    let refused = Reply::Refused(vec![Refusal {
+        rule: "r".into(),
+        cap: 2,
+        signals: 1,
+    }]);
+    assert_eq!(w.alert("pay", "f3", true, t(0.0), t(2.0)), refused);
+    assert_eq!(w.pump.state.index.open_count(), 2);
+    assert!(
+        !w.timeline.iter().any(|e| e.message.contains("pay")),
+        "a refused signal leaves no trace in the records"
+    );
+    // Alerts of open breaches, and resolves, are never refused.
+    assert_eq!(w.alert("web", "f1", true, t(0.0), t(3.0)), Reply::Ok);
+    assert_eq!(w.alert("web", "f4", true, t(0.0), t(3.0)), Reply::Ok);
+    assert_eq!(w.alert("pay", "f3", false, t(3.0), t(3.0)), Reply::Ok);
+    assert_eq!(w.alert("shop", "f2", false, t(3.0), t(3.0)), Reply::Ok);
+    // Once shop's breach has cleared, pay may open one.
+    w.run_until(t(200.0));
+    assert_eq!(w.pump.state.index.open_of_rule("r"), 1);
+    assert_eq!(w.alert("pay", "f3", true, t(200.0), t(200.0)), Reply::Ok);
+    assert_eq!(w.pump.state.index.open_of_rule("r"), 2);
+}
+
+#[test]
+fn an_event_holds_one_copy_of_each_breach_it_changes() {
+    let mut w = World::new(&rule("r", ""));
+    let signals: Vec<Signal> = (0..50)
+        .map(|i| Signal {
+            source: Source::Alertmanager,
+            key: format!("f{i}"),
+            labels: [("alertname", "HighErrorRate"), ("service", "web")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            status: SignalStatus::Firing,
+            starts_at: Some(t(100.0 - i as f64)),
+            ends_at: None,
+        })
+        .collect();
+    let ctx = Context {
+        rules: &w.rules,
+        people: &w.people,
+        dry_run: false,
+        pagerduty: false,
+        max_open_breaches_per_rule: 10,
+    };
+    let out = w.pump.state.handle(&ctx, Event::Signals(signals), t(100.0));
+    let copies: Vec<&Breach> = out
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Breach(b) => Some(&**b),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies.len(), 1, "one copy, the last");
+    assert_eq!(copies[0].alerts.len(), 50);
+    assert_eq!(copies[0].started_at, t(51.0));
+}
+
+#[test]
+fn reply_merge_adds_refusals_per_rule() {
+    let r = |rule: &str, n| Refusal {
+        rule: rule.into(),
+        cap: 3,
+        signals: n,
+    };
+    let mut all = Reply::Ok;
+    all.merge(Reply::Ok);
+    assert_eq!(all, Reply::Ok);
+    all.merge(Reply::Refused(vec![r("a", 2)]));
+    all.merge(Reply::Ok);
+    all.merge(Reply::Refused(vec![r("b", 1), r("a", 3)]));
+    assert_eq!(all, Reply::Refused(vec![r("a", 5), r("b", 1)]));
 }
 
 #[test]
@@ -429,6 +524,7 @@ fn identical_repeats_change_nothing() {
         people: &w.people,
         dry_run: false,
         pagerduty: false,
+        max_open_breaches_per_rule: 10_000,
     };
     let labels: Labels = [
         ("alertname", "HighErrorRate"),
@@ -692,6 +788,7 @@ fn recovery_never_runs_a_non_idempotent_step_twice() {
         people: &w.people,
         dry_run: false,
         pagerduty: false,
+        max_open_breaches_per_rule: 10_000,
     };
     let out = st.handle(
         &ctx,
@@ -1283,6 +1380,7 @@ fn probe_decides_a_started_non_idempotent_step_after_a_crash() {
             people: &w.people,
             dry_run: false,
             pagerduty: false,
+            max_open_breaches_per_rule: 10_000,
         };
         let out = st.handle(
             &ctx,
@@ -1402,6 +1500,7 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
         people: &w.people,
         dry_run: false,
         pagerduty: true,
+        max_open_breaches_per_rule: 10_000,
     };
     let out = w.pump.state.handle(&ctx, Event::Tick, t(600.0));
     let queued: Vec<(String, String)> = out
@@ -1468,6 +1567,7 @@ fn shadow_incidents_announce_nothing() {
         people: &w.people,
         dry_run: false,
         pagerduty: true,
+        max_open_breaches_per_rule: 10_000,
     };
     let out = w.pump.state.handle(&ctx, Event::Tick, t(600.0));
     assert!(!out.changes.iter().any(|c| matches!(c, Change::Outbox(_))));
@@ -1717,6 +1817,7 @@ fn a_reload_that_removes_the_rule_of_a_running_rollback_lets_it_finish_its_plan(
             people: &w.people,
             dry_run: false,
             pagerduty: false,
+            max_open_breaches_per_rule: 10_000,
         },
         Event::Unfreeze {
             service: "web".into(),

@@ -1,17 +1,8 @@
 //! Grafana unified alerting webhook (version 1): Alertmanager's alert shape plus Grafana's fields.
 //! Signature checking (`X-Grafana-Alerting-Signature`) happens in the API layer on the raw bytes.
 
-use serde::Deserialize;
-
-use super::alertmanager::{Alert, signals};
-use super::{IngestError, json};
-use crate::model::{Signal, Source};
-
-#[derive(Deserialize)]
-struct Payload {
-    version: Option<String>,
-    alerts: Vec<Alert>,
-}
+use super::IngestError;
+use crate::model::Signal;
 
 /// Grafana's optional webhook HMAC: lowercase hex HMAC-SHA256 in `X-Grafana-Alerting-Signature`,
 /// over `"<timestamp>:" + body` when the contact point sends a timestamp header
@@ -59,20 +50,15 @@ pub fn verify_signature(
 }
 
 pub fn parse(body: &[u8]) -> Result<Vec<Signal>, IngestError> {
-    let p: Payload = json(body, "Grafana webhook")?;
-    if let Some(v) = p.version.as_deref()
-        && v != "1"
-    {
-        return Err(IngestError::new(format!(
-            "version: payload version {v:?} is not supported; rollbackd reads Grafana webhook version \"1\""
-        )));
-    }
-    signals(p.alerts, Source::Grafana)
+    delivery(body)?.all()
 }
+
+pub use super::alertmanager::grafana_delivery as delivery;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Source;
 
     #[test]
     fn reads_grafana_times_with_offsets() {

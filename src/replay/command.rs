@@ -149,6 +149,7 @@ fn run(args: Args) -> Result<u8, String> {
     let mut r = Replayer::new(&set, &cfg.people)
         .pagerduty(cfg.pagerduty.is_some())
         .dry_run(args.dry_run)
+        .max_open_breaches_per_rule(cfg.limits.max_open_breaches_per_rule)
         .recorded(&all, exact);
     for (n, input) in all.into_iter().enumerate() {
         r.feed_until(input, until);

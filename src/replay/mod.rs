@@ -179,6 +179,7 @@ pub struct Replayer<'a> {
     people: &'a [Person],
     pagerduty: bool,
     dry_run: bool,
+    max_open_breaches_per_rule: usize,
     /// The inputs are the daemon's own log and the rules are the ones it ran: every tick and
     /// outcome comes from the log, nothing is simulated.
     exact: bool,
@@ -202,6 +203,7 @@ impl<'a> Replayer<'a> {
             people,
             pagerduty: false,
             dry_run: false,
+            max_open_breaches_per_rule: crate::config::Limits::default().max_open_breaches_per_rule,
             exact: false,
             recorded: Recorded::default(),
             pump: Pump::new(State::default()),
@@ -226,6 +228,13 @@ impl<'a> Replayer<'a> {
     /// this matches the config the inputs were recorded under.
     pub fn pagerduty(mut self, on: bool) -> Replayer<'a> {
         self.pagerduty = on;
+        self
+    }
+
+    /// As the daemon with `limits.max_open_breaches_per_rule: n`: a signal that would open a
+    /// breach beyond it is refused, as the daemon refused it.
+    pub fn max_open_breaches_per_rule(mut self, n: usize) -> Replayer<'a> {
+        self.max_open_breaches_per_rule = n;
         self
     }
 
@@ -377,6 +386,7 @@ impl<'a> Replayer<'a> {
                 people: self.people,
                 dry_run: self.dry_run,
                 pagerduty: self.pagerduty,
+                max_open_breaches_per_rule: self.max_open_breaches_per_rule,
             };
             // Memory never fails to read back.
             let Ok(handled) = self.pump.handle(&self.memory, &ctx, input, at) else {

@@ -89,6 +89,9 @@ pub struct Rule {
     pub environment: Option<Template>,
     pub sustained: Duration,
     pub clear_after: Duration,
+    /// `breach.max_open`: this rule's own cap on open breaches, in place of
+    /// `limits.max_open_breaches_per_rule`.
+    pub max_open: Option<usize>,
     pub max_age: Duration,
     pub approval: Option<ApprovalPolicy>,
     pub steps: Vec<StepSpec>,
@@ -327,6 +330,7 @@ struct RawMessages {
 struct RawBreach {
     sustained: Spanned<String>,
     clear_after: Option<Spanned<String>>,
+    max_open: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -650,6 +654,15 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
         Some(c) => lint.duration(c, "breach.clear_after"),
         None => Some(Duration::ZERO),
     };
+    let max_open = r.breach.value.max_open.as_ref().map(|m| {
+        if m.value == 0 {
+            lint.at(
+                &m.referenced,
+                "breach.max_open must be at least 1 (use mode: shadow to never act)",
+            );
+        }
+        m.value
+    });
     let max_age = match &r.release {
         Some(rel) => lint.duration(&rel.max_age, "release.max_age"),
         None => Some(Duration::from_secs(2 * 3600)),
@@ -726,6 +739,7 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
         environment,
         sustained: sustained?,
         clear_after: clear_after?,
+        max_open,
         max_age: max_age?,
         approval: approval.flatten(),
         steps,

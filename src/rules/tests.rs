@@ -150,3 +150,21 @@ fn group_key_is_canonical() {
     assert_eq!(key, r#"{env="", service="web"}"#);
     assert_eq!(picked.len(), 2);
 }
+
+#[test]
+fn breach_max_open_overrides_the_cap_and_must_be_positive() {
+    let rule = |max_open: &str| {
+        format!(
+            "rules:\n  - name: r\n    match: ['alertname=\"A\"']\n    service: web\n    breach: {{ sustained: 1m, max_open: {max_open} }}\n    approval: none\n    steps:\n      - name: x\n        run: [/bin/true]\n"
+        )
+    };
+    let (set, problems) = load_str("r.yaml", &rule("25"), &ctx());
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(set.unwrap().get("r").unwrap().max_open, Some(25));
+    let out = lint(&rule("0"));
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert!(
+        out[0].starts_with("r.yaml:5:") && out[0].contains("breach.max_open must be at least 1"),
+        "{out:#?}"
+    );
+}
