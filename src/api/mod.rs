@@ -1,5 +1,6 @@
-//! HTTP: thin handlers. Each one admits the request (quota, token), parses the raw bytes, hands an
-//! event to the engine or reads the store, and maps the answer to a status. No decisions here.
+//! HTTP: thin handlers. Each one admits the request (token or signature, then quota), parses the
+//! raw bytes, hands an event to the engine or reads the store, and maps the answer to a status.
+//! No decisions here.
 
 mod auth;
 mod error;
