@@ -3,8 +3,8 @@
 //! direction at a time while clients still reach every node.
 //!
 //! Invariants are read from what the steps' child processes wrote (`<step> <fencing token>
-//! <pid>`, one line per run, in one shared file), never from the daemons' word alone; the
-//! daemons' answers are compared with them.
+//! <pid> <parent pid>`, one line per run, in one shared file; the parent is the node's process
+//! that ran it), never from the daemons' word alone; the daemons' answers are compared with them.
 //!
 //! Time is the wall clock (these tests are about elections): rules act after `sustained: 1s`
 //! on alerts whose `startsAt` lies in the past, or a few seconds after a cut when the test
@@ -35,9 +35,12 @@ fn serial() -> MutexGuard<'static, ()> {
 
 const ADMIN: &str = "admin-token-0123456789abcdefghij";
 const ELECTION: Duration = Duration::from_secs(10);
+/// The first election, while three processes start on a busy machine.
+const FIRST_ELECTION: Duration = Duration::from_secs(20);
 
 /// A rule acting on `alertname` for the alert's `service` label, with one run step `step` that
-/// appends `<step> <fencing token> <pid>` to the shared step log and then runs `then` (shell).
+/// appends `<step> <fencing token> <pid> <parent pid>` to the shared step log and then runs
+/// `then` (shell).
 fn rule(
     name: &str,
     alertname: &str,
@@ -196,7 +199,7 @@ fn kill9_leader_mid_steps_fails_the_non_idempotent_and_reruns_the_idempotent() {
         ),
     );
     let mut c = Cluster::start(3, &rules, "");
-    let leader = c.wait_leader(ELECTION);
+    let leader = c.wait_leader(FIRST_ELECTION);
     let old_term = c.term(leader);
 
     breach(&c, leader, "once", "OnceErrors", -5.0);
@@ -218,6 +221,8 @@ fn kill9_leader_mid_steps_fails_the_non_idempotent_and_reruns_the_idempotent() {
     .unwrap_or_else(|| panic!("both steps never seen running\n{}", c.diagnose()));
     let first_once = c.steps.of("once-step")[0].clone();
     let first_again = c.steps.of("again-step")[0].clone();
+    assert_eq!(c.ran_on(&first_once), leader, "{first_once:?}");
+    assert_eq!(c.ran_on(&first_again), leader, "{first_again:?}");
     assert!(
         first_once.token >= 1 && first_once.token <= old_term,
         "token {} under term {old_term}",
@@ -265,6 +270,7 @@ fn kill9_leader_mid_steps_fails_the_non_idempotent_and_reruns_the_idempotent() {
         again_lines[0].token
     );
     assert_ne!(again_lines[1].pid, again_lines[0].pid);
+    assert_eq!(c.ran_on(&again_lines[1]), new_leader, "{again_lines:?}");
     // The journal agrees with the processes.
     assert_eq!(
         done["steps"][0]["fencing_token"], again_lines[1].token,
@@ -307,7 +313,7 @@ fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes
         "people:\n  - {{id: ada, name: Ada Founder, roles: [founder]}}\ntokens: {{admin: \"{ADMIN}\"}}\n"
     );
     let mut c = Cluster::start(3, &rules, &extra);
-    let old = c.wait_leader(ELECTION);
+    let old = c.wait_leader(FIRST_ELECTION);
     let old_term = c.term(old);
 
     breach(&c, old, "gated", "GatedErrors", -5.0);
@@ -341,6 +347,7 @@ fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes
         token > old_term,
         "token {token} not above the paused leader's term {old_term}"
     );
+    assert_eq!(c.ran_on(&lines[0]), new, "{lines:?}");
     assert_eq!(inc["steps"][0]["fencing_token"], token, "{inc:#}");
     assert!(
         c.stderr(new)
@@ -469,7 +476,7 @@ fn partition(cut: Cut) {
         )
     );
     let c = Cluster::start(3, &rules, "");
-    let leader = c.wait_leader(ELECTION);
+    let leader = c.wait_leader(FIRST_ELECTION);
     let old_term = c.term(leader);
     let followers = others(&c, leader);
     let mut acked = Acked::default();
@@ -535,6 +542,7 @@ fn partition(cut: Cut) {
     c.wait_state(acting, &id, "rolled_back", Duration::from_secs(15));
     let lines = c.steps.of("part-step");
     assert_eq!(lines.len(), 1, "{lines:?}\n{}", c.diagnose());
+    assert_eq!(c.ran_on(&lines[0]), acting, "{lines:?}");
     if acting != leader {
         assert!(
             lines[0].token > old_term,

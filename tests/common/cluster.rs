@@ -2,9 +2,10 @@
 //! sled database, each behind a [`Net`] proxy that the members' urls point at, so a test can cut
 //! the links between nodes (clients talk to each node's own listener and are never cut).
 //!
-//! Steps of the rules a cluster runs append `<step name> <fencing token> <pid>` lines to one
-//! shared file ([`StepLog`]): the invariants are read from what the child processes wrote, never
-//! from the daemons' word alone.
+//! Steps of the rules a cluster runs append `<step name> <fencing token> <pid> <parent pid>`
+//! lines to one shared file ([`StepLog`]): the invariants are read from what the child processes
+//! wrote (the parent pid says which node's process ran the step), never from the daemons' word
+//! alone.
 
 #![allow(dead_code)]
 
@@ -76,6 +77,8 @@ pub struct Node {
     pub stopped: bool,
     /// Every stderr file this node has written, one per start.
     pub stderr_logs: Vec<PathBuf>,
+    /// The process id of each start.
+    pub pids: Vec<u32>,
 }
 
 impl Node {
@@ -145,6 +148,7 @@ impl Cluster {
                 daemon: None,
                 stopped: false,
                 stderr_logs: Vec::new(),
+                pids: Vec::new(),
             });
         }
         let mut c = Cluster {
@@ -207,6 +211,7 @@ impl Cluster {
             "node {id} listens elsewhere than asked"
         );
         node.stderr_logs.push(d.stderr_log.clone());
+        node.pids.push(d.child.id());
         node.daemon = Some(d);
         node.stopped = false;
     }
@@ -252,6 +257,24 @@ impl Cluster {
             self.kill9(id);
         }
         self.launch(id);
+    }
+
+    /// The node whose process (in any of its starts) has process id `pid`.
+    pub fn node_of_pid(&self, pid: u32) -> Option<u64> {
+        self.nodes
+            .iter()
+            .find(|n| n.pids.contains(&pid))
+            .map(|n| n.id)
+    }
+
+    /// The node that ran the step of `line` (its process's parent).
+    pub fn ran_on(&self, line: &StepLine) -> u64 {
+        self.node_of_pid(line.parent).unwrap_or_else(|| {
+            panic!(
+                "step {line:?} was not started by any node's process\n{}",
+                self.diagnose()
+            )
+        })
     }
 
     /// Everything the node has written to stderr, over all its starts.
@@ -448,8 +471,9 @@ impl Drop for Cluster {
     }
 }
 
-/// The file the steps' child processes append `<step name> <fencing token> <pid>` to. Dropping
-/// it ends the step processes still running (a step of a killed node outlives its node).
+/// The file the steps' child processes append `<step name> <fencing token> <pid> <parent pid>`
+/// to. Dropping it ends the step processes still running (a step of a killed node outlives its
+/// node).
 pub struct StepLog {
     pub path: PathBuf,
 }
@@ -460,6 +484,8 @@ pub struct StepLine {
     pub step: String,
     pub token: u64,
     pub pid: u32,
+    /// The process that started the step's shell: a node's daemon.
+    pub parent: u32,
 }
 
 impl StepLog {
@@ -471,8 +497,8 @@ impl StepLog {
         &self.path
     }
 
-    /// Every line so far; panics on one that is not `<name> <token> <pid>` with a numeric token
-    /// (an empty token means the step ran without `ROLLBACKD_FENCING_TOKEN`).
+    /// Every line so far; panics on one that is not `<name> <token> <pid> <parent>` with a
+    /// numeric token (an empty token means the step ran without `ROLLBACKD_FENCING_TOKEN`).
     pub fn lines(&self) -> Vec<StepLine> {
         std::fs::read_to_string(&self.path)
             .unwrap_or_default()
@@ -480,14 +506,17 @@ impl StepLog {
             .map(|l| {
                 let parts: Vec<&str> = l.split(' ').collect();
                 match parts.as_slice() {
-                    [step, token, pid] => StepLine {
+                    [step, token, pid, parent] => StepLine {
                         step: step.to_string(),
                         token: token
                             .parse()
                             .unwrap_or_else(|_| panic!("step line without a fencing token: {l:?}")),
                         pid: pid.parse().unwrap_or_else(|_| panic!("bad pid: {l:?}")),
+                        parent: parent
+                            .parse()
+                            .unwrap_or_else(|_| panic!("bad parent pid: {l:?}")),
                     },
-                    _ => panic!("step line not `<name> <token> <pid>`: {l:?}"),
+                    _ => panic!("step line not `<name> <token> <pid> <parent>`: {l:?}"),
                 }
             })
             .collect()
