@@ -20,8 +20,8 @@ mod proxy;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, STEPLOG, StepLine, request};
-use common::{am_alert, ts, wait_for};
+use cluster::{Cluster, STEPLOG, StepLine, poll, request};
+use common::{am_alert, ts};
 use serde_json::{Value, json};
 
 // ---- helpers ----
@@ -96,7 +96,7 @@ fn post_to(
 /// deployment id, the same alert, the same person's vote).
 fn post_ok(c: &Cluster, node: u64, path: &str, token: Option<&str>, body: &Value) -> Value {
     let mut last = None;
-    let done = wait_for(Duration::from_secs(10), || {
+    let done = poll(Duration::from_secs(10), || {
         let r = post_to(c, node, path, token, body, Duration::from_secs(3));
         last = r.clone();
         r.filter(|(s, _)| (200..300).contains(s)).map(|(_, v)| v)
@@ -148,7 +148,7 @@ fn others(c: &Cluster, not: u64) -> Vec<u64> {
 /// Waits until `node` shows incident `id` exactly as `reference` shows it.
 fn wait_same_incident(c: &Cluster, node: u64, reference: u64, id: &str) {
     let mut last = (Value::Null, Value::Null);
-    let same = wait_for(Duration::from_secs(15), || {
+    let same = poll(Duration::from_secs(15), || {
         let (a, b) = (c.incident(node, id), c.incident(reference, id));
         let same = a.is_some() && a == b;
         last = (a.unwrap_or(Value::Null), b.unwrap_or(Value::Null));
@@ -207,7 +207,7 @@ fn kill9_leader_mid_steps_fails_the_non_idempotent_and_reruns_the_idempotent() {
     let once = c.wait_incident_of(leader, "once", Duration::from_secs(10));
     let again = c.wait_incident_of(leader, "again", Duration::from_secs(10));
     // Both steps started: their processes wrote their lines, and the journal says so.
-    wait_for(Duration::from_secs(10), || {
+    poll(Duration::from_secs(10), || {
         let started = |id: &str| {
             c.incident(leader, id)
                 .is_some_and(|i| i["steps"][0]["state"] == "started")
@@ -359,7 +359,7 @@ fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes
     // The old leader resumes: it learns it was deposed and runs nothing.
     let before = c.steps.lines();
     c.cont(old);
-    wait_for(Duration::from_secs(10), || {
+    poll(Duration::from_secs(10), || {
         (c.view(old).is_some_and(|v| v["leader"] == new)
             && c.stderr(old).contains("lost leadership"))
         .then_some(())
@@ -420,7 +420,7 @@ impl Acked {
     /// Fresh releases to `node` until one is acknowledged, for up to 10 s.
     fn release_ok(&mut self, c: &Cluster, node: u64, service: &str) {
         let mut last = None;
-        let ok = wait_for(Duration::from_secs(10), || {
+        let ok = poll(Duration::from_secs(10), || {
             last = self.try_release(c, node, service, Duration::from_secs(3));
             last.filter(|s| (200..300).contains(s))
         });
@@ -439,7 +439,7 @@ impl Acked {
     fn assert_everywhere(&self, c: &Cluster) {
         for n in c.ids() {
             let mut missing = Vec::new();
-            let found = wait_for(Duration::from_secs(15), || {
+            let found = poll(Duration::from_secs(15), || {
                 missing = self
                     .0
                     .iter()

@@ -11,12 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::common::procs::free_port;
-use crate::common::{Daemon, Setup, wait_for};
+use crate::common::{Daemon, Setup};
 use crate::proxy::Net;
 
 /// The secret every node of a test cluster shares (at least 16 characters).
@@ -25,13 +26,32 @@ pub const SECRET: &str = "cluster-secret-0123456789abcdef";
 /// In a rules text given to [`Cluster::start`], replaced by the shared step log's path.
 pub const STEPLOG: &str = "@STEPLOG@";
 
-/// A client for questions to one node: short, so a paused or cut-off node costs little.
-pub fn quick_client(timeout: Duration) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("client")
+/// The one client of the test's questions: short timeouts, so a paused or cut-off node costs
+/// little.
+fn client() -> &'static reqwest::blocking::Client {
+    static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .expect("client")
+    })
+}
+
+/// Polls `f` every 100 ms until it returns Some or `timeout` passes (gentler than `wait_for` on
+/// a machine that also runs three daemons).
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One request that never panics: (status, JSON or Null), or None when no answer came in
@@ -43,7 +63,7 @@ pub fn request(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Option<(u16, Value)> {
-    let mut req = quick_client(timeout).request(method, url);
+    let mut req = client().request(method, url).timeout(timeout);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -92,6 +112,26 @@ impl Node {
 
     pub fn pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|d| d.child.id())
+    }
+
+    /// Starts the process on the node's own port and waits until it says where it listens.
+    fn spawn(&self) -> Daemon {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let d = self.setup.start_with(&["--listen", &listen]);
+        assert_eq!(
+            d.base,
+            self.base(),
+            "node {} listens elsewhere than asked",
+            self.id
+        );
+        d
+    }
+
+    fn adopt(&mut self, d: Daemon) {
+        self.stderr_logs.push(d.stderr_log.clone());
+        self.pids.push(d.child.id());
+        self.daemon = Some(d);
+        self.stopped = false;
     }
 
     /// Running and not paused.
@@ -158,8 +198,20 @@ impl Cluster {
             steps,
             _shared: shared,
         };
-        for id in 1..=n {
-            c.launch(id);
+        // All at once: a node may wait for its peers before it says where it listens.
+        let started: Vec<Daemon> = std::thread::scope(|scope| {
+            let handles: Vec<_> = c
+                .nodes
+                .iter()
+                .map(|n| scope.spawn(move || n.spawn()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| panic!("a node did not start")))
+                .collect()
+        });
+        for (node, d) in c.nodes.iter_mut().zip(started) {
+            node.adopt(d);
         }
         c
     }
@@ -203,17 +255,8 @@ impl Cluster {
     fn launch(&mut self, id: u64) {
         let node = self.node_mut(id);
         assert!(node.daemon.is_none(), "node {id} is running");
-        let listen = format!("127.0.0.1:{}", node.port);
-        let d = node.setup.start_with(&["--listen", &listen]);
-        assert_eq!(
-            d.base,
-            node.base(),
-            "node {id} listens elsewhere than asked"
-        );
-        node.stderr_logs.push(d.stderr_log.clone());
-        node.pids.push(d.child.id());
-        node.daemon = Some(d);
-        node.stopped = false;
+        let d = node.spawn();
+        node.adopt(d);
     }
 
     /// `kill -9` the node (its data dir stays).
@@ -314,14 +357,14 @@ impl Cluster {
 
     /// Waits for a leader a majority agrees on; panics with every node's view and log tail.
     pub fn wait_leader(&self, timeout: Duration) -> u64 {
-        wait_for(timeout, || self.leader())
+        poll(timeout, || self.leader())
             .unwrap_or_else(|| panic!("no leader within {timeout:?}\n{}", self.diagnose()))
     }
 
     /// Waits for a leader a majority agrees on other than `old`; returns it and how long it took.
     pub fn wait_new_leader(&self, old: u64, timeout: Duration) -> (u64, Duration) {
         let t0 = Instant::now();
-        let l = wait_for(timeout, || self.leader().filter(|l| *l != old)).unwrap_or_else(|| {
+        let l = poll(timeout, || self.leader().filter(|l| *l != old)).unwrap_or_else(|| {
             panic!(
                 "no leader other than {old} within {timeout:?}\n{}",
                 self.diagnose()
@@ -332,7 +375,7 @@ impl Cluster {
 
     /// Waits until every live node names `leader` (a healed or restarted node has rejoined).
     pub fn wait_all_agree(&self, leader: u64, timeout: Duration) {
-        wait_for(timeout, || {
+        poll(timeout, || {
             self.nodes
                 .iter()
                 .filter(|n| n.live())
@@ -411,7 +454,7 @@ impl Cluster {
 
     /// Waits for node `node` to list an incident of `service`; returns its id.
     pub fn wait_incident_of(&self, node: u64, service: &str, timeout: Duration) -> String {
-        wait_for(timeout, || {
+        poll(timeout, || {
             self.incidents(node)
                 .into_iter()
                 .find(|i| i["service"] == service)
@@ -427,7 +470,7 @@ impl Cluster {
 
     /// Waits until node `node` shows incident `id` in `state`; returns it.
     pub fn wait_state(&self, node: u64, id: &str, state: &str, timeout: Duration) -> Value {
-        wait_for(timeout, || {
+        poll(timeout, || {
             self.incident(node, id).filter(|i| i["state"] == state)
         })
         .unwrap_or_else(|| {
