@@ -223,11 +223,11 @@ fn kill9_leader_mid_steps_fails_the_non_idempotent_and_reruns_the_idempotent() {
     let first_again = c.steps.of("again-step")[0].clone();
     assert_eq!(c.ran_on(&first_once), leader, "{first_once:?}");
     assert_eq!(c.ran_on(&first_again), leader, "{first_again:?}");
-    assert!(
-        first_once.token >= 1 && first_once.token <= old_term,
-        "token {} under term {old_term}",
-        first_once.token
-    );
+    // The token is the term of the leader that started the steps.
+    let term = c.term(leader);
+    assert!(term >= old_term, "term went from {old_term} to {term}");
+    assert_eq!(first_once.token, term, "{first_once:?}");
+    assert_eq!(first_again.token, term, "{first_again:?}");
 
     c.kill9(leader);
     let (new_leader, took) = c.wait_new_leader(leader, ELECTION);
@@ -271,6 +271,13 @@ fn kill9_leader_mid_steps_fails_the_non_idempotent_and_reruns_the_idempotent() {
     );
     assert_ne!(again_lines[1].pid, again_lines[0].pid);
     assert_eq!(c.ran_on(&again_lines[1]), new_leader, "{again_lines:?}");
+    assert_eq!(again_lines[1].token, c.term(new_leader), "{again_lines:?}");
+    let became = format!("became leader term={}", again_lines[1].token);
+    assert!(
+        c.stderr(new_leader).contains(&became),
+        "node {new_leader} never logged `{became}`\n{}",
+        c.diagnose()
+    );
     // The journal agrees with the processes.
     assert_eq!(
         done["steps"][0]["fencing_token"], again_lines[1].token,
