@@ -50,7 +50,7 @@ fn rule(
     then: &str,
     idempotent: bool,
 ) -> String {
-    let script = format!("echo \"{step} $ROLLBACKD_FENCING_TOKEN $$\" >> {STEPLOG}; {then}")
+    let script = format!("echo \"{step} $ROLLBACKD_FENCING_TOKEN $$ $PPID\" >> {STEPLOG}; {then}")
         .replace('\'', "''");
     format!(
         r#"  - name: {name}
