@@ -162,6 +162,26 @@ fn wait_same_incident(c: &Cluster, node: u64, reference: u64, id: &str) {
     );
 }
 
+/// Waits up to 10 s for `GET /readyz` on `node` to answer `status`.
+fn wait_ready(c: &Cluster, node: u64, status: u16) {
+    let mut last = None;
+    let ok = poll(Duration::from_secs(10), || {
+        last = request(
+            reqwest::Method::GET,
+            &c.url(node, "/readyz"),
+            None,
+            None,
+            Duration::from_secs(2),
+        );
+        last.as_ref().filter(|(s, _)| *s == status).map(|_| ())
+    });
+    assert!(
+        ok.is_some(),
+        "/readyz on node {node}: not {status} within 10 s (last {last:?})\n{}",
+        c.diagnose()
+    );
+}
+
 /// Step lines stay as they are for `d` (nothing more runs).
 fn assert_no_more_lines(c: &Cluster, before: &[StepLine], d: Duration, why: &str) {
     std::thread::sleep(d);
@@ -304,8 +324,11 @@ fn kill9_leader_mid_steps_fails_the_non_idempotent_and_reruns_the_idempotent() {
 #[test]
 fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes() {
     let _g = serial();
+    // A second rule whose breach reaches its deadline while the leader is paused: when the
+    // paused leader resumes, its own timers are late at once, before it has heard that it was
+    // deposed.
     let rules = format!(
-        "rules:\n{}",
+        "rules:\n{}{}",
         rule(
             "gated-errors",
             "GatedErrors",
@@ -313,6 +336,15 @@ fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes
             "{require_roles: [founder], quorum: 1, timeout: 5m}",
             "gated-step",
             "sleep 1",
+            false
+        ),
+        rule(
+            "late-errors",
+            "LateErrors",
+            "3s",
+            "none",
+            "late-step",
+            "true",
             false
         )
     );
@@ -329,6 +361,8 @@ fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes
         c.wait_state(n, &id, "awaiting_approval", Duration::from_secs(10));
     }
     assert!(c.steps.lines().is_empty(), "ran before approval");
+    // Due 3 s from now, while the leader is paused.
+    breach(&c, old, "late", "LateErrors", 0.0);
 
     c.stop(old);
     let (new, took) = c.wait_new_leader(old, ELECTION);
@@ -363,7 +397,16 @@ fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes
         c.diagnose()
     );
 
-    // The old leader resumes: it learns it was deposed and runs nothing.
+    // The breach that fell due during the pause is the new leader's to act on, once.
+    let late = c.wait_incident_of(new, "late", Duration::from_secs(15));
+    c.wait_state(new, &late, "rolled_back", Duration::from_secs(15));
+    let late_lines = c.steps.of("late-step");
+    assert_eq!(late_lines.len(), 1, "{late_lines:?}");
+    assert_eq!(c.ran_on(&late_lines[0]), new, "{late_lines:?}");
+    assert!(late_lines[0].token > old_term, "{late_lines:?}");
+
+    // The old leader resumes: it learns it was deposed and runs nothing, not even what its own
+    // timers found due while it was paused.
     let before = c.steps.lines();
     c.cont(old);
     poll(Duration::from_secs(10), || {
@@ -379,6 +422,7 @@ fn paused_leader_awaiting_approval_is_replaced_and_runs_nothing_after_it_resumes
     });
     assert_no_more_lines(&c, &before, Duration::from_secs(2), "after SIGCONT");
     wait_same_incident(&c, old, new, &id);
+    wait_same_incident(&c, old, new, &late);
 }
 
 // ---- c. partitions ----
@@ -537,6 +581,10 @@ fn partition(cut: Cut) {
             "new leader {l} after {took:?} (cut {:?} ago)",
             cut_at.elapsed()
         );
+        if cut == Cut::Isolate {
+            // Cut off from every peer, it knows no leader that holds a majority.
+            wait_ready(&c, leader, 503);
+        }
         // The majority takes writes, through either of its nodes.
         for f in &followers {
             acked.release_ok(&c, *f, "during");
@@ -558,6 +606,13 @@ fn partition(cut: Cut) {
         );
     }
     eprintln!("cut lasted {:?}", cut_at.elapsed());
+
+    // The nodes that see a leader holding a majority say they are ready.
+    for n in c.ids() {
+        if n != leader || cut == Cut::FollowersToLeader {
+            wait_ready(&c, n, 200);
+        }
+    }
 
     c.net.heal_all();
     let after = c.wait_leader(ELECTION);
