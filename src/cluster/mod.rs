@@ -131,19 +131,17 @@ impl Node {
                     .await
                     .is_ok()
                     && r.trigger().snapshot().await.is_ok()
-                {
-                    if let Ok(m) = r
+                    && let Ok(m) = r
                         .wait(None)
                         .metrics(|m| m.snapshot.is_some(), "snapshot")
                         .await
-                        && let Some(s) = m.snapshot
-                    {
-                        let _ = r.trigger().purge_log(s.index).await;
-                        tracing::info!(
-                            index = s.index,
-                            "single-node records moved into the cluster's first snapshot"
-                        );
-                    }
+                    && let Some(s) = m.snapshot
+                {
+                    let _ = r.trigger().purge_log(s.index).await;
+                    tracing::info!(
+                        index = s.index,
+                        "single-node records moved into the cluster's first snapshot"
+                    );
                 }
             });
         }
