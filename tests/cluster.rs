@@ -653,3 +653,130 @@ fn partition_leader_to_followers_cut_only() {
 fn partition_followers_to_leader_cut_only() {
     partition(Cut::FollowersToLeader);
 }
+
+// ---- the cluster's own surface: its view, peer authentication, the token everywhere ----
+
+#[test]
+fn view_peer_auth_and_fencing_token_in_templates_and_http_steps() {
+    let _g = serial();
+    let hook = common::receiver::Receiver::generic();
+    let rules = format!(
+        r#"rules:
+  - name: fence-errors
+    match:
+      - alertname="FenceErrors"
+    group_by: [service]
+    service: "{{{{ labels.service }}}}"
+    breach:
+      sustained: 1s
+      clear_after: 1s
+    release:
+      max_age: 1h
+    approval: none
+    steps:
+      - name: tmpl-step
+        run: [/bin/sh, -c, 'echo "tmpl-step $0 $$ $PPID" >> {STEPLOG}', "{{{{ fencing_token }}}}"]
+        timeout: 1m
+      - name: http-step
+        http: {{ method: POST, url: "{url}" }}
+        timeout: 1m
+"#,
+        url = hook.url("/fence/{{ fencing_token }}")
+    );
+    let mut c = Cluster::start(3, &rules, "");
+    let leader = c.wait_leader(FIRST_ELECTION);
+    let term = c.term(leader);
+
+    // Every node's view: itself, the same leader and members (their urls are the proxies'),
+    // one rules digest.
+    for n in c.ids() {
+        let v = c.view(n).unwrap_or_else(|| panic!("no view on {n}"));
+        assert_eq!(v["node_id"], n, "{v}");
+        assert_eq!(v["leader"], leader, "{v}");
+        assert!(v["term"].as_u64().is_some(), "{v}");
+        let members = v["members"].as_array().cloned().unwrap_or_default();
+        let ids: Vec<u64> = members.iter().filter_map(|m| m["id"].as_u64()).collect();
+        assert_eq!(ids, [1, 2, 3], "{v}");
+        for m in &members {
+            let id = m["id"].as_u64().unwrap_or_default();
+            assert_eq!(
+                m["url"],
+                format!("http://127.0.0.1:{}", c.node(id).proxy_port),
+                "{v}"
+            );
+            let role = m["role"].as_str().unwrap_or_default();
+            let want = if id == leader { "leader" } else { "follower" };
+            assert_eq!(role, want, "member {id} on node {n}: {v}");
+            assert_eq!(m["rules_digest"], members[0]["rules_digest"], "{v}");
+            assert!(m["rules_digest"].is_string(), "{v}");
+        }
+    }
+
+    // Peer endpoints want the cluster secret.
+    for path in [
+        "/internal/raft/append",
+        "/internal/raft/vote",
+        "/internal/raft/snapshot",
+    ] {
+        for secret in [None, Some("not-the-cluster-secret-at-all")] {
+            let mut req = reqwest::blocking::Client::new()
+                .post(c.url(leader, path))
+                .header("content-type", "application/json")
+                .body("{}");
+            if let Some(s) = secret {
+                req = req.header("X-Rollbackd-Cluster-Secret", s);
+            }
+            let status = req.send().map(|r| r.status().as_u16()).ok();
+            assert_eq!(status, Some(401), "{path} with secret {secret:?}");
+        }
+    }
+
+    // The token reaches a template in argv, an http step's URL and header, and the journal.
+    breach(&c, leader, "fence", "FenceErrors", -5.0);
+    let id = c.wait_incident_of(leader, "fence", Duration::from_secs(10));
+    let inc = c.wait_state(leader, &id, "rolled_back", Duration::from_secs(15));
+    let lines = c.steps.of("tmpl-step");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines[0].token, term,
+        "{{{{ fencing_token }}}} in argv: {lines:?}"
+    );
+    assert_eq!(c.ran_on(&lines[0]), leader);
+    let got = hook.wait_delivered(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].path, format!("/fence/{term}"), "{:?}", got[0]);
+    assert_eq!(
+        got[0].header("x-rollbackd-fencing-token"),
+        term.to_string(),
+        "{:?}",
+        got[0]
+    );
+    for (i, s) in inc["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(s["fencing_token"], term, "step {i}: {inc:#}");
+    }
+
+    // A member that is gone is `unreachable` in the leader's view.
+    let gone = others(&c, leader)[0];
+    c.kill9(gone);
+    poll(Duration::from_secs(10), || {
+        c.view(leader).and_then(|v| {
+            v["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == gone && m["role"] == "unreachable")
+                .map(|_| ())
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "killed member {gone} not `unreachable` in the leader's view\n{}",
+            c.diagnose()
+        )
+    });
+}
