@@ -52,6 +52,15 @@ fn rule(
 ) -> String {
     let script = format!("echo \"{step} $ROLLBACKD_FENCING_TOKEN $$ $PPID\" >> {STEPLOG}; {then}")
         .replace('\'', "''");
+    let steps = format!(
+        "      - name: {step}\n        run: [/bin/sh, -c, '{script}']\n        timeout: 2m\n        idempotent: {idempotent}\n"
+    );
+    rule_with(name, alertname, sustained, approval, &steps)
+}
+
+/// A rule acting on `alertname` for the alert's `service` label with the given steps (YAML,
+/// indented as list items under `steps:`).
+fn rule_with(name: &str, alertname: &str, sustained: &str, approval: &str, steps: &str) -> String {
     format!(
         r#"  - name: {name}
     match:
@@ -65,11 +74,7 @@ fn rule(
       max_age: 1h
     approval: {approval}
     steps:
-      - name: {step}
-        run: [/bin/sh, -c, '{script}']
-        timeout: 2m
-        idempotent: {idempotent}
-"#
+{steps}"#
     )
 }
 
@@ -660,21 +665,8 @@ fn partition_followers_to_leader_cut_only() {
 fn view_peer_auth_and_fencing_token_in_templates_and_http_steps() {
     let _g = serial();
     let hook = common::receiver::Receiver::generic();
-    let rules = format!(
-        r#"rules:
-  - name: fence-errors
-    match:
-      - alertname="FenceErrors"
-    group_by: [service]
-    service: "{{{{ labels.service }}}}"
-    breach:
-      sustained: 1s
-      clear_after: 1s
-    release:
-      max_age: 1h
-    approval: none
-    steps:
-      - name: tmpl-step
+    let steps = format!(
+        r#"      - name: tmpl-step
         run: [/bin/sh, -c, 'echo "tmpl-step $0 $$ $PPID" >> {STEPLOG}', "{{{{ fencing_token }}}}"]
         timeout: 1m
       - name: http-step
@@ -682,6 +674,10 @@ fn view_peer_auth_and_fencing_token_in_templates_and_http_steps() {
         timeout: 1m
 "#,
         url = hook.url("/fence/{{ fencing_token }}")
+    );
+    let rules = format!(
+        "rules:\n{}",
+        rule_with("fence-errors", "FenceErrors", "1s", "none", &steps)
     );
     let mut c = Cluster::start(3, &rules, "");
     let leader = c.wait_leader(FIRST_ELECTION);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::procs::free_port;
-use crate::common::{Daemon, Setup};
+use crate::common::{Daemon, Setup, wait_every};
 use crate::proxy::Net;
 
 /// The secret every node of a test cluster shares (at least 16 characters).
@@ -41,17 +41,8 @@ fn client() -> &'static reqwest::blocking::Client {
 
 /// Polls `f` every 100 ms until it returns Some or `timeout` passes (gentler than `wait_for` on
 /// a machine that also runs three daemons).
-pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_every(timeout, Duration::from_millis(100), f)
 }
 
 /// One request that never panics: (status, JSON or Null), or None when no answer came in

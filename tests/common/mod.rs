@@ -169,7 +169,16 @@ pub fn post_release(d: &Daemon, service: &str, id: &str, deployed_at: &str) {
 }
 
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_every(timeout, Duration::from_millis(20), f)
+}
+
+/// Polls `f` every `every` until it returns Some or `timeout` passes.
+pub fn wait_every<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -178,7 +187,7 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         if start.elapsed() > timeout {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
