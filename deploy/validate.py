@@ -15,7 +15,7 @@
                                           config's `cluster:` members against the pods' addresses
     validate.py secret-keys [DIR]         print the keys of DIR/secret.example.yaml (default
                                           kubernetes/)
-    validate.py smoke BIN CONFIG RULES    start `BIN serve` with the cluster config on a loopback port
+    validate.py smoke BIN CONFIG RULES    start `BIN serve` with CONFIG on a loopback port
                                           and a scratch data dir, as the StatefulSet does; check the
                                           probes and that /metrics has every series the alerts and
                                           the dashboard use; SIGTERM; it must exit 0 within 35 s

