@@ -84,6 +84,15 @@ def named(docs: list[dict], kind: str, name: str) -> dict:
     return found[0]
 
 
+def finish(ok: str) -> None:
+    """Every problem found, one line each, and exit 1; or `ok`."""
+    if problems:
+        for p in problems:
+            print(f"deploy/validate.py: {p}", file=sys.stderr)
+        sys.exit(1)
+    print(ok)
+
+
 def labels_match(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -485,11 +494,7 @@ def check(rendered: Path, queries_out: Path) -> None:
     check_dashboard(known, queries_out)
     check_docker_context()
     kinds = sorted({d.get("kind") for d in docs})
-    if problems:
-        for p in problems:
-            print(f"deploy/validate.py: {p}", file=sys.stderr)
-        sys.exit(1)
-    print(
+    finish(
         f"cross-checks OK: {len(docs)} objects ({', '.join(kinds)}), alerts, dashboard, "
         "metric names, docker build context"
     )
@@ -511,6 +516,12 @@ def check_cluster(rendered: Path) -> None:
     """The three-node variant (deploy/kubernetes-cluster): what the single-replica one must be, except
     for the replicas, plus what a Raft cluster on a StatefulSet needs."""
     docs = load_all(rendered)
+    found = check_cluster_objects(docs)
+    finish(f"cluster cross-checks OK: {len(docs)} objects, {found}")
+
+
+def check_cluster_objects(docs: list[dict]) -> str:
+    """Notes each problem; says what it found."""
     if by_kind(docs, "Secret"):
         problem("kubernetes-cluster: must not carry a Secret (apply -k would overwrite the real one)")
     base_keys = check_secret_example(SECRET_EXAMPLE)
@@ -527,7 +538,7 @@ def check_cluster(rendered: Path) -> None:
     check_statefulset(docs, keys, replicas=replicas)
     check_service_and_monitoring(docs, governing="rollbackd-peers")
     if not sts:
-        return
+        return "no StatefulSet"
     spec = sts["spec"]
     pod_labels = spec["template"]["metadata"].get("labels", {})
     pod = spec["template"]["spec"]
@@ -582,7 +593,7 @@ def check_cluster(rendered: Path) -> None:
     cms = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name]
     if not cms or "rollbackd.yaml" not in cms[0].get("data", {}):
         problem("StatefulSet: the config volume mounts no ConfigMap with rollbackd.yaml")
-        return
+        return "no config"
     cfg = yaml.safe_load(cms[0]["data"]["rollbackd.yaml"]) or {}
     cluster = cfg.pop("cluster", None) or {}
     base_cfg = yaml.safe_load((KUSTOMIZE_DIR / "rollbackd.yaml").read_text()) or {}
@@ -591,7 +602,7 @@ def check_cluster(rendered: Path) -> None:
         problem(f"kubernetes-cluster/rollbackd.yaml: differs from kubernetes/rollbackd.yaml outside `cluster:` in {diff}")
     if not cluster:
         problem("kubernetes-cluster/rollbackd.yaml: no `cluster:` section")
-        return
+        return "no cluster section"
     if "node_id" in cluster:
         problem("rollbackd.yaml: cluster.node_id must be absent (one file for every pod; the id comes from advertise)")
     if cluster.get("secret") != "${env:ROLLBACKD_CLUSTER_SECRET}":
@@ -611,13 +622,8 @@ def check_cluster(rendered: Path) -> None:
             problem(f"rollbackd.yaml: cluster.advertise for pod {pod_name} is not its peer address {want}")
         if urls.get(ordinal + 1) != want:
             problem(f"rollbackd.yaml: member {ordinal + 1} must be pod {pod_name} at {want}, is {urls.get(ordinal + 1)!r}")
-    if problems:
-        for p in problems:
-            print(f"deploy/validate.py: {p}", file=sys.stderr)
-        sys.exit(1)
-    print(
-        f"cluster cross-checks OK: {len(docs)} objects, {replicas} members = pods "
-        f"{name}-0..{replicas - 1} at http://{name}-N.{governing}.{ns}.svc:9750, "
+    return (
+        f"{replicas} members = pods {name}-0..{replicas - 1} at http://{name}-N.{governing}.{ns}.svc:9750, "
         "headless Service, anti-affinity, PDB, peer NetworkPolicy, config = single-replica config + cluster"
     )
 
@@ -692,12 +698,8 @@ def smoke(binary: str, config: str, rules: str) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    if problems:
-        for p in problems:
-            print(f"deploy/validate.py: {p}", file=sys.stderr)
-        sys.exit(1)
-    print(f"smoke OK: {url} answered /healthz, /readyz and /metrics ({len(used)} series in use), "
-          f"stopped {stopped:.1f} s after SIGTERM with exit 0")
+    finish(f"smoke OK: {url} answered /healthz, /readyz and /metrics ({len(used)} series in use), "
+           f"stopped {stopped:.1f} s after SIGTERM with exit 0")
 
 
 def main(argv: list[str]) -> None:

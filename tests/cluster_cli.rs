@@ -194,10 +194,14 @@ fn three_nodes(leader: Option<u64>) -> Value {
     })
 }
 
-fn one_request(node: &FakeNode) -> Seen {
+/// The one request `node` got, checked for its method, path and the admin token.
+fn one_request(node: &FakeNode, method: &str, path: &str) -> Seen {
     let seen = node.seen();
     assert_eq!(seen.len(), 1, "expected one request: {seen:#?}");
-    seen[0].clone()
+    let req = seen[0].clone();
+    assert_eq!((req.method.as_str(), req.path.as_str()), (method, path));
+    assert_eq!(req.authorization, format!("Bearer {ADMIN}"));
+    req
 }
 
 /// `status` reads GET /v1/cluster with the token and prints who leads, the term, and one row per
@@ -212,12 +216,7 @@ fn status_prints_the_members_the_leader_and_the_term() {
         out.status,
         stderr(&out)
     );
-    let req = one_request(&node);
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str()),
-        ("GET", "/v1/cluster")
-    );
-    assert_eq!(req.authorization, format!("Bearer {ADMIN}"));
+    let req = one_request(&node, "GET", "/v1/cluster");
     assert!(req.raw.is_empty());
     assert_eq!(
         stdout(&out),
@@ -287,12 +286,7 @@ fn add_posts_the_id_and_url() {
     let node = FakeNode::start(three_nodes(Some(2)));
     let out = run(&node, &["cluster", "add", "4", "http://127.0.0.1:9754"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let req = one_request(&node);
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str()),
-        ("POST", "/v1/cluster/members")
-    );
-    assert_eq!(req.authorization, format!("Bearer {ADMIN}"));
+    let req = one_request(&node, "POST", "/v1/cluster/members");
     assert!(req.content_type.starts_with("application/json"), "{req:?}");
     assert_eq!(req.body(), json!({"id": 4, "url": "http://127.0.0.1:9754"}));
     let text = stdout(&out);
@@ -312,12 +306,7 @@ fn remove_deletes_the_member() {
     let node = FakeNode::start(three_nodes(Some(2)));
     let out = run(&node, &["cluster", "remove", "3", "--url", &node.url]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let req = one_request(&node);
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str()),
-        ("DELETE", "/v1/cluster/members/3")
-    );
-    assert_eq!(req.authorization, format!("Bearer {ADMIN}"));
+    let req = one_request(&node, "DELETE", "/v1/cluster/members/3");
     assert!(req.raw.is_empty());
     let text = stdout(&out);
     assert!(text.starts_with("node 3 removed\n"), "{text}");
