@@ -16,6 +16,7 @@ use serde_json::json;
 
 fn step(name: &str, argv: &[&str], at: Timestamp) -> StepRun {
     StepRun {
+        fencing_token: None,
         name: name.to_string(),
         plan: rollbackd::model::Plan::run(argv.iter().map(|s| s.to_string()).collect()),
         render_error: None,

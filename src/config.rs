@@ -209,6 +209,98 @@ pub struct Config {
     pub record_inputs: bool,
     /// Where the input log goes; default `<data_dir>/inputs.jsonl`.
     pub inputs_file: Option<PathBuf>,
+    /// Several nodes replicating every record with Raft; absent: a single node.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster:`: this node, the initial voters and the secret the nodes share.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// This node's id; optional when `advertise` is one of the members' urls.
+    pub node_id: Option<u64>,
+    /// How the other nodes reach this node's listener.
+    pub advertise: String,
+    /// The initial voters, the same list on every node.
+    pub members: Vec<Member>,
+    /// Nodes authenticate each other with it (at least 16 characters).
+    pub secret: Secret,
+    /// How often the leader tells the others it is alive.
+    #[serde(default = "heartbeat", deserialize_with = "human_duration")]
+    pub heartbeat: Duration,
+    /// A follower that hears nothing for this long (up to twice it) starts an election.
+    #[serde(default = "election_timeout", deserialize_with = "human_duration")]
+    pub election_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    pub url: String,
+}
+
+fn heartbeat() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn election_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Cluster {
+    /// This node's id: `node_id`, or the member whose url is `advertise`.
+    pub fn me(&self) -> Result<u64, String> {
+        let by_url = self
+            .members
+            .iter()
+            .find(|m| m.url.trim_end_matches('/') == self.advertise.trim_end_matches('/'))
+            .map(|m| m.id);
+        match (self.node_id, by_url) {
+            (Some(id), Some(u)) if id != u => Err(format!(
+                "cluster.node_id {id} but cluster.advertise `{}` is the url of member {u}",
+                self.advertise
+            )),
+            (Some(id), _) => Ok(id),
+            (None, Some(u)) => Ok(u),
+            (None, None) => Err(format!(
+                "cluster: set node_id, or make advertise (`{}`) one of the members' urls",
+                self.advertise
+            )),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.secret.expose().len() < 16 {
+            return Err(
+                "cluster.secret is shorter than 16 characters; use a long random secret".into(),
+            );
+        }
+        if self.members.is_empty() {
+            return Err("cluster.members: list the initial voters (id and url of each)".into());
+        }
+        let mut ids = BTreeSet::new();
+        for m in &self.members {
+            if !ids.insert(m.id) {
+                return Err(format!("cluster.members: id {} appears twice", m.id));
+            }
+            let u = url::Url::parse(&m.url)
+                .map_err(|e| format!("cluster.members: `{}` is not a URL ({e})", m.url))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                return Err(format!(
+                    "cluster.members: `{}` is not an http(s) URL with a host",
+                    m.url
+                ));
+            }
+        }
+        if self.heartbeat.is_zero() || self.election_timeout <= self.heartbeat * 2 {
+            return Err(format!(
+                "cluster: election_timeout ({:?}) must be more than twice heartbeat ({:?})",
+                self.election_timeout, self.heartbeat
+            ));
+        }
+        self.me().map(|_| ())
+    }
 }
 
 impl Default for Config {
@@ -227,6 +319,7 @@ impl Default for Config {
             step_output_bytes: 4096,
             record_inputs: false,
             inputs_file: None,
+            cluster: None,
         }
     }
 }
@@ -358,6 +451,9 @@ impl Config {
         }
         if self.limits.max_open_breaches_per_rule == 0 {
             return Err("limits.max_open_breaches_per_rule must be at least 1".to_string());
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         for (kind, tok) in [
             ("ingest", &self.tokens.ingest),

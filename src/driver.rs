@@ -73,6 +73,14 @@ pub struct Driver {
     pub outbox: Arc<tokio::sync::Notify>,
     /// The input log (`record_inputs: true`): every event handled, in order, after its commit.
     pub inputs: Option<Recorder>,
+    /// In a cluster, batches are committed through Raft (and applied to `store` by it);
+    /// otherwise straight to `store`.
+    pub raft: Option<Arc<crate::cluster::Node>>,
+    /// See `engine::Context::fencing_token`.
+    pub fencing_token: u64,
+    /// Set when a commit through Raft failed: this node may no longer lead, so the task stops
+    /// and acts again only once it leads with everything applied.
+    pub deposed: bool,
 }
 
 /// The engine task cannot go on: memory ran ahead of the disk and the disk cannot be read back.
@@ -92,6 +100,16 @@ pub fn channel() -> (EngineHandle, mpsc::Receiver<Command>) {
 
 pub type Inbox = mpsc::Receiver<Command>;
 
+/// Answers every command waiting in `inbox` with "not taken" (this node stopped acting); the
+/// callers answer 503 and their senders retry, at the leader.
+pub fn refuse_waiting(inbox: &mut Inbox) {
+    while let Ok(c) = inbox.try_recv() {
+        let _ = c.reply.send(Err(EngineError::Store(
+            "this node stopped leading before the event was committed".to_string(),
+        )));
+    }
+}
+
 /// At most this many queued events share one commit (and one flush).
 const MAX_BATCH: usize = 256;
 
@@ -109,13 +127,13 @@ impl Driver {
     /// Runs until `stop` is cancelled. `perform` receives every effect after it is durable.
     pub async fn run(
         mut self,
-        mut inbox: Inbox,
+        inbox: &mut Inbox,
         perform: impl Fn(Effect) + Send + 'static,
         stop: CancellationToken,
     ) -> Result<(), Fatal> {
         // Resume whatever was under way when the process last stopped.
         self.apply(vec![Waiting::Recover], &perform).await?;
-        loop {
+        while !self.deposed {
             let wake = self.pump.next_wakeup().map(|at| {
                 let wait = since(at, self.clock.now());
                 // A small margin so the tick lands at or after the deadline on the wall clock.
@@ -167,6 +185,7 @@ impl Driver {
             dry_run: self.dry_run,
             pagerduty: config.pagerduty.is_some(),
             max_open_breaches_per_rule: config.limits.max_open_breaches_per_rule,
+            fencing_token: self.fencing_token,
         };
         let mut changes = Vec::new();
         let mut timeline = Vec::new();
@@ -223,7 +242,24 @@ impl Driver {
                 line,
             });
         }
-        if let Err(e) = self.store.commit(&changes, &timeline).await {
+        if let Some(node) = &self.raft {
+            let batch = crate::store::raft::Batch {
+                changes: changes.clone(),
+                timeline: timeline.clone(),
+            };
+            if let Err(e) = node.commit(batch).await {
+                // Not committed (or not known to be): no reply says yes, no effect runs, and
+                // this task stops; it acts again from what the log holds once it leads.
+                tracing::warn!(error = %e, "commit through raft failed; not acting until this node leads again");
+                for a in applied {
+                    if let Some(r) = a.reply {
+                        let _ = r.send(Err(EngineError::Store(e.to_string())));
+                    }
+                }
+                self.deposed = true;
+                return Ok(());
+            }
+        } else if let Err(e) = self.store.commit(&changes, &timeline).await {
             // The in-memory state ran ahead of the disk: go back to what is durable, or stop.
             tracing::error!(error = %e, "commit failed; reloading state from the store");
             for a in applied {

@@ -30,6 +30,31 @@ pub struct Executor {
     pub tracker: TaskTracker,
     /// Once cancelled, no new step starts; running ones finish.
     pub stopping: CancellationToken,
+    /// The fencing token of every step this executor runs (see `engine::Context`).
+    pub fencing_token: u64,
+}
+
+/// `plan` as it runs under `token`: `{{ fencing_token }}` filled in, and the token handed over as
+/// `ROLLBACKD_FENCING_TOKEN` (run) or `X-Rollbackd-Fencing-Token` (http), so whatever the step
+/// changes can refuse a deposed leader's late call.
+fn fenced(plan: &Plan, token: u64) -> Plan {
+    use crate::rules::template::FENCING_MARK;
+    let t = token.to_string();
+    let mut p = plan.clone();
+    for a in &mut p.argv {
+        if a.contains(FENCING_MARK) {
+            *a = a.replace(FENCING_MARK, &t);
+        }
+    }
+    match p.kind {
+        StepKind::Run => {
+            p.env.insert("ROLLBACKD_FENCING_TOKEN".to_string(), t);
+        }
+        StepKind::Http => {
+            p.headers.insert("X-Rollbackd-Fencing-Token".to_string(), t);
+        }
+    }
+    p
 }
 
 impl Executor {
@@ -96,7 +121,10 @@ impl Executor {
             }
         }
         let result = self
-            .act(&run.plan, Duration::from_millis(run.timeout_ms))
+            .act(
+                &fenced(&run.plan, self.fencing_token),
+                Duration::from_millis(run.timeout_ms),
+            )
             .await;
         self.metrics
             .step_outcomes
@@ -168,7 +196,9 @@ impl Executor {
         };
         let (in_place, detail) = match inc.steps.get(index).and_then(|s| s.probe.as_ref()) {
             Some(plan) => {
-                let r = self.act(plan, Duration::from_secs(60)).await;
+                let r = self
+                    .act(&fenced(plan, self.fencing_token), Duration::from_secs(60))
+                    .await;
                 match (plan.kind, r.ok, r.exit_code) {
                     (_, true, _) => (Some(true), "probe succeeded".to_string()),
                     (StepKind::Run, false, Some(1)) => (Some(false), "probe exited 1".to_string()),

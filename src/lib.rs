@@ -28,6 +28,7 @@ pub mod api;
 pub mod checks;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod driver;
 pub mod engine;
@@ -79,6 +80,8 @@ pub struct App {
     pub ready: AtomicBool,
     /// `record_inputs: true`: requests hand the engine their input-log line.
     pub record_inputs: bool,
+    /// This node of a cluster; `None` on a single node.
+    pub cluster: Option<Arc<cluster::Node>>,
 }
 
 impl App {
@@ -175,88 +178,79 @@ pub enum ServeError {
     Inputs(std::io::Error),
     #[error(transparent)]
     Engine(driver::Fatal),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl Daemon {
     /// Opens the store, resumes interrupted work and serves on `listener` until `shutdown`
     /// resolves; then stops taking requests, lets running steps finish within the grace period,
-    /// and stops the engine.
+    /// and stops the engine. In a cluster the engine, executor and notifier run only while this
+    /// node leads, each term afresh from what the Raft log holds.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let store = Store::open(&self.data_dir)?;
-        let state = store.load_state()?;
         let metrics = Arc::new(Metrics::new());
         metrics.reload_successful.set(1);
-        metrics.observe_state(&state);
         let config = self.config.clone();
+        let node = match &config.cluster {
+            Some(c) => Some(
+                cluster::Node::start(c, &store)
+                    .await
+                    .map_err(ServeError::Cluster)?,
+            ),
+            None => None,
+        };
         let live = Arc::new(live::Live::new(self.config, self.rules));
         let (engine, inbox) = driver::channel();
-        let executor = Executor {
-            engine: engine.clone(),
-            store: store.clone(),
-            http: steps::outbound_client(),
-            step_http: steps::http_client(),
-            metrics: metrics.clone(),
-            max_output: config.step_output_bytes,
-            tracker: TaskTracker::new(),
-            stopping: CancellationToken::new(),
-        };
         let app = Arc::new(App {
             limiters: api::Limiters::new(&config.limits),
             live: live.clone(),
             source: self.source.clone(),
             store: store.clone(),
-            engine,
+            engine: engine.clone(),
             metrics: metrics.clone(),
             clock: self.clock.clone(),
             ready: AtomicBool::new(false),
             record_inputs: config.record_inputs,
+            cluster: node.clone(),
         });
-        let stop_engine = CancellationToken::new();
-        let outbox = Arc::new(tokio::sync::Notify::new());
-        let notifier = Arc::new(notify::Notifier {
+        let stage = Stage {
             store: store.clone(),
-            engine: app.engine.clone(),
             live: live.clone(),
-            http: executor.http.clone(),
-            pagerduty: config
-                .pagerduty
-                .as_ref()
-                .map(|p| notify::pagerduty::PdClient::from_config(executor.http.clone(), p)),
-            clock: self.clock.clone(),
-            wake: outbox.clone(),
-            stopping: CancellationToken::new(),
-        });
-        let notifier_task = tokio::spawn(notifier.clone().run());
-        let driver = Driver {
-            pump: pump::Pump::new(state),
-            live: live.clone(),
-            store,
-            clock: self.clock,
+            engine,
             metrics,
+            clock: self.clock.clone(),
             dry_run: self.dry_run,
-            outbox,
-            inputs: inputs::Recorder::for_config(&config, &self.data_dir)
-                .map_err(ServeError::Inputs)?,
+            config: config.clone(),
+            data_dir: self.data_dir.clone(),
+            inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
         };
-        let ex = executor.clone();
         let fatal = CancellationToken::new();
-        let engine_task = {
-            let (stop, fatal) = (stop_engine.clone(), fatal.clone());
-            tokio::spawn(async move {
-                let r = driver
-                    .run(inbox, move |effect| ex.perform(effect), stop)
-                    .await;
-                if r.is_err() {
-                    fatal.cancel();
-                }
-                r
-            })
+        let stop_acting = CancellationToken::new();
+        let acting = match node.clone() {
+            None => {
+                let state = store.load_state()?;
+                let epoch = store.next_epoch().await?;
+                let acting = stage.act(state, epoch, None, fatal.clone())?;
+                let stop = stop_acting.clone();
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    acting.stop(self.grace).await
+                })
+            }
+            Some(node) => tokio::spawn(lead(
+                stage,
+                node,
+                fatal.clone(),
+                stop_acting.clone(),
+                self.grace,
+            )),
         };
-        let watcher = tokio::spawn(reload_triggers(app.clone(), stop_engine.clone()));
+        let watcher = tokio::spawn(reload_triggers(app.clone(), fatal.clone()));
         app.ready.store(true, Ordering::Release);
         let stopped = fatal.clone();
         server::serve(
@@ -272,16 +266,13 @@ impl Daemon {
         )
         .await;
         app.ready.store(false, Ordering::Release);
-        if !executor.drain(self.grace).await {
-            tracing::warn!(
-                "running steps did not finish within the grace period; they will be judged from the step journal at the next start"
-            );
-        }
-        notifier.stopping.cancel();
-        let _ = notifier_task.await;
         watcher.abort();
-        stop_engine.cancel();
-        if let Ok(Err(fatal)) = engine_task.await {
+        stop_acting.cancel();
+        let outcome = acting.await.ok().flatten();
+        if let Some(node) = node {
+            let _ = node.raft.shutdown().await;
+        }
+        if let Some(fatal) = outcome {
             tracing::error!(error = %fatal, "the engine stopped");
             return Err(ServeError::Engine(fatal));
         }
@@ -289,7 +280,217 @@ impl Daemon {
     }
 }
 
-/// SIGHUP and a change in the config file or rules directory (polled every 2 s; Kubernetes
+/// What acting needs, kept across a cluster node's terms as leader.
+struct Stage {
+    store: Store,
+    live: Arc<live::Live>,
+    engine: EngineHandle,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    dry_run: bool,
+    config: Config,
+    data_dir: PathBuf,
+    /// The engine's inbox: one driver at a time holds it.
+    inbox: Arc<tokio::sync::Mutex<driver::Inbox>>,
+}
+
+/// The engine task, the executor and the notifier of one term (or of a single node's life).
+struct Acting {
+    executor: Executor,
+    notifier: Arc<notify::Notifier>,
+    notifier_task: tokio::task::JoinHandle<()>,
+    stop_engine: CancellationToken,
+    engine_task: tokio::task::JoinHandle<Result<(), driver::Fatal>>,
+    /// The engine task's outcome, once it ended on its own.
+    ended: Option<Option<driver::Fatal>>,
+}
+
+impl Stage {
+    fn act(
+        &self,
+        state: engine::State,
+        fencing_token: u64,
+        raft: Option<Arc<cluster::Node>>,
+        fatal: CancellationToken,
+    ) -> Result<Acting, ServeError> {
+        self.metrics.observe_state(&state);
+        let executor = Executor {
+            engine: self.engine.clone(),
+            store: self.store.clone(),
+            http: steps::outbound_client(),
+            step_http: steps::http_client(),
+            metrics: self.metrics.clone(),
+            max_output: self.config.step_output_bytes,
+            tracker: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            fencing_token,
+        };
+        let outbox = Arc::new(tokio::sync::Notify::new());
+        let notifier = Arc::new(notify::Notifier {
+            store: self.store.clone(),
+            engine: self.engine.clone(),
+            live: self.live.clone(),
+            http: executor.http.clone(),
+            pagerduty: self
+                .config
+                .pagerduty
+                .as_ref()
+                .map(|p| notify::pagerduty::PdClient::from_config(executor.http.clone(), p)),
+            clock: self.clock.clone(),
+            wake: outbox.clone(),
+            stopping: CancellationToken::new(),
+        });
+        let notifier_task = tokio::spawn(notifier.clone().run());
+        let driver = Driver {
+            pump: pump::Pump::new(state),
+            live: self.live.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            dry_run: self.dry_run,
+            outbox,
+            inputs: inputs::Recorder::for_config(&self.config, &self.data_dir)
+                .map_err(ServeError::Inputs)?,
+            raft,
+            fencing_token,
+            deposed: false,
+        };
+        Ok(self.start(executor, notifier, notifier_task, driver, fatal))
+    }
+
+    fn start(
+        &self,
+        executor: Executor,
+        notifier: Arc<notify::Notifier>,
+        notifier_task: tokio::task::JoinHandle<()>,
+        driver: Driver,
+        fatal: CancellationToken,
+    ) -> Acting {
+        let stop_engine = CancellationToken::new();
+        let ex = executor.clone();
+        let inbox = self.inbox.clone();
+        let engine_task = {
+            let stop = stop_engine.clone();
+            tokio::spawn(async move {
+                let mut inbox = inbox.lock().await;
+                let r = driver
+                    .run(&mut inbox, move |effect| ex.perform(effect), stop)
+                    .await;
+                if r.is_err() {
+                    fatal.cancel();
+                }
+                r
+            })
+        };
+        Acting {
+            executor,
+            notifier,
+            notifier_task,
+            stop_engine,
+            engine_task,
+            ended: None,
+        }
+    }
+}
+
+impl Acting {
+    /// Lets running steps finish within `grace`, then stops the notifier and the engine task;
+    /// the engine's fatal error, if it stopped on one.
+    async fn stop(self, grace: Duration) -> Option<driver::Fatal> {
+        if !self.executor.drain(grace).await {
+            tracing::warn!(
+                "running steps did not finish within the grace period; they will be judged from the step journal at the next start"
+            );
+        }
+        self.notifier.stopping.cancel();
+        let _ = self.notifier_task.await;
+        self.stop_engine.cancel();
+        match self.ended {
+            Some(outcome) => outcome,
+            None => self.engine_task.await.ok().and_then(Result::err),
+        }
+    }
+
+    /// Resolves when the engine task ended on its own (a failed commit, a fatal error).
+    async fn engine_ended(&mut self) {
+        let outcome = (&mut self.engine_task).await.ok().and_then(Result::err);
+        self.ended = Some(outcome);
+    }
+}
+
+/// A cluster node: acts while it leads, each term from the state its log holds, and stops
+/// acting the moment it does not lead any more (nothing it started late is committed: every
+/// step's start goes through the log in the term it was started in).
+async fn lead(
+    stage: Stage,
+    node: Arc<cluster::Node>,
+    fatal: CancellationToken,
+    stop: CancellationToken,
+    grace: Duration,
+) -> Option<driver::Fatal> {
+    loop {
+        let term = tokio::select! {
+            _ = stop.cancelled() => return None,
+            t = node.wait_to_lead() => t,
+        };
+        // A leader restarted within its own term resumes it; its steps would carry the token
+        // of its previous life. Only a term it never acted in will do: stand for a new one.
+        match stage.store.acted_term() {
+            Ok(acted) if term <= acted => {
+                tracing::info!(
+                    term,
+                    acted,
+                    "resumed leadership in a term already acted in; calling an election"
+                );
+                let _ = node.raft.trigger().elect().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the last term acted in; not acting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+        if let Err(e) = stage.store.set_acted_term(term).await {
+            tracing::error!(error = %e, "cannot record the term about to be acted in; not acting");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        tracing::info!(node = node.id, "became leader term={term}");
+        stage.metrics.cluster_term.set(term as i64);
+        stage.metrics.cluster_leader.set(1);
+        let state = match stage.store.load_state() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the state to lead with; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut acting = match stage.act(state, term, Some(node.clone()), fatal.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start acting");
+                return None;
+            }
+        };
+        let finished = tokio::select! {
+            _ = stop.cancelled() => return acting.stop(grace).await,
+            _ = node.lost(term) => false,
+            _ = acting.engine_ended() => true,
+        };
+        tracing::info!(node = node.id, finished, "lost leadership term={term}");
+        stage.metrics.cluster_leader.set(0);
+        if let Some(f) = acting.stop(Duration::ZERO).await {
+            return Some(f);
+        }
+        driver::refuse_waiting(&mut *stage.inbox.lock().await);
+    }
+}
+
+/// SIGHUP and a change in the config file or rules directory/// SIGHUP and a change in the config file or rules directory (polled every 2 s; Kubernetes
 /// ConfigMaps swap a symlink, which inotify-style watches miss) both reload.
 async fn reload_triggers(app: Arc<App>, stop: CancellationToken) {
     #[cfg(unix)]

@@ -327,7 +327,7 @@ fn serve(
         use tracing_subscriber::util::SubscriberInitExt as _;
         rollbackd::logging::subscriber(
             tracing_subscriber::EnvFilter::try_from_env("ROLLBACKD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
             std::io::stderr,
             rollbackd::logging::colour_on_stderr(),
         )

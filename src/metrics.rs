@@ -21,6 +21,9 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     pub reload_successful: IntGauge,
     pub reload_timestamp: IntGauge,
+    pub cluster_rules_mismatch: IntGauge,
+    pub cluster_term: IntGauge,
+    pub cluster_leader: IntGauge,
 }
 
 impl Metrics {
@@ -85,8 +88,26 @@ impl Metrics {
             "When the active config and rules were loaded (start or reload).",
         )
         .expect("static metric definition");
+        let cluster_rules_mismatch = IntGauge::new(
+            "rollbackd_cluster_rules_digest_mismatch",
+            "Cluster members whose rules digest differs from this node's, as last seen by GET /v1/cluster.",
+        )
+        .expect("static metric definition");
+        let cluster_term = IntGauge::new(
+            "rollbackd_cluster_term",
+            "The Raft term this node is in (the fencing token of steps a leader starts in it).",
+        )
+        .expect("static metric definition");
+        let cluster_leader = IntGauge::new(
+            "rollbackd_cluster_is_leader",
+            "1 while this node leads its cluster and acts.",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(signals_received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_rules_mismatch.clone()),
+            Box::new(cluster_term.clone()),
+            Box::new(cluster_leader.clone()),
             Box::new(ingest_rejected.clone()),
             Box::new(breaches_open.clone()),
             Box::new(breaches_refused.clone()),
@@ -123,6 +144,9 @@ impl Metrics {
             decision_latency,
             reload_successful,
             reload_timestamp,
+            cluster_rules_mismatch,
+            cluster_term,
+            cluster_leader,
         }
     }
 

@@ -257,6 +257,7 @@ pub(crate) mod tests {
             name: name.into(),
             plan: crate::model::Plan::run(argv.iter().map(|s| s.to_string()).collect()),
             render_error: None,
+            fencing_token: Some(1),
             state,
             attempts: 1,
             started_at: Some(ts("2026-11-24T10:17:01Z")),

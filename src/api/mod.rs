@@ -3,6 +3,7 @@
 //! No decisions here.
 
 mod auth;
+mod cluster;
 mod error;
 pub mod status;
 
@@ -195,6 +196,22 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(status_page))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/internal/raft/append", post(cluster::append))
+        .route("/internal/raft/vote", post(cluster::vote))
+        .route("/internal/raft/snapshot", post(cluster::snapshot))
+        .route("/internal/digest", get(cluster::digest))
+        .route(
+            "/v1/cluster",
+            get(cluster::view).route_layer(with(Guard::Read)),
+        )
+        .route(
+            "/v1/cluster/members",
+            post(cluster::add_member).route_layer(with(Guard::Admin)),
+        )
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(cluster::remove_member).route_layer(with(Guard::Admin)),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -203,6 +220,10 @@ pub fn router(app: Arc<App>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            cluster::forward,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(move |mut req: Request, next: Next| {
@@ -818,6 +839,15 @@ async fn status_page(
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if let Some(node) = &app.cluster
+        && !node.ready()
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: this node knows no leader that holds a majority",
+        )
+        .into_response();
+    }
     if app.ready.load(Ordering::Acquire) {
         Json(json!({"status": "ready"})).into_response()
     } else {

@@ -378,6 +378,7 @@ pub(super) fn plan_steps(
                 name: s.name.clone(),
                 plan,
                 render_error,
+                fencing_token: None,
                 state: if shadow {
                     StepState::WouldRun
                 } else {

@@ -151,6 +151,7 @@ impl State {
         step.state = StepState::Started;
         step.attempts = attempt;
         step.started_at = Some(tx.now);
+        step.fencing_token = Some(tx.ctx.fencing_token);
         let name = step.name.clone();
         let argv = step.plan.argv.clone();
         // Freeze when the first step that actually runs starts (the release is suspect from then).
@@ -161,7 +162,7 @@ impl State {
             Kind::StepStarted,
             "rollbackd",
             format!("step {name} attempt {attempt} started"),
-            serde_json::json!({ "index": index, "attempt": attempt, "argv": argv }),
+            serde_json::json!({ "index": index, "attempt": attempt, "argv": argv, "fencing_token": tx.ctx.fencing_token }),
         );
         self.save_incident(tx, id);
         if freeze && !self.freezes.contains_key(&service) {

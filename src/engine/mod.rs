@@ -66,6 +66,9 @@ pub struct Context<'a> {
     /// already holding this many open ones (or its own `breach.max_open`) is refused (see
     /// [`Reply::Refused`]).
     pub max_open_breaches_per_rule: usize,
+    /// The fencing token of the steps this engine starts: the leader's Raft term in a cluster,
+    /// the number of the daemon's start on a single node. It only ever rises.
+    pub fencing_token: u64,
 }
 
 struct Tx<'a> {

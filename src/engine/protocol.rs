@@ -127,8 +127,9 @@ pub enum Effect {
     RunAfter { incident: String },
 }
 
-/// A record to write.
-#[derive(Clone, Debug, PartialEq)]
+/// A record to write. Serializable: in a cluster a batch of them is one Raft log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Change {
     Breach(Box<Breach>),
     Incident(Box<Incident>),

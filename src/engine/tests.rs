@@ -112,6 +112,7 @@ impl World {
             dry_run: self.dry_run,
             pagerduty: false,
             max_open_breaches_per_rule: self.cap,
+            fencing_token: 7,
         };
         let out = match &mut self.disk {
             Some(disk) => {
@@ -279,6 +280,7 @@ impl World {
             dry_run: false,
             pagerduty: false,
             max_open_breaches_per_rule: 10_000,
+            fencing_token: 7,
         };
         let mut st = self.pump.state.clone();
         let out = st.recover(&ctx, now);
@@ -352,6 +354,7 @@ fn an_event_holds_one_copy_of_each_breach_it_changes() {
         dry_run: false,
         pagerduty: false,
         max_open_breaches_per_rule: 10,
+        fencing_token: 7,
     };
     let out = w.pump.state.handle(&ctx, Event::Signals(signals), t(100.0));
     let copies: Vec<&Breach> = out
@@ -525,6 +528,7 @@ fn identical_repeats_change_nothing() {
         dry_run: false,
         pagerduty: false,
         max_open_breaches_per_rule: 10_000,
+        fencing_token: 7,
     };
     let labels: Labels = [
         ("alertname", "HighErrorRate"),
@@ -789,6 +793,7 @@ fn recovery_never_runs_a_non_idempotent_step_twice() {
         dry_run: false,
         pagerduty: false,
         max_open_breaches_per_rule: 10_000,
+        fencing_token: 7,
     };
     let out = st.handle(
         &ctx,
@@ -1381,6 +1386,7 @@ fn probe_decides_a_started_non_idempotent_step_after_a_crash() {
             dry_run: false,
             pagerduty: false,
             max_open_breaches_per_rule: 10_000,
+            fencing_token: 7,
         };
         let out = st.handle(
             &ctx,
@@ -1501,6 +1507,7 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
         dry_run: false,
         pagerduty: true,
         max_open_breaches_per_rule: 10_000,
+        fencing_token: 7,
     };
     let out = w.pump.state.handle(&ctx, Event::Tick, t(600.0));
     let queued: Vec<(String, String)> = out
@@ -1568,6 +1575,7 @@ fn shadow_incidents_announce_nothing() {
         dry_run: false,
         pagerduty: true,
         max_open_breaches_per_rule: 10_000,
+        fencing_token: 7,
     };
     let out = w.pump.state.handle(&ctx, Event::Tick, t(600.0));
     assert!(!out.changes.iter().any(|c| matches!(c, Change::Outbox(_))));
@@ -1818,6 +1826,7 @@ fn a_reload_that_removes_the_rule_of_a_running_rollback_lets_it_finish_its_plan(
             dry_run: false,
             pagerduty: false,
             max_open_breaches_per_rule: 10_000,
+            fencing_token: 7,
         },
         Event::Unfreeze {
             service: "web".into(),

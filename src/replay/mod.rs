@@ -387,6 +387,8 @@ impl<'a> Replayer<'a> {
                 dry_run: self.dry_run,
                 pagerduty: self.pagerduty,
                 max_open_breaches_per_rule: self.max_open_breaches_per_rule,
+                // A replay starts nothing, so no token fences anything.
+                fencing_token: 0,
             };
             // Memory never fails to read back.
             let Ok(handled) = self.pump.handle(&self.memory, &ctx, input, at) else {

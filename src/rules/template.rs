@@ -54,7 +54,15 @@ const STEP_VARS: &[&str] = &[
     "release.previous.version",
     "release.current.deployment_id",
     "release.current.version",
+    FENCING_TOKEN,
 ];
+
+/// The step's fencing token (the leader's term when the step started): known only when the step
+/// starts, so rendering leaves [`FENCING_MARK`] in its place and the step fills it in.
+pub const FENCING_TOKEN: &str = "fencing_token";
+/// What `{{ fencing_token }}` renders to until the step starts (a value can never contain it:
+/// braces are outside every value's charset).
+pub const FENCING_MARK: &str = "{{ fencing_token }}";
 
 /// The contract's charset `[A-Za-z0-9._:/@+=-]*`, and two refusals on top of it: no `..` (a path
 /// climbing out of where a step expects it) and no leading `-` (a value read as an option).
@@ -206,6 +214,7 @@ impl Template {
                         out.push(c);
                     }
                 }
+                Part::Var(name, _) if name == FENCING_TOKEN => out.push_str(FENCING_MARK),
                 Part::Var(name, slot) => {
                     let v = vars
                         .get(name)

@@ -5,6 +5,8 @@
 //! transaction and waits for the flush before it performs any effect or answers the caller.
 //! Readers (the API) read committed records directly.
 
+pub mod raft;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,6 +45,36 @@ pub struct Store {
 }
 
 const META_SEQ: &[u8] = b"seq";
+const META_EPOCH: &[u8] = b"epoch";
+const ACTED_TERM: &[u8] = b"acted_term";
+/// Set while a snapshot is being installed (in the default tree).
+const IMPORTING: &[u8] = b"importing_snapshot";
+
+/// Reads an [`Store::export`] blob.
+struct Blob<'a>(&'a [u8]);
+
+impl<'a> Blob<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(StoreError::Sled(sled::Error::Unsupported(
+                "snapshot does not decode".into(),
+            )));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> Result<usize> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()?;
+        self.take(n)
+    }
+}
 const META_TIMELINE_SEQ: &[u8] = b"timeline_seq";
 
 impl Store {
@@ -50,7 +82,7 @@ impl Store {
         let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         let timeline_seq = read_u64(&meta, META_TIMELINE_SEQ)?;
-        Ok(Store {
+        let store = Store {
             breaches: db.open_tree("breaches")?,
             incidents: db.open_tree("incidents")?,
             releases: db.open_tree("releases")?,
@@ -62,7 +94,19 @@ impl Store {
             meta,
             timeline_seq: std::sync::Arc::new(AtomicU64::new(timeline_seq)),
             db,
-        })
+        };
+        if store.db.contains_key(IMPORTING)? {
+            tracing::warn!(
+                "a snapshot install was cut off; wiping the half-installed state (the cluster sends it again)"
+            );
+            for (_, tree) in store.state_trees() {
+                tree.clear()?;
+            }
+            store.timeline_seq.store(0, Ordering::SeqCst);
+            store.db.remove(IMPORTING)?;
+            store.db.flush()?;
+        }
+        Ok(store)
     }
 
     /// Everything the engine needs, as it was last committed.
@@ -117,7 +161,18 @@ impl Store {
     /// Writes records atomically (one transaction) and durably (flushed). Of several changes to
     /// one record only the last is written.
     pub async fn commit(&self, changes: &[Change], timeline: &[TimelineEntry]) -> Result<()> {
-        if changes.is_empty() && timeline.is_empty() {
+        self.commit_with(changes, timeline, &[]).await
+    }
+
+    /// [`Store::commit`], with `meta` records written in the same transaction (the Raft state
+    /// machine's applied log id and membership, so records and "applied up to" never disagree).
+    pub(crate) async fn commit_with(
+        &self,
+        changes: &[Change],
+        timeline: &[TimelineEntry],
+        meta: &[(&[u8], Vec<u8>)],
+    ) -> Result<()> {
+        if changes.is_empty() && timeline.is_empty() && meta.is_empty() {
             return Ok(());
         }
         let mut writes: Vec<(usize, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
@@ -186,6 +241,9 @@ impl Store {
                 Some(last.to_be_bytes().to_vec()),
             ));
         }
+        for (k, v) in meta {
+            writes.push((5, k.to_vec(), Some(v.clone())));
+        }
         let trees = (
             &self.breaches,
             &self.incidents,
@@ -230,6 +288,111 @@ impl Store {
             })?;
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// The state trees, in a fixed order (a Raft snapshot holds exactly these).
+    fn state_trees(&self) -> [(&'static str, &sled::Tree); 9] {
+        [
+            ("breaches", &self.breaches),
+            ("incidents", &self.incidents),
+            ("releases", &self.releases),
+            ("freezes", &self.freezes),
+            ("timeline", &self.timeline),
+            ("meta", &self.meta),
+            ("outbox", &self.outbox),
+            ("deliveries", &self.deliveries),
+            ("incident_summaries", &self.summaries),
+        ]
+    }
+
+    /// Every record of every state tree as one blob: per tree, its name and its key/value pairs,
+    /// each length-prefixed (u32 big-endian).
+    pub(crate) fn export(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let put = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        };
+        for (name, tree) in self.state_trees() {
+            put(&mut out, name.as_bytes());
+            out.extend_from_slice(&(tree.len() as u32).to_be_bytes());
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                put(&mut out, &k);
+                put(&mut out, &v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces every state tree with an [`Store::export`] blob. A crash in the middle leaves a
+    /// mark that the next open wipes the state trees on, so a half-installed snapshot is never
+    /// read as state (the node then receives the snapshot again).
+    pub(crate) async fn import(&self, blob: &[u8]) -> Result<()> {
+        let bad = || StoreError::Sled(sled::Error::Unsupported("snapshot does not decode".into()));
+        self.db.insert(IMPORTING, b"1")?;
+        self.db.flush_async().await?;
+        for (_, tree) in self.state_trees() {
+            tree.clear()?;
+        }
+        let mut b = Blob(blob);
+        let trees = self.state_trees();
+        while !b.0.is_empty() {
+            let name = b.bytes()?;
+            let count = b.u32()?;
+            let tree = trees
+                .iter()
+                .find(|(n, _)| n.as_bytes() == name)
+                .map(|(_, t)| *t)
+                .ok_or_else(bad)?;
+            let mut batch = sled::Batch::default();
+            for _ in 0..count {
+                let k = b.bytes()?;
+                let v = b.bytes()?;
+                batch.insert(k, v);
+            }
+            tree.apply_batch(batch)?;
+        }
+        self.timeline_seq
+            .store(read_u64(&self.meta, META_TIMELINE_SEQ)?, Ordering::SeqCst);
+        self.db.flush_async().await?;
+        self.db.remove(IMPORTING)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The number of this start of a single node (1, 2, ...), durable before it is used: the
+    /// fencing token of the steps this run starts, higher than any earlier run's.
+    pub async fn next_epoch(&self) -> Result<u64> {
+        let n = read_u64(&self.meta, META_EPOCH)? + 1;
+        self.meta.insert(META_EPOCH, &n.to_be_bytes())?;
+        self.db.flush_async().await?;
+        Ok(n)
+    }
+
+    /// The last Raft term this node acted in as leader (in the default tree: a node's own,
+    /// never replicated).
+    pub fn acted_term(&self) -> Result<u64> {
+        Ok(match self.db.get(ACTED_TERM)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+            None => 0,
+        })
+    }
+
+    pub async fn set_acted_term(&self, term: u64) -> Result<()> {
+        self.db.insert(ACTED_TERM, &term.to_be_bytes())?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A meta record (the Raft state machine's own).
+    pub(crate) fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// The sled database, for the Raft log beside the state trees.
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Data written before summaries existed: summarise every incident once.
