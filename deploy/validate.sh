@@ -186,6 +186,14 @@ for pod in rollbackd-0 rollbackd-1 rollbackd-2; do
     say "rollbackd lint --config deploy/kubernetes-cluster/rollbackd.yaml deploy/kubernetes/rules (POD_NAME=$pod)"
     POD_NAME=$pod lint deploy/kubernetes-cluster/rollbackd.yaml deploy/kubernetes/rules
 done
+# A pod the members do not list (a fourth replica) finds no id of its own and must not start.
+say "rollbackd lint refuses the cluster config for a pod that is not a member (POD_NAME=rollbackd-3)"
+if POD_NAME=rollbackd-3 "$bin" lint --config deploy/kubernetes-cluster/rollbackd.yaml deploy/kubernetes/rules \
+    >/dev/null 2>"$work/lint.err"; then
+    die "rollbackd lint accepted deploy/kubernetes-cluster/rollbackd.yaml for pod rollbackd-3, which is no member"
+fi
+grep -q "advertise" "$work/lint.err" || { cat "$work/lint.err" >&2; die "rollbackd lint: expected an error naming cluster.advertise"; }
+cat "$work/lint.err"
 
 say "rollbackd lint --config deploy/image/rollbackd.yaml (the image's default config)"
 mkdir -p "$work/empty-rules"
