@@ -217,7 +217,8 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
-    /// This node's id; optional when `advertise` is one of the members' urls.
+    /// This node's id; optional when `advertise` is one of the members' urls. A node whose id
+    /// is not among `members` never forms a cluster: it waits to be added to one.
     pub node_id: Option<u64>,
     /// How the other nodes reach this node's listener.
     pub advertise: String,

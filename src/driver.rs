@@ -35,9 +35,20 @@ pub struct Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    /// For the executor and notifier of one term: once cancelled, nothing more is taken from
+    /// them (a deposed leader's late results are refused).
+    valid: Option<CancellationToken>,
 }
 
 impl EngineHandle {
+    /// A handle that stops taking events once `until` is cancelled.
+    pub fn scoped(&self, until: CancellationToken) -> EngineHandle {
+        EngineHandle {
+            tx: self.tx.clone(),
+            valid: Some(until),
+        }
+    }
+
     /// Sends an event and waits until its consequences are durable.
     pub async fn send(&self, event: Event) -> Result<Reply, EngineError> {
         self.send_recorded(event, None).await
@@ -49,6 +60,9 @@ impl EngineHandle {
         event: Event,
         record: Option<Pending>,
     ) -> Result<Reply, EngineError> {
+        if self.valid.as_ref().is_some_and(|v| v.is_cancelled()) {
+            return Err(EngineError::Stopped);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command {
@@ -95,7 +109,7 @@ pub struct Fatal {
 
 pub fn channel() -> (EngineHandle, mpsc::Receiver<Command>) {
     let (tx, rx) = mpsc::channel(1024);
-    (EngineHandle { tx }, rx)
+    (EngineHandle { tx, valid: None }, rx)
 }
 
 pub type Inbox = mpsc::Receiver<Command>;

@@ -303,6 +303,8 @@ struct Acting {
     engine_task: tokio::task::JoinHandle<Result<(), driver::Fatal>>,
     /// The engine task's outcome, once it ended on its own.
     ended: Option<Option<driver::Fatal>>,
+    /// Cancelled when the term (or the daemon) ends: see `EngineHandle::scoped`.
+    term: CancellationToken,
 }
 
 impl Stage {
@@ -314,8 +316,11 @@ impl Stage {
         fatal: CancellationToken,
     ) -> Result<Acting, ServeError> {
         self.metrics.observe_state(&state);
+        // What this term's executor and notifier send is refused once the term is over.
+        let term = CancellationToken::new();
+        let engine = self.engine.scoped(term.clone());
         let executor = Executor {
-            engine: self.engine.clone(),
+            engine: engine.clone(),
             store: self.store.clone(),
             http: steps::outbound_client(),
             step_http: steps::http_client(),
@@ -328,7 +333,7 @@ impl Stage {
         let outbox = Arc::new(tokio::sync::Notify::new());
         let notifier = Arc::new(notify::Notifier {
             store: self.store.clone(),
-            engine: self.engine.clone(),
+            engine,
             live: self.live.clone(),
             http: executor.http.clone(),
             pagerduty: self
@@ -355,7 +360,9 @@ impl Stage {
             fencing_token,
             deposed: false,
         };
-        Ok(self.start(executor, notifier, notifier_task, driver, fatal))
+        let mut acting = self.start(executor, notifier, notifier_task, driver, fatal);
+        acting.term = term;
+        Ok(acting)
     }
 
     fn start(
@@ -389,6 +396,7 @@ impl Stage {
             stop_engine,
             engine_task,
             ended: None,
+            term: CancellationToken::new(),
         }
     }
 }
@@ -483,6 +491,7 @@ async fn lead(
         };
         tracing::info!(node = node.id, finished, "lost leadership term={term}");
         stage.metrics.cluster_leader.set(0);
+        acting.term.cancel();
         if let Some(f) = acting.stop(Duration::ZERO).await {
             return Some(f);
         }

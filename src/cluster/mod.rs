@@ -91,7 +91,26 @@ impl Node {
             .await
             .map_err(|e| format!("raft: {e}"))?;
         let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
-        if !initialized {
+        // A data dir a single node wrote: its records must be the cluster's, so this node
+        // forms the cluster alone and the others join it (they receive a snapshot).
+        let migrating = !initialized && store.holds_records();
+        if migrating && cfg.members.len() > 1 {
+            let _ = raft.shutdown().await;
+            return Err(format!(
+                "{}: this data directory holds the records of a single node. To bring them into a cluster, start this node first with cluster.members listing only itself (id {id}), then add the others with `rollbackd cluster add ID URL`; they receive a snapshot of these records",
+                "cluster.members"
+            ));
+        }
+        let founding = cfg.members.iter().any(|m| m.id == id);
+        if !initialized && !founding {
+            // Not one of the initial voters: it never forms a cluster of its own, it waits for
+            // the leader to add it (`rollbackd cluster add`).
+            tracing::info!(
+                node = id,
+                "not among cluster.members: waiting to be added to the cluster"
+            );
+        }
+        if !initialized && founding {
             let members: BTreeMap<u64, BasicNode> = cfg
                 .members
                 .iter()
@@ -101,6 +120,30 @@ impl Node {
                 // Another node formed it first: that is fine, this one joins it.
                 tracing::debug!(error = %e, "cluster already formed");
             }
+        }
+        if migrating {
+            let r = raft.clone();
+            tokio::spawn(async move {
+                // Once it leads alone, every record is in a snapshot and the log before it
+                // is dropped: a node added later is sent the snapshot, not a log without them.
+                if r.wait(None)
+                    .state(ServerState::Leader, "single-node migration")
+                    .await
+                    .is_ok()
+                    && r.trigger().snapshot().await.is_ok()
+                    && let Ok(m) = r
+                        .wait(None)
+                        .metrics(|m| m.snapshot.is_some(), "snapshot")
+                        .await
+                    && let Some(s) = m.snapshot
+                {
+                    let _ = r.trigger().purge_log(s.index).await;
+                    tracing::info!(
+                        index = s.index,
+                        "single-node records moved into the cluster's first snapshot"
+                    );
+                }
+            });
         }
         Ok(Arc::new(Node {
             id,

@@ -385,6 +385,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether any record is kept (a data dir a single node wrote, when the Raft log is empty).
+    pub fn holds_records(&self) -> bool {
+        [
+            &self.breaches,
+            &self.incidents,
+            &self.releases,
+            &self.freezes,
+            &self.timeline,
+        ]
+        .iter()
+        .any(|t| !t.is_empty())
+    }
+
     /// A meta record (the Raft state machine's own).
     pub(crate) fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.meta.get(key)?.map(|v| v.to_vec()))
