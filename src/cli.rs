@@ -1,5 +1,6 @@
 //! Operator commands: thin clients of the HTTP API (`incidents`, `approve`, `reject`, `freeze`,
-//! `unfreeze`). They print readable tables; `--json` prints what the API said.
+//! `unfreeze`, `cluster status|add|remove`). They print readable tables; `--json` prints what the
+//! API said.
 
 use std::time::Duration;
 
@@ -17,7 +18,13 @@ pub enum CliError {
     Unreachable { url: String, why: String },
     #[error("rollbackd answered {status}: {message}")]
     Api { status: u16, message: String },
+    /// The API answered, and what it said is a failure (printed above, exit 1).
+    #[error("{0}")]
+    Verdict(String),
 }
+
+/// How long most commands wait for an answer.
+const TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Client {
     async fn call(
@@ -26,9 +33,19 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), CliError> {
+        self.call_within(method, path, body, TIMEOUT).await
+    }
+
+    async fn call_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(u16, Value), CliError> {
         let url = format!("{}{}", self.url.trim_end_matches('/'), path);
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
+            .timeout(timeout)
             .build()
             .map_err(|e| CliError::Unreachable {
                 url: url.clone(),
@@ -212,6 +229,99 @@ impl Client {
         });
         Ok(())
     }
+}
+
+impl Client {
+    /// `GET /v1/cluster`, as a table; fails (exit 1) when the node knows no leader.
+    pub async fn cluster_status(&self) -> Result<(), CliError> {
+        let (_, v) = self.call(reqwest::Method::GET, "/v1/cluster", None).await?;
+        self.print(&v, cluster_view);
+        if v["leader"].is_null() {
+            return Err(CliError::Verdict(format!(
+                "node {} knows no leader (term {}): writes are refused (503) until a majority of the members elects one",
+                s(&v["node_id"]),
+                s(&v["term"])
+            )));
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/cluster/members`: answers once the new member caught up and votes, so it may take
+    /// longer than other commands (`timeout`).
+    pub async fn cluster_add(&self, id: u64, url: &str, timeout: Duration) -> Result<(), CliError> {
+        let (_, v) = self
+            .call_within(
+                reqwest::Method::POST,
+                "/v1/cluster/members",
+                Some(json!({"id": id, "url": url})),
+                timeout,
+            )
+            .await?;
+        self.print(&v, |v| {
+            format!(
+                "node {id} added at {url}: caught up, now a voter\n{}",
+                cluster_view(v)
+            )
+        });
+        Ok(())
+    }
+
+    /// `DELETE /v1/cluster/members/{id}`.
+    pub async fn cluster_remove(&self, id: u64) -> Result<(), CliError> {
+        let (_, v) = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/cluster/members/{id}"),
+                None,
+            )
+            .await?;
+        self.print(&v, |v| format!("node {id} removed\n{}", cluster_view(v)));
+        Ok(())
+    }
+}
+
+/// The members as the answering node sees them: who leads, in which term, and each member's role
+/// and rules digest (shortened; a difference is called out, since the leader's rules decide).
+fn cluster_view(v: &Value) -> String {
+    let leader = v["leader"].as_u64();
+    let members = v["members"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            let mark = if m["id"].as_u64().is_some_and(|id| Some(id) == leader) {
+                "*"
+            } else {
+                ""
+            };
+            let digest = match m["rules_digest"].as_str() {
+                Some(d) => d.chars().take(12).collect(),
+                None => "-".to_string(),
+            };
+            vec![
+                format!("{}{mark}", s(&m["id"])),
+                s(&m["url"]),
+                s(&m["role"]),
+                digest,
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "term {}, leader {} (as node {} sees it)\n",
+        s(&v["term"]),
+        leader.map_or_else(|| "none".to_string(), |l| format!("{l}*")),
+        s(&v["node_id"])
+    );
+    out.push_str(&table(&["ID", "URL", "ROLE", "RULES DIGEST"], &rows));
+    let mut digests: Vec<&str> = members
+        .iter()
+        .filter_map(|m| m["rules_digest"].as_str())
+        .collect();
+    digests.sort_unstable();
+    digests.dedup();
+    if digests.len() > 1 {
+        out.push_str("rules differ between members: the leader's rules decide\n");
+    }
+    out
 }
 
 fn s(v: &Value) -> String {

@@ -437,9 +437,16 @@ async fn lead(
     grace: Duration,
 ) -> Option<driver::Fatal> {
     loop {
-        let term = tokio::select! {
-            _ = stop.cancelled() => return None,
-            t = node.wait_to_lead() => t,
+        // While not acting, whatever reaches the inbox (a write accepted in the instant this
+        // node still looked like the leader) is answered "not taken", so no caller hangs.
+        let term = loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                t = node.wait_to_lead() => break t,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    driver::refuse_waiting(&mut *stage.inbox.lock().await);
+                }
+            }
         };
         // A leader restarted within its own term resumes it; its steps would carry the token
         // of its previous life. Only a term it never acted in will do: stand for a new one.

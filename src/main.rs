@@ -72,6 +72,21 @@ enum Command {
         /// Rules directory; default: the config's rules_dir, else ./rules.
         rules_dir: Option<PathBuf>,
     },
+    /// Show or change the members of a rollbackd cluster (config section `cluster:`).
+    ///
+    /// Any node answers `status` from what it knows; `add` and `remove` go to the leader (a
+    /// follower forwards them). Replacing a node whose disk is lost: `remove` its id, wipe its data
+    /// directory, start it empty, then `add` the same id and url back; it catches up from a
+    /// snapshot before it votes.
+    #[command(
+        after_long_help = "Examples:\n  rollbackd cluster status --url http://127.0.0.1:9751\n  rollbackd cluster remove 2 --token \"$ADMIN_TOKEN\"\n  rollbackd cluster add 2 http://127.0.0.1:9752 --token \"$ADMIN_TOKEN\""
+    )]
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Backtest: feed recorded inputs through the engine on a virtual clock and print every
     /// decision with its time. Exit 0 ok, 1 differs from --expect, 64 bad input or rules.
     Replay(rollbackd::replay::Args),
@@ -106,6 +121,35 @@ enum IncidentAction {
     Report { id: String },
 }
 
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Members, roles, rules digests, the leader and the term (read token).
+    ///
+    /// As the node at --url sees them: one row per member with its url, role (leader, follower,
+    /// candidate, learner, unreachable) and rules digest; the leader is marked *. Exit 1 when the
+    /// node knows no leader: writes are then refused with 503 until a majority elects one.
+    Status,
+    /// Add a member (admin token); returns once it has caught up and votes.
+    ///
+    /// The new node (started with the same `cluster:` secret, advertising URL) joins as a
+    /// learner, catches up with the leader, and is then promoted to voter.
+    Add {
+        /// The new member's node id.
+        id: u64,
+        /// How the other nodes reach it: the new node's `cluster.advertise`.
+        #[arg(value_name = "URL")]
+        member_url: String,
+        /// Seconds to wait for the new member to catch up.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Remove a member, voter or learner (admin token); prints the members after the change.
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
+}
+
 #[derive(clap::Args)]
 struct ApiArgs {
     /// rollbackd's address.
@@ -116,7 +160,7 @@ struct ApiArgs {
         default_value = "http://127.0.0.1:9750"
     )]
     url: String,
-    /// Bearer token (admin for approve/reject/freeze/unfreeze).
+    /// Bearer token (admin for approve/reject/freeze/unfreeze and cluster add/remove).
     #[arg(long, global = true, env = "ROLLBACKD_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the API's JSON instead of a table.
@@ -193,6 +237,21 @@ fn main() -> ExitCode {
                 None => operate(async move { c.incidents(state.as_deref()).await }),
                 Some(IncidentAction::Verify { id }) => operate(async move { c.verify(&id).await }),
                 Some(IncidentAction::Report { id }) => operate(async move { c.report(&id).await }),
+            }
+        }
+        Command::Cluster { action, api } => {
+            let c = api.client();
+            match action {
+                ClusterAction::Status => operate(async move { c.cluster_status().await }),
+                ClusterAction::Add {
+                    id,
+                    member_url,
+                    timeout,
+                } => operate(async move {
+                    c.cluster_add(id, &member_url, Duration::from_secs(timeout))
+                        .await
+                }),
+                ClusterAction::Remove { id } => operate(async move { c.cluster_remove(id).await }),
             }
         }
         Command::Approve(v) => vote(v, true),
