@@ -68,7 +68,7 @@ impl Setup {
             .arg("--config")
             .arg(self.path().join("rollbackd.yaml"))
             .args(extra)
-            .env("ROLLBACKD_LOG", "info")
+            .env("ROLLBACKD_LOG", "info,openraft=warn")
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
