@@ -232,6 +232,15 @@ pub struct Cluster {
     /// A follower that hears nothing for this long (up to twice it) starts an election.
     #[serde(default = "election_timeout", deserialize_with = "human_duration")]
     pub election_timeout: Duration,
+    /// Every this many log entries, a node snapshots its state trees and drops the log before
+    /// it (keeping up to 1,000 entries for followers a little behind); a node that is further
+    /// behind, or whose disk was wiped, receives the snapshot.
+    #[serde(default = "snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+fn snapshot_every() -> u64 {
+    5000
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -293,6 +302,9 @@ impl Cluster {
                     m.url
                 ));
             }
+        }
+        if self.snapshot_every == 0 {
+            return Err("cluster.snapshot_every must be at least 1".into());
         }
         if self.heartbeat.is_zero() || self.election_timeout <= self.heartbeat * 2 {
             return Err(format!(

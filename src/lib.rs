@@ -242,13 +242,21 @@ impl Daemon {
                     acting.stop(self.grace).await
                 })
             }
-            Some(node) => tokio::spawn(lead(
-                stage,
-                node,
-                fatal.clone(),
-                stop_acting.clone(),
-                self.grace,
-            )),
+            Some(node) => {
+                let (n, dead) = (node.clone(), fatal.clone());
+                tokio::spawn(async move {
+                    let why = n.died().await;
+                    tracing::error!(error = %why, "the raft core stopped; stopping so this node is restarted");
+                    dead.cancel();
+                });
+                tokio::spawn(lead(
+                    stage,
+                    node,
+                    fatal.clone(),
+                    stop_acting.clone(),
+                    self.grace,
+                ))
+            }
         };
         let watcher = tokio::spawn(reload_triggers(app.clone(), fatal.clone()));
         app.ready.store(true, Ordering::Release);

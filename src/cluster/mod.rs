@@ -70,6 +70,8 @@ impl Node {
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
             election_timeout_min: et,
             election_timeout_max: et * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.snapshot_every.min(1000),
             ..Default::default()
         }
         .validate()
@@ -271,6 +273,20 @@ impl Node {
             }
             if rx.changed().await.is_err() {
                 std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Resolves if the Raft core stops for good (a storage error, a bug): the node can neither
+    /// follow nor lead any more, and the daemon must stop so that it is restarted.
+    pub async fn died(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the raft core stopped".to_string();
             }
         }
     }

@@ -211,6 +211,9 @@ pub struct StateMachine {
     store: Store,
     /// The last snapshot built or installed, kept for sending to nodes that fell behind.
     current: Current,
+    /// Held while a batch is applied and while a snapshot reads the trees with their applied
+    /// log id, so a snapshot never holds a batch its log id says is still to come.
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachine {
@@ -218,6 +221,7 @@ impl StateMachine {
         StateMachine {
             store,
             current: Default::default(),
+            gate: Default::default(),
         }
     }
 
@@ -236,8 +240,10 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Err> {
+        let gate = self.gate.lock().await;
         let (last_log_id, last_membership) = self.applied()?;
         let data = self.store.export().map_err(read_err)?;
+        drop(gate);
         let snapshot_id = match last_log_id {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
             None => format!("empty-{}", data.len()),
@@ -267,6 +273,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let _gate = self.gate.lock().await;
         let (_, mut membership) = self.applied()?;
         let mut out = Vec::new();
         for e in entries {
@@ -306,6 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), Err> {
         let data = snapshot.into_inner();
+        let _gate = self.gate.lock().await;
         self.store.import(&data).await.map_err(write_err)?;
         let applied = [
             (META_APPLIED, to_json(&meta.last_log_id)?),
