@@ -301,9 +301,26 @@ impl Driver {
         let written = self.clock.now();
         for t in timeline.iter().filter(|t| t.kind == Kind::Triggered) {
             if let Some(i) = self.pump.state.incidents.get(&t.subject) {
-                self.metrics
-                    .decision_latency
-                    .observe(since(written, i.deadline).as_secs_f64());
+                // Only a breach known before its deadline can be decided on time; one learned
+                // after it (an old `startsAt`, a late delivery) is counted apart.
+                let first_seen = changes
+                    .iter()
+                    .find_map(|c| match c {
+                        Change::Breach(b) if b.id == i.breach => Some(b.first_seen),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        crate::engine::breach_seq(&i.breach)
+                            .and_then(|seq| self.pump.state.breaches.get(&seq))
+                            .map(|b| b.first_seen)
+                    });
+                match first_seen {
+                    Some(seen) if seen >= i.deadline => self.metrics.decisions_late.inc(),
+                    _ => self
+                        .metrics
+                        .decision_latency
+                        .observe(since(written, i.deadline).as_secs_f64()),
+                }
             }
         }
         if changes

@@ -195,6 +195,7 @@ impl Daemon {
         let store = Store::open(&self.data_dir)?;
         let metrics = Arc::new(Metrics::new());
         metrics.reload_successful.set(1);
+        metrics.reload_timestamp.set(self.clock.now().as_second());
         let config = self.config.clone();
         let node = match &config.cluster {
             Some(c) => Some(

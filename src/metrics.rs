@@ -3,8 +3,8 @@
 //! an alert label).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::engine::State;
@@ -19,6 +19,7 @@ pub struct Metrics {
     pub incidents: IntGaugeVec,
     pub step_outcomes: IntCounterVec,
     pub decision_latency: Histogram,
+    pub decisions_late: IntCounter,
     pub reload_successful: IntGauge,
     pub reload_timestamp: IntGauge,
     pub cluster_rules_mismatch: IntGauge,
@@ -71,11 +72,16 @@ impl Metrics {
         let decision_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "rollbackd_decision_latency_seconds",
-                "From a breach's deadline to its incident being durably written.",
+                "From a breach's deadline to its incident being durably written, for breaches known before their deadline.",
             )
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
+        )
+        .expect("static metric definition");
+        let decisions_late = IntCounter::new(
+            "rollbackd_decisions_late_total",
+            "Incidents opened for breaches first seen at or after their deadline (not in rollbackd_decision_latency_seconds).",
         )
         .expect("static metric definition");
         let reload_successful = IntGauge::new(
@@ -114,6 +120,7 @@ impl Metrics {
             Box::new(incidents.clone()),
             Box::new(step_outcomes.clone()),
             Box::new(decision_latency.clone()),
+            Box::new(decisions_late.clone()),
             Box::new(reload_successful.clone()),
             Box::new(reload_timestamp.clone()),
         ] {
@@ -142,6 +149,7 @@ impl Metrics {
             incidents,
             step_outcomes,
             decision_latency,
+            decisions_late,
             reload_successful,
             reload_timestamp,
             cluster_rules_mismatch,

@@ -66,16 +66,10 @@ fn of_rule(bs: &[Value], rule: &str) -> usize {
 }
 
 fn refused_metric(d: &Daemon, rule: &str) -> Option<u64> {
-    let text = client()
-        .get(d.url("/metrics"))
-        .send()
-        .expect("GET /metrics")
-        .text()
-        .expect("metrics text");
-    let name = format!("rollbackd_breaches_refused_total{{rule=\"{rule}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name.as_str()))
-        .and_then(|v| v.trim().parse().ok())
+    d.metric(&format!(
+        "rollbackd_breaches_refused_total{{rule=\"{rule}\"}}"
+    ))
+    .map(|v| v as u64)
 }
 
 #[test]

@@ -25,17 +25,7 @@ fn write_rules(setup: &Setup, body: &str) {
 }
 
 fn metric(d: &Daemon, name: &str) -> f64 {
-    let text = client()
-        .get(d.url("/metrics"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_default();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{name} "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(f64::NAN)
+    d.metric(name).unwrap_or(f64::NAN)
 }
 
 /// Two releases of `web`, 10 and 5 minutes ago.

@@ -119,6 +119,19 @@ impl Daemon {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
+
+    /// The value of `series` (a metric name with its labels, as `/metrics` writes them), if the
+    /// daemon reports it.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
 }
 
 impl Drop for Daemon {
@@ -166,6 +179,20 @@ pub fn post_release(d: &Daemon, service: &str, id: &str, deployed_at: &str) {
                             "deployed_at": deployed_at}),
     );
     assert_eq!(s, 201, "release {id}: {v}");
+}
+
+/// Posts releases `<service>-v1` and `<service>-v2` of `service` in production, 10 and 5
+/// minutes ago; expects 201 each.
+pub fn two_releases(d: &Daemon, service: &str) {
+    for (v, ago) in [("v1", -600.0), ("v2", -300.0)] {
+        let (s, b) = post(
+            &d.url("/v1/releases"),
+            None,
+            &serde_json::json!({"service": service, "environment": "production", "version": v,
+                                "deployment_id": format!("{service}-{v}"), "deployed_at": ts(ago)}),
+        );
+        assert_eq!(s, 201, "{b}");
+    }
 }
 
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
