@@ -211,6 +211,8 @@ pub struct Config {
     pub inputs_file: Option<PathBuf>,
     /// Several nodes replicating every record with Raft; absent: a single node.
     pub cluster: Option<Cluster>,
+    /// `text` or `json` (one object per line); `serve --log-format` wins. Read at start only.
+    pub log_format: crate::logging::Format,
 }
 
 /// `cluster:`: this node, the initial voters and the secret the nodes share.
@@ -333,6 +335,7 @@ impl Default for Config {
             record_inputs: false,
             inputs_file: None,
             cluster: None,
+            log_format: crate::logging::Format::Text,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::engine::{Change, Context, Effect, Event, MAX_SIGNALS_PER_EVENT, Reply};
 use crate::inputs::{self, Pending, Recorder};
 use crate::metrics::Metrics;
-use crate::model::{Kind, since};
+use crate::model::{Kind, TimelineEntry, since};
 use crate::pump::{self, Pump};
 use crate::store::Store;
 
@@ -331,9 +331,7 @@ impl Driver {
         }
         self.pump
             .let_go(&changes, applied.iter().map(|a| a.loaded.clone()));
-        for t in &timeline {
-            tracing::info!(subject = %t.subject, kind = t.kind.code(), actor = %t.actor, "{}", t.message);
-        }
+        timeline.iter().for_each(log_entry);
         if let Some(rec) = &self.inputs {
             let lines: String = applied.iter().filter_map(|a| a.line.as_deref()).collect();
             if let Err(e) = rec.append(&lines) {
@@ -347,6 +345,21 @@ impl Driver {
             a.effects.into_iter().for_each(perform);
         }
         Ok(())
+    }
+}
+
+/// One timeline entry as a log line: a failed rollback or step at ERROR, a retry or a dropped
+/// announcement at WARN, the rest at INFO.
+fn log_entry(t: &TimelineEntry) {
+    macro_rules! entry {
+        ($level:ident) => {
+            tracing::$level!(subject = %t.subject, kind = t.kind.code(), actor = %t.actor, "{}", t.message)
+        };
+    }
+    match t.kind {
+        Kind::RollbackFailed | Kind::StepFailed | Kind::StepUnknown => entry!(error),
+        Kind::StepRetry | Kind::NotificationDropped | Kind::ReleaseDuringFreeze => entry!(warn),
+        _ => entry!(info),
     }
 }
 

@@ -1,14 +1,18 @@
-//! The daemon's log: tracing's text format, one event per line whatever the logged values hold.
+//! The daemon's log: tracing's text format or JSON lines, one event per line whatever the logged
+//! values hold.
 //!
-//! Values come from input (vote reasons, person ids, labels, error messages), so every field value
-//! and message has its control characters escaped (`\n`, `\r`, `\t`, others as `\u{1b}`): a
-//! newline in a reason cannot start a forged line. Colour only on a terminal, and never with
-//! `NO_COLOR` set.
+//! Values come from input (vote reasons, person ids, labels, error messages), so in the text
+//! format every field value and message has its control characters escaped (`\n`, `\r`, `\t`,
+//! others as `\u{1b}`): a newline in a reason cannot start a forged line. Colour only on a
+//! terminal, and never with `NO_COLOR` set. The JSON format writes one object per line
+//! (`timestamp`, `level`, `target`, `message` and the event's fields at the top level), which
+//! JSON's own escaping keeps on one line.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 
+use serde::Deserialize;
 use tracing::field::Field;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::MakeExt;
@@ -58,6 +62,49 @@ fn write_field(w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt
 /// Colour when stderr is a terminal and `NO_COLOR` is unset or empty.
 pub fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// How log lines are written: `--log-format` or the config's `log_format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// tracing's text format, escaped to one line per event; colour only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers; never coloured.
+    Json,
+}
+
+/// The subscriber of `format` writing to `writer` (`ansi` applies to the text format only).
+pub fn subscriber_of<W>(
+    format: Format,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        Format::Text => Box::new(subscriber(filter, writer, ansi)),
+        Format::Json => Box::new(json_subscriber(filter, writer)),
+    }
+}
+
+/// The JSON-lines subscriber writing to `writer`: one flat object per event.
+pub fn json_subscriber<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .finish()
 }
 
 /// The text-format subscriber writing to `writer`.
@@ -115,6 +162,34 @@ mod tests {
         );
         assert!(text.contains("shown=ok\\n2026"), "{text}");
         assert!(text.contains("reason=\"ok\\n2026"), "{text}");
+    }
+
+    #[test]
+    fn json_lines_parse_whatever_the_values_hold() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = subscriber_of(
+            Format::Json,
+            EnvFilter::new("info"),
+            move || buf.clone(),
+            true,
+        );
+        let forged = "ok\n{\"level\":\"ERROR\"}\r\t\u{1b}[31m\u{2028}";
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!(reason = forged, n = 3, "said: {forged}");
+            tracing::info!("plain");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        let first: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+        assert_eq!(first["level"], "WARN", "{first}");
+        assert_eq!(first["message"], format!("said: {forged}"), "{first}");
+        assert_eq!(first["reason"], forged, "{first}");
+        assert_eq!(first["n"], 3, "{first}");
+        assert!(first["timestamp"].is_string(), "{first}");
+        assert!(first["target"].is_string(), "{first}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rollbackd::config::Config;
+use rollbackd::logging::Format;
 use rollbackd::rules::{self, Severity};
 
 /// Rolls a bad release back on its own, with a human's yes.
@@ -45,6 +46,9 @@ enum Command {
         /// Seconds running steps may take to finish after SIGTERM.
         #[arg(long, default_value_t = 30)]
         grace_seconds: u64,
+        /// Log lines on stderr: text, or json (one object per line); overrides `log_format`.
+        #[arg(long, value_enum)]
+        log_format: Option<rollbackd::logging::Format>,
     },
     /// List incidents (newest first).
     Incidents {
@@ -265,7 +269,16 @@ fn main() -> ExitCode {
             rules,
             dry_run,
             grace_seconds,
-        } => serve(config, listen, data_dir, rules, dry_run, grace_seconds),
+            log_format,
+        } => {
+            let source = rollbackd::live::Source {
+                config,
+                listen,
+                data_dir,
+                rules_dir: rules,
+            };
+            serve(source, dry_run, grace_seconds, log_format)
+        }
     }
 }
 
@@ -315,40 +328,55 @@ fn lint(config: Option<PathBuf>, dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
+/// Starts the log in the format asked for: the flag, else the config file's `log_format` (read
+/// on its own here, so the format holds even when the rules do not load), else text.
+fn start_logging(source: &rollbackd::live::Source, flag: Option<Format>) -> Format {
+    let format = flag.unwrap_or_else(|| {
+        source
+            .config
+            .as_ref()
+            .and_then(|p| Config::load(p).ok())
+            .map(|c| c.log_format)
+            .unwrap_or_default()
+    });
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    rollbackd::logging::subscriber_of(
+        format,
+        tracing_subscriber::EnvFilter::try_from_env("ROLLBACKD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        std::io::stderr,
+        rollbackd::logging::colour_on_stderr(),
+    )
+    .init();
+    format
+}
+
+/// A line that stops the daemon: as an ERROR event in the JSON log (so every stderr line
+/// parses), as `rollbackd: <line>` in the text log.
+fn fatal(format: Format, line: &str) {
+    match format {
+        Format::Json => tracing::error!("{line}"),
+        Format::Text => eprintln!("rollbackd: {}", rollbackd::logging::one_line(line)),
+    }
+}
+
 fn serve(
-    config: Option<PathBuf>,
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    rules_dir: Option<PathBuf>,
+    source: rollbackd::live::Source,
     dry_run: bool,
     grace_seconds: u64,
+    log_format: Option<Format>,
 ) -> ExitCode {
-    {
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        rollbackd::logging::subscriber(
-            tracing_subscriber::EnvFilter::try_from_env("ROLLBACKD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-            std::io::stderr,
-            rollbackd::logging::colour_on_stderr(),
-        )
-        .init();
-    }
-    let source = rollbackd::live::Source {
-        config,
-        listen,
-        data_dir,
-        rules_dir,
-    };
+    let format = start_logging(&source, log_format);
     let loaded = match source.load() {
         Ok(l) => l,
         Err(e) => {
             for line in e.lines() {
-                eprintln!("{}", rollbackd::logging::one_line(&line));
+                match format {
+                    Format::Json => tracing::error!("{line}"),
+                    Format::Text => eprintln!("{}", rollbackd::logging::one_line(&line)),
+                }
             }
-            eprintln!(
-                "rollbackd: {}; not starting",
-                rollbackd::logging::one_line(&e.to_string())
-            );
+            fatal(format, &format!("{e}; not starting"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -362,14 +390,23 @@ fn serve(
     let addr = match cfg.listen_addr() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("rollbackd: bad config: {e}");
+            fatal(format, &format!("bad config: {e}"));
             return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Before the listener binds: a second daemon on the same data dir stops here, before it
+    // says it listens. Held until `serve` returns.
+    let _lock = match rollbackd::store::lock::lock(&cfg.data_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            fatal(format, &format!("{e}; not starting"));
+            return ExitCode::FAILURE;
         }
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("rollbackd: cannot start the runtime: {e}");
+            fatal(format, &format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -377,7 +414,7 @@ fn serve(
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("rollbackd: cannot listen on {addr}: {e}");
+                fatal(format, &format!("cannot listen on {addr}: {e}"));
                 return ExitCode::FAILURE;
             }
         };
@@ -408,7 +445,7 @@ fn serve(
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("rollbackd: {e}");
+                fatal(format, &e.to_string());
                 ExitCode::FAILURE
             }
         }

@@ -1,8 +1,12 @@
-//! What an operator runs the daemon with: metrics that say what they claim (decision latency
-//! only for breaches known before their deadline; the reload timestamp set at start).
+//! What an operator runs the daemon with: JSON log lines a shipper can parse (with failures at
+//! WARN or ERROR), the data directory locked before the listener binds, and metrics that say what
+//! they claim (decision latency only for breaches known before their deadline; the reload
+//! timestamp set at start).
 
 mod common;
 
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -45,6 +49,134 @@ fn incident_in(d: &Daemon, service: &str, state: &str) -> Option<Value> {
         .iter()
         .find(|i| i["service"] == service)
         .cloned()
+}
+
+#[test]
+fn json_log_lines_parse_and_failures_are_warn_or_error() {
+    let setup = Setup::new(&format!("tokens: {{admin: \"{ADMIN}\"}}\n"), &rules());
+    let d = setup.start_with(&["--log-format", "json"]);
+    breach(&d, "web", "WebDown", 2.5);
+    wait_for(Duration::from_secs(10), || {
+        incident_in(&d, "web", "rollback_failed")
+    })
+    .unwrap_or_else(|| panic!("no rollback_failed incident:\n{}", d.stderr()));
+    // A refused reload: the rules no longer parse.
+    std::fs::write(setup.path().join("rules/rules.yaml"), "rules: [oops\n").expect("write");
+    let (s, v) = post(&d.url("/-/reload"), Some(ADMIN), &json!({}));
+    assert_eq!(s, 400, "{v}");
+    let log = wait_for(Duration::from_secs(5), || {
+        let log = d.stderr();
+        log.contains("reload refused").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("the refused reload was not logged:\n{}", d.stderr()));
+    assert_eq!(d.terminate().code(), Some(0));
+
+    let mut lines = Vec::new();
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\n{log}"));
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v[key].is_string(), "no `{key}` in {line}");
+        }
+        lines.push(v);
+    }
+    assert!(!log.contains('\u{1b}'), "colour codes:\n{log:?}");
+    let level_of = |f: &dyn Fn(&Value) -> bool| -> String {
+        lines
+            .iter()
+            .find(|v| f(v))
+            .and_then(|v| v["level"].as_str())
+            .unwrap_or_else(|| panic!("no such line in:\n{log}"))
+            .to_string()
+    };
+    let bad = ["WARN", "ERROR"];
+    for kind in ["step_failed", "rollback_failed"] {
+        let level = level_of(&|v| v["kind"] == kind);
+        assert!(bad.contains(&level.as_str()), "{kind} logged at {level}");
+    }
+    let level = level_of(&|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reload refused"))
+    });
+    assert!(bad.contains(&level.as_str()), "refused reload at {level}");
+    assert!(lines.iter().any(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("listening"))
+    }));
+}
+
+#[test]
+fn the_config_names_the_log_format_and_the_flag_wins() {
+    let setup = Setup::new("log_format: json\n", &rules());
+    let first_line = |d: &Daemon| {
+        wait_for(Duration::from_secs(5), || {
+            d.stderr().lines().next().map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("nothing logged"))
+    };
+    let d = setup.start();
+    let line = first_line(&d);
+    assert!(
+        serde_json::from_str::<Value>(&line).is_ok(),
+        "log_format: json, yet {line:?}"
+    );
+    d.terminate();
+    let d = setup.start_with(&["--log-format", "text"]);
+    let line = first_line(&d);
+    assert!(
+        serde_json::from_str::<Value>(&line).is_err() && line.contains("INFO"),
+        "--log-format text, yet {line:?}"
+    );
+    d.terminate();
+    let bad = Setup::new("log_format: xml\n", &rules());
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(bad.path().join("rollbackd.yaml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("log_format"), "{err}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_data_dir_never_listens_and_names_the_holder() {
+    let setup = Setup::new("", &rules());
+    let first = setup.start();
+    let mut second = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(setup.path().join("rollbackd.yaml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the second daemon");
+    let status = wait_for(Duration::from_secs(10), || second.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = second.kill();
+        let _ = second.wait();
+        panic!("the second daemon on the same data dir kept running");
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    second.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    second.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    assert!(!status.success(), "{status:?}\n{err}");
+    assert!(!out.contains("listening"), "stdout: {out}\nstderr: {err}");
+    assert!(!err.contains("listening"), "{err}");
+    let pid = first.child.id().to_string();
+    assert!(
+        err.contains(&format!("pid {pid}")),
+        "the holder (pid {pid}) is not named:\n{err}"
+    );
+    assert!(err.contains("in use"), "{err}");
+    // The first daemon is unharmed.
+    let (s, _) = get(&first.url("/healthz"), None);
+    assert_eq!(s, 200);
+    // Once it stops, the data dir is free again.
+    assert_eq!(first.terminate().code(), Some(0));
+    let again = setup.start();
+    assert_eq!(get(&again.url("/healthz"), None).0, 200);
 }
 
 #[test]

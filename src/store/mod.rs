@@ -5,6 +5,7 @@
 //! transaction and waits for the flush before it performs any effect or answers the caller.
 //! Readers (the API) read committed records directly.
 
+pub mod lock;
 pub mod raft;
 
 use std::path::Path;
