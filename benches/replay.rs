@@ -168,6 +168,7 @@ fn main() {
         id: "ada".into(),
         name: "Ada".into(),
         pagerduty_user: None,
+        token: None,
         roles: vec!["founder".into()],
     }];
 

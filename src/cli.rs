@@ -187,20 +187,25 @@ impl Client {
         &self,
         id: &str,
         approve: bool,
-        person: &str,
+        person: Option<&str>,
         reason: Option<&str>,
     ) -> Result<(), CliError> {
         let verb = if approve { "approve" } else { "reject" };
+        let mut body = json!({"reason": reason});
+        if let Some(p) = person {
+            body["person"] = json!(p);
+        }
         let (_, v) = self
             .call(
                 reqwest::Method::POST,
                 &format!("/v1/incidents/{id}/{verb}"),
-                Some(json!({"person": person, "reason": reason})),
+                Some(body),
             )
             .await?;
+        let by = person.unwrap_or("the token's owner");
         self.print(&v, |v| {
             format!(
-                "{}: {} ({verb} by {person} recorded)\n",
+                "{}: {} ({verb} by {by} recorded)\n",
                 s(&v["id"]),
                 s(&v["state"])
             )

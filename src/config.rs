@@ -45,6 +45,10 @@ pub struct Person {
     pub name: String,
     #[serde(default)]
     pub pagerduty_user: Option<String>,
+    /// This person's own API token (a secret reference): a vote through the API that carries it
+    /// counts for this person only.
+    #[serde(default)]
+    pub token: Option<Secret>,
     #[serde(default)]
     pub roles: Vec<String>,
 }
@@ -471,19 +475,39 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.validate()?;
         }
-        for (kind, tok) in [
-            ("ingest", &self.tokens.ingest),
-            ("releases", &self.tokens.releases),
-            ("read", &self.tokens.read),
-            ("admin", &self.tokens.admin),
-        ] {
+        let named = [
+            ("tokens.ingest".to_string(), &self.tokens.ingest),
+            ("tokens.releases".to_string(), &self.tokens.releases),
+            ("tokens.read".to_string(), &self.tokens.read),
+            ("tokens.admin".to_string(), &self.tokens.admin),
+        ];
+        for (key, tok) in &named {
             if let Some(t) = tok
                 && t.expose().len() < 16
             {
                 return Err(format!(
-                    "tokens.{kind} is shorter than 16 characters; use a long random token"
+                    "{key} is shorter than 16 characters; use a long random token"
                 ));
             }
+        }
+        let mut seen: Vec<(String, &Secret)> = named
+            .iter()
+            .filter_map(|(k, t)| t.as_ref().map(|t| (k.clone(), t)))
+            .collect();
+        for p in &self.people {
+            let Some(t) = &p.token else { continue };
+            let key = format!("people[{}].token", p.id);
+            if t.expose().len() < 16 {
+                return Err(format!(
+                    "{key} is shorter than 16 characters; use a long random token"
+                ));
+            }
+            if let Some((other, _)) = seen.iter().find(|(_, s)| *s == t) {
+                return Err(format!(
+                    "{key} is the same as {other}: every token must be its own"
+                ));
+            }
+            seen.push((key, t));
         }
         Ok(())
     }

@@ -60,9 +60,11 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Approve an incident's rollback as PERSON (break-glass; needs the admin token).
+    /// Approve an incident's rollback: with your own people token as yourself, or with the
+    /// admin token as --person (break-glass).
     Approve(VoteArgs),
-    /// Reject an incident's rollback as PERSON (needs the admin token).
+    /// Reject an incident's rollback: with your own people token as yourself, or with the admin
+    /// token as --person (break-glass).
     Reject(VoteArgs),
     /// Freeze a service's releases by hand (needs the admin token).
     Freeze(FreezeArgs),
@@ -99,9 +101,10 @@ enum Command {
 #[derive(clap::Args)]
 struct VoteArgs {
     id: String,
-    /// The people id whose vote this is.
+    /// The people id whose vote this is: required with the admin token; with a person's own
+    /// token it may be left out (and must be that person when given).
     #[arg(long)]
-    person: String,
+    person: Option<String>,
     #[arg(long)]
     reason: Option<String>,
     #[command(flatten)]
@@ -164,7 +167,8 @@ struct ApiArgs {
         default_value = "http://127.0.0.1:9750"
     )]
     url: String,
-    /// Bearer token (admin for approve/reject/freeze/unfreeze and cluster add/remove).
+    /// Bearer token (admin for freeze/unfreeze and cluster add/remove; your people token or the
+    /// admin token for approve/reject).
     #[arg(long, global = true, env = "ROLLBACKD_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the API's JSON instead of a table.
@@ -186,7 +190,10 @@ const EXIT_CONFIG: u8 = 64;
 
 fn vote(v: VoteArgs, approve: bool) -> ExitCode {
     let c = v.api.client();
-    operate(async move { c.vote(&v.id, approve, &v.person, v.reason.as_deref()).await })
+    operate(async move {
+        c.vote(&v.id, approve, v.person.as_deref(), v.reason.as_deref())
+            .await
+    })
 }
 
 fn freeze(f: FreezeArgs, frozen: bool) -> ExitCode {

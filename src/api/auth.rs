@@ -37,6 +37,15 @@ impl TokenKind {
     }
 }
 
+/// Whose vote a request to `/v1/incidents/{id}/approve|reject` may cast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Voter {
+    /// It carries this person's own token (`people[].token`): it votes as them, and only them.
+    Person(String),
+    /// The admin token (or no admin token is configured): break-glass, as any person.
+    BreakGlass,
+}
+
 /// One quota per ingest source, so a flood from one cannot starve the others.
 pub struct Limiters {
     sources: Vec<(&'static str, DefaultDirectRateLimiter)>,
@@ -127,6 +136,50 @@ impl App {
                 format!("the bearer token is not a valid {name} token"),
             )),
         }
+    }
+
+    /// Who a vote request speaks for: a person's own token makes it theirs; else the admin
+    /// token (break-glass) is asked for. Every person's token is compared, in constant time each,
+    /// whichever matches.
+    pub fn voter(&self, headers: &HeaderMap) -> Result<Voter, ApiError> {
+        let config = self.config();
+        if let Some(given) = bearer(headers) {
+            let mut owner = None;
+            for p in &config.people {
+                if let Some(t) = &p.token
+                    && token_matches(given, t)
+                    && owner.is_none()
+                {
+                    owner = Some(p.id.clone());
+                }
+            }
+            if let Some(id) = owner {
+                return Ok(Voter::Person(id));
+            }
+        }
+        if !config.people.iter().any(|p| p.token.is_some()) {
+            return self
+                .authorize(headers, TokenKind::Admin)
+                .map(|()| Voter::BreakGlass);
+        }
+        // With people's tokens configured, break-glass needs the admin token itself: without
+        // one, only a person's own token votes.
+        let admitted =
+            config.tokens.admin.as_ref().is_some_and(|admin| {
+                bearer(headers).is_some_and(|given| token_matches(given, admin))
+            });
+        if admitted {
+            return Ok(Voter::BreakGlass);
+        }
+        let why = match (bearer(headers), config.tokens.admin.is_some()) {
+            (None, true) => {
+                "missing `Authorization: Bearer <your people token, or the admin token>`"
+            }
+            (None, false) => "missing `Authorization: Bearer <your people token>`",
+            (Some(_), true) => "the bearer token is neither a person's token nor the admin token",
+            (Some(_), false) => "the bearer token is not a person's token",
+        };
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, why))
     }
 
     /// The status page: the read token as a bearer token, or as the password of HTTP Basic

@@ -10,7 +10,7 @@ pub mod status;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use crate::engine::{Event, MAX_SIGNALS_PER_EVENT, Refusal, Reply};
 use crate::ingest::{self, IngestError};
 use crate::inputs::{FreezeLine, VoteLine};
 use crate::model::{IncidentState, Signal, VoteKind};
-pub use auth::{Limiters, TokenKind};
+pub use auth::{Limiters, TokenKind, Voter};
 pub use error::ApiError;
 
 /// Who may call a route; checked before the body is read, so a caller without the token learns
@@ -39,6 +39,8 @@ enum Guard {
     Signed(&'static str),
     Read,
     Admin,
+    /// A person's own token or the admin token; the handler learns which from [`Voter`].
+    Vote,
 }
 
 async fn guard(
@@ -54,6 +56,12 @@ async fn guard(
         Guard::Signed(source) => app.admit(source, req.headers(), TokenKind::Ingest)?,
         Guard::Read => app.authorize(req.headers(), TokenKind::Read)?,
         Guard::Admin => app.authorize(req.headers(), TokenKind::Admin)?,
+        Guard::Vote => {
+            let voter = app.voter(req.headers())?;
+            let mut req = req;
+            req.extensions_mut().insert(voter);
+            return Ok(next.run(req).await);
+        }
     }
     Ok(next.run(req).await)
 }
@@ -173,11 +181,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/v1/incidents/{id}/approve",
-            post(approve).route_layer(with(Guard::Admin)),
+            post(approve).route_layer(with(Guard::Vote)),
         )
         .route(
             "/v1/incidents/{id}/reject",
-            post(reject).route_layer(with(Guard::Admin)),
+            post(reject).route_layer(with(Guard::Vote)),
         )
         .route(
             "/v1/freezes",
@@ -610,31 +618,51 @@ async fn get_report(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VoteBody {
-    person: String,
+    /// Whose vote: required with the admin token (break-glass); with a person's own token it
+    /// may be left out, and when given it must be that person.
+    #[serde(default)]
+    person: Option<String>,
     #[serde(default)]
     reason: Option<String>,
 }
 
 async fn vote(
     app: Arc<App>,
+    voter: Voter,
     id: String,
     body: Bytes,
     vote: VoteKind,
 ) -> Result<Json<Value>, ApiError> {
     let b: VoteBody = ingest::json(&body, "vote").map_err(|e| ApiError::bad_request(e.message))?;
-    if b.person.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "person: name the people id whose vote this is",
-        ));
-    }
+    let (person, via) = match voter {
+        Voter::Person(owner) => match b.person {
+            Some(p) if p != owner => {
+                let mut e = ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("person: this token is `{owner}`'s; it votes only as `{owner}`"),
+                );
+                e.detail = json!({"person": p, "token_of": owner});
+                return Err(e);
+            }
+            _ => (owner, Some(PERSON_TOKEN.to_string())),
+        },
+        Voter::BreakGlass => match b.person {
+            Some(p) if !p.trim().is_empty() => (p, None),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "person: name the people id whose vote this is",
+                ));
+            }
+        },
+    };
     match app
         .send_line(
             "vote",
             VoteLine {
                 incident: id.clone(),
-                person: b.person,
+                person,
                 vote,
-                via: None,
+                via,
                 reason: b.reason,
             },
             VoteLine::event,
@@ -646,20 +674,25 @@ async fn vote(
     }
 }
 
+/// How a vote cast with a person's own token is recorded (`via`).
+const PERSON_TOKEN: &str = "person-token";
+
 async fn approve(
     State(app): State<Arc<App>>,
+    Extension(voter): Extension<Voter>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    vote(app, id, body, VoteKind::Approve).await
+    vote(app, voter, id, body, VoteKind::Approve).await
 }
 
 async fn reject(
     State(app): State<Arc<App>>,
+    Extension(voter): Extension<Voter>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    vote(app, id, body, VoteKind::Reject).await
+    vote(app, voter, id, body, VoteKind::Reject).await
 }
 
 async fn list_freezes(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {

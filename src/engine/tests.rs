@@ -37,18 +37,21 @@ fn people() -> Vec<Person> {
             id: "ada".into(),
             name: "Ada".into(),
             pagerduty_user: None,
+            token: None,
             roles: vec!["founder".into()],
         },
         Person {
             id: "cy".into(),
             name: "Cy".into(),
             pagerduty_user: None,
+            token: None,
             roles: vec!["client-success-lead".into()],
         },
         Person {
             id: "eve".into(),
             name: "Eve".into(),
             pagerduty_user: None,
+            token: None,
             roles: vec!["intern".into()],
         },
     ]
