@@ -513,11 +513,12 @@ impl Config {
 
     pub fn rules_context(&self) -> crate::rules::Context {
         crate::rules::Context {
-            roles: self
-                .people
-                .iter()
-                .flat_map(|p| p.roles.iter().cloned())
-                .collect(),
+            people: Some(
+                self.people
+                    .iter()
+                    .map(|p| (p.id.clone(), p.roles.iter().cloned().collect()))
+                    .collect(),
+            ),
             notifiers: self.notifiers.keys().cloned().collect(),
         }
     }

@@ -66,7 +66,8 @@ enum Command {
     Unfreeze(FreezeArgs),
     /// Check rule files; prints each problem as FILE:LINE:COL: message. Exit 0 clean, 1 problems.
     Lint {
-        /// Config to check rules against (people's roles, notifier names).
+        /// Config to check rules against (people's roles, notifier names). Without it, nobody is
+        /// known to hold a role: approvals are checked as far as the rules alone allow.
         #[arg(long, env = "ROLLBACKD_CONFIG")]
         config: Option<PathBuf>,
         /// Rules directory; default: the config's rules_dir, else ./rules.
@@ -285,7 +286,11 @@ fn lint(config: Option<PathBuf>, dir: Option<PathBuf>) -> ExitCode {
         }
     };
     let dir = dir.unwrap_or_else(|| cfg.rules_dir.clone());
-    let (set, problems) = rules::load_dir(&dir, &cfg.rules_context());
+    let mut ctx = cfg.rules_context();
+    if config.is_none() {
+        ctx.people = None;
+    }
+    let (set, problems) = rules::load_dir(&dir, &ctx);
     for p in &problems {
         println!("{p}");
     }

@@ -177,9 +177,52 @@ impl fmt::Display for Problem {
 /// What the rules may refer to outside themselves.
 #[derive(Clone, Debug, Default)]
 pub struct Context {
-    /// Roles held by at least one person in the config.
-    pub roles: BTreeSet<String>,
+    /// The people of the config: id → the roles that person holds. `None` when no config was
+    /// given (`lint` or `replay` without `--config`): approvals are then checked as far as the
+    /// rules alone allow, and a role nobody is known to hold is a warning.
+    pub people: Option<BTreeMap<String, BTreeSet<String>>>,
     pub notifiers: BTreeSet<String>,
+}
+
+impl Context {
+    /// A context of `people` given as (id, roles) pairs.
+    pub fn with_people<'a>(
+        people: impl IntoIterator<Item = (&'a str, &'a [&'a str])>,
+        notifiers: impl IntoIterator<Item = &'a str>,
+    ) -> Context {
+        Context {
+            people: Some(
+                people
+                    .into_iter()
+                    .map(|(id, roles)| {
+                        (
+                            id.to_string(),
+                            roles.iter().map(|r| r.to_string()).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            notifiers: notifiers.into_iter().map(String::from).collect(),
+        }
+    }
+
+    /// How many people hold at least one of `roles`; `None` when the people are not known.
+    pub fn holders(&self, roles: &[String]) -> Option<usize> {
+        let people = self.people.as_ref()?;
+        Some(
+            people
+                .values()
+                .filter(|held| roles.iter().any(|r| held.contains(r)))
+                .count(),
+        )
+    }
+
+    pub fn holds_role(&self, role: &str) -> bool {
+        self.people
+            .iter()
+            .flat_map(|p| p.values())
+            .any(|held| held.contains(role))
+    }
 }
 
 /// Loads every `*.yaml`/`*.yml` file of `dir`. Returns the set when there is no error, and all
@@ -515,21 +558,22 @@ fn parse_file(file: &Path, text: &str, ctx: &Context) -> (Vec<Rule>, Vec<Problem
         file,
         problems: Vec::new(),
     };
-    let raw: RawFile = match serde_saphyr::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            let (line, col) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            lint.problems
-                .push(problem(file, line, col, yaml_message(&e.to_string())));
-            return (Vec::new(), lint.problems);
-        }
+    let raw: Vec<Spanned<RawRule>> = match serde_saphyr::from_str::<RawFile>(text) {
+        Ok(r) => r.rules,
+        Err(e) => match rule_by_rule(file, text) {
+            Some((rules, mut problems)) if !problems.is_empty() => {
+                lint.problems.append(&mut problems);
+                rules
+            }
+            _ => {
+                lint.problems.push(yaml_problem(file, &e));
+                return (Vec::new(), lint.problems);
+            }
+        },
     };
     let mut rules = Vec::new();
     let mut names = BTreeSet::new();
-    for r in raw.rules {
+    for r in raw {
         if !names.insert(r.value.name.value.clone()) {
             lint.at(
                 &r.value.name.referenced,
@@ -545,6 +589,62 @@ fn parse_file(file: &Path, text: &str, ctx: &Context) -> (Vec<Rule>, Vec<Problem
         }
     }
     (rules, lint.problems)
+}
+
+fn yaml_problem(file: &Path, e: &serde_saphyr::Error) -> Problem {
+    let (line, col) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    problem(file, line, col, yaml_message(&e.to_string()))
+}
+
+/// The outline of a rule file: where each rule begins, nothing of what it says.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutline {
+    #[serde(default)]
+    rules: Vec<Spanned<serde::de::IgnoredAny>>,
+}
+
+/// When the file as a whole does not parse, each rule on its own: the rules that parse are
+/// checked further, each one that does not says why, so one structural error hides nothing
+/// else. `None` when the file's outline itself does not parse, or two rules share a line.
+fn rule_by_rule(file: &Path, text: &str) -> Option<(Vec<Spanned<RawRule>>, Vec<Problem>)> {
+    let outline: RawOutline = serde_saphyr::from_str(text).ok()?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let starts: Vec<&Location> = outline.rules.iter().map(|r| &r.referenced).collect();
+    if starts.windows(2).any(|w| w[0].line() >= w[1].line())
+        || starts
+            .iter()
+            .any(|l| l.line() == 0 || l.line() as usize > lines.len())
+    {
+        return None;
+    }
+    let mut rules = Vec::new();
+    let mut problems = Vec::new();
+    for (i, at) in starts.iter().enumerate() {
+        let first = at.line() as usize - 1;
+        let end = starts
+            .get(i + 1)
+            .map_or(lines.len(), |n| n.line() as usize - 1);
+        // The rule's own lines, at their own line numbers and columns: the lines before it are
+        // left empty and the `- ` that opens it becomes blanks.
+        let mut piece = "\n".repeat(first);
+        let lead = (at.column() as usize).saturating_sub(1);
+        let head = lines[first];
+        let cut = head.char_indices().nth(lead).map_or(head.len(), |(b, _)| b);
+        piece.push_str(&" ".repeat(head[..cut].chars().count()));
+        piece.push_str(&head[cut..]);
+        for l in &lines[first + 1..end] {
+            piece.push_str(l);
+        }
+        match serde_saphyr::from_str::<RawRule>(&piece) {
+            Ok(value) => rules.push(Spanned::new(value, **at, **at)),
+            Err(e) => problems.push(yaml_problem(file, &e)),
+        }
+    }
+    Some((rules, problems))
 }
 
 /// serde-saphyr's message without its own location prefix and source snippet.
@@ -758,6 +858,7 @@ fn compile_approval(
     a: &Spanned<RawApproval>,
     ctx: &Context,
 ) -> Option<Option<ApprovalPolicy>> {
+    let before = lint.problems.len();
     let p = match &a.value {
         RawApproval::Word(w) if w == "none" => return Some(None),
         RawApproval::Word(w) => {
@@ -811,13 +912,41 @@ fn compile_approval(
         );
         return None;
     }
+    let mut unheld = false;
     for role in &p.require_roles {
-        if !ctx.roles.contains(role) {
+        if ctx.holds_role(role) {
+            continue;
+        }
+        unheld = true;
+        if ctx.people.is_some() {
+            lint.at(
+                &a.referenced,
+                format!("approval: nobody under `people:` in the config holds role `{role}`; nobody could approve"),
+            );
+        } else {
             lint.warn(
                 &a.referenced,
-                format!("approval: nobody under `people:` in the config holds role `{role}`; incidents of this rule will wait and expire"),
+                format!("approval: without --config nobody is known to hold role `{role}`; lint with --config to check the people"),
             );
         }
+    }
+    if let Some(holders) = ctx.holders(&p.require_roles)
+        && !unheld
+        && quorum > holders
+    {
+        lint.at(
+            &a.referenced,
+            format!(
+                "approval.quorum {quorum} is more than the {holders} people under `people:` who hold {}; the quorum could never be met",
+                p.require_roles.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(" or ")
+            ),
+        );
+    }
+    if lint.problems[before..]
+        .iter()
+        .any(|p| p.severity == Severity::Error)
+    {
+        return None;
     }
     Some(Some(ApprovalPolicy {
         require_roles: p.require_roles.clone(),
