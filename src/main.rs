@@ -73,6 +73,12 @@ enum Command {
         /// Rules directory; default: the config's rules_dir, else ./rules.
         rules_dir: Option<PathBuf>,
     },
+    /// Print the JSON Schema (draft 2020-12) of the config file or of a rule file, for editors
+    /// and CI (e.g. a YAML language server's `# yaml-language-server: $schema=...`).
+    Schema {
+        #[arg(value_enum)]
+        of: SchemaOf,
+    },
     /// Show or change the members of a rollbackd cluster (config section `cluster:`).
     ///
     /// Any node answers `status` from what it knows; `add` and `remove` go to the leader (a
@@ -91,6 +97,14 @@ enum Command {
     /// Backtest: feed recorded inputs through the engine on a virtual clock and print every
     /// decision with its time. Exit 0 ok, 1 differs from --expect, 64 bad input or rules.
     Replay(rollbackd::replay::Args),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaOf {
+    /// `rollbackd.yaml`
+    Config,
+    /// a file of `rules_dir`
+    Rules,
 }
 
 #[derive(clap::Args)]
@@ -232,6 +246,22 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Lint { config, rules_dir } => lint(config, rules_dir),
         Command::Replay(args) => ExitCode::from(rollbackd::replay::command(args)),
+        Command::Schema { of } => {
+            let schema = match of {
+                SchemaOf::Config => rollbackd::config::schema(),
+                SchemaOf::Rules => rules::schema(),
+            };
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rollbackd schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Incidents { state, action, api } => {
             let c = api.client();
             match action {

@@ -326,71 +326,99 @@ fn problem(file: &Path, line: u64, column: u64, message: String) -> Problem {
 
 // ---- raw YAML shapes ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RuleFile")]
 struct RawFile {
     #[serde(default)]
+    #[schemars(with = "Vec<RawRule>")]
     rules: Vec<Spanned<RawRule>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rule")]
 struct RawRule {
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     mode: Option<Spanned<String>>,
     #[serde(rename = "match", default)]
+    #[schemars(with = "Vec<String>")]
     matchers: Vec<Spanned<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     sources: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<Vec<String>>")]
     group_by: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "String")]
     service: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     environment: Option<Spanned<String>>,
+    #[schemars(with = "RawBreach")]
     breach: Spanned<RawBreach>,
     release: Option<RawRelease>,
+    #[schemars(with = "Option<RawApproval>")]
     approval: Option<Spanned<RawApproval>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawStep>")]
     steps: Vec<Spanned<RawStep>>,
+    #[schemars(with = "Option<RawVerify>")]
     verify: Option<Spanned<RawVerify>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawStep>")]
     after: Vec<Spanned<RawStep>>,
+    #[schemars(with = "Option<RawBudget>")]
     budget: Option<Spanned<RawBudget>>,
     #[serde(default)]
     freeze: bool,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     notify: Vec<Spanned<String>>,
     #[serde(default)]
     messages: RawMessages,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Messages")]
 struct RawMessages {
+    #[schemars(with = "Option<String>")]
     internal: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     external: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Breach")]
 struct RawBreach {
+    #[schemars(with = "String")]
     sustained: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     clear_after: Option<Spanned<String>>,
+    #[schemars(with = "Option<usize>")]
     max_open: Option<Spanned<usize>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Release")]
 struct RawRelease {
+    #[schemars(with = "String")]
     max_age: Spanned<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "Approval")]
 enum RawApproval {
     Word(String),
     Policy(RawPolicy),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Policy")]
 struct RawPolicy {
     #[serde(default)]
     require_roles: Vec<String>,
@@ -399,16 +427,22 @@ struct RawPolicy {
     on_timeout: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Step")]
 struct RawStep {
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    #[schemars(with = "Option<Vec<String>>")]
     run: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<RawHttp>")]
     http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     dir: Option<String>,
+    #[schemars(with = "Option<RawAction>")]
     probe: Option<Spanned<RawAction>>,
+    #[schemars(with = "Option<String>")]
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     retries: u32,
@@ -418,27 +452,33 @@ struct RawStep {
     continue_on_failure: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Action")]
 struct RawAction {
+    #[schemars(with = "Option<Vec<String>>")]
     run: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<RawHttp>")]
     http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     dir: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Http")]
 struct RawHttp {
     #[serde(default = "default_method")]
     method: String,
+    #[schemars(with = "String")]
     url: Spanned<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     json: Option<serde_json::Value>,
     body: Option<String>,
     expect_status: Option<StatusList>,
+    #[schemars(with = "Option<String>")]
     follow_redirects: Option<Spanned<String>>,
 }
 
@@ -446,31 +486,37 @@ fn default_method() -> String {
     "POST".to_string()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum StatusList {
     One(u16),
     Many(Vec<u16>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Verify")]
 struct RawVerify {
+    #[schemars(with = "Option<String>")]
     within: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     every: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawCheck>")]
     checks: Vec<Spanned<RawCheck>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Check")]
 struct RawCheck {
     prometheus: Option<RawPromCheck>,
     http: Option<RawHttpCheck>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "PromCheck")]
 struct RawPromCheck {
     url: String,
     query: String,
@@ -478,8 +524,9 @@ struct RawPromCheck {
     above: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HttpCheck")]
 struct RawHttpCheck {
     url: String,
     #[serde(default = "default_status")]
@@ -491,11 +538,21 @@ fn default_status() -> u16 {
     200
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Budget")]
 struct RawBudget {
     max: u32,
     per: String,
+}
+
+/// The JSON Schema (draft 2020-12) of a rule file, made from the shapes the parser reads.
+pub fn schema() -> serde_json::Value {
+    let mut s = schemars::schema_for!(RawFile).to_value();
+    if let Some(o) = s.as_object_mut() {
+        o.insert("title".into(), "rollbackd rule file".into());
+    }
+    s
 }
 
 /// Collects problems against one file.
