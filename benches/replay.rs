@@ -158,10 +158,7 @@ fn main() {
             _ => {}
         }
     }
-    let ctx = rules::Context {
-        roles: ["founder".to_string()].into_iter().collect(),
-        notifiers: Default::default(),
-    };
+    let ctx = rules::Context::with_people([("ada", &["founder"][..])], []);
     let (set, problems) = rules::load_str("bench.yaml", RULES, &ctx);
     let set: RuleSet = set.unwrap_or_else(|| panic!("{problems:?}"));
     let people = vec![Person {

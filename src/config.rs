@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// A resolved secret. Its `Debug` never shows the value, so it cannot leak through a log line.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -26,7 +26,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tokens {
     pub ingest: Option<Secret>,
@@ -37,7 +37,7 @@ pub struct Tokens {
     pub admin: Option<Secret>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Person {
     pub id: String,
@@ -53,7 +53,7 @@ pub struct Person {
     pub roles: Vec<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Sustained requests per second per ingest source.
@@ -65,9 +65,11 @@ pub struct Limits {
     /// this, counted from when the daemon starts waiting for it; an idle keep-alive connection
     /// is closed after it too.
     #[serde(deserialize_with = "human_duration")]
+    #[schemars(with = "DurationText")]
     pub header_read_timeout: Duration,
     /// A request's whole body must arrive within this of its head; else 408.
     #[serde(deserialize_with = "human_duration")]
+    #[schemars(with = "DurationText")]
     pub body_read_timeout: Duration,
     /// Connections served at once; further ones wait in the listen backlog until one closes.
     pub max_connections: usize,
@@ -105,6 +107,12 @@ impl Default for Limits {
     }
 }
 
+/// A duration as text: `500ms`, `10s`, `1m`, `2h`.
+#[derive(schemars::JsonSchema)]
+#[schemars(transparent)]
+#[allow(dead_code)]
+pub struct DurationText(String);
+
 /// A duration written as the rules write them: `10s`, `1m`, `500ms`.
 fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match serde_json::Value::deserialize(d)? {
@@ -117,7 +125,7 @@ fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error>
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grafana {
     /// When set, `X-Grafana-Alerting-Signature` must carry the HMAC-SHA256 of the body.
@@ -125,6 +133,7 @@ pub struct Grafana {
     /// A signature whose `X-Grafana-Alerting-Signature-Timestamp` is further than this from now
     /// (either way) is refused, so a captured delivery cannot be sent again later.
     #[serde(default = "five_minutes", deserialize_with = "human_duration")]
+    #[schemars(with = "DurationText")]
     pub signature_max_age: std::time::Duration,
 }
 
@@ -141,7 +150,7 @@ fn five_minutes() -> std::time::Duration {
     std::time::Duration::from_secs(300)
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDuty {
     #[serde(default)]
@@ -170,12 +179,22 @@ pub enum Notifier {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawNotifier {
     slack_webhook: Option<Secret>,
     webhook: Option<Secret>,
     secret: Option<Secret>,
+}
+
+impl schemars::JsonSchema for Notifier {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Notifier".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        RawNotifier::json_schema(generator)
+    }
 }
 
 impl TryFrom<RawNotifier> for Notifier {
@@ -193,7 +212,7 @@ impl TryFrom<RawNotifier> for Notifier {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: String,
@@ -220,7 +239,7 @@ pub struct Config {
 }
 
 /// `cluster:`: this node, the initial voters and the secret the nodes share.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     /// This node's id; optional when `advertise` is one of the members' urls. A node whose id
@@ -234,9 +253,11 @@ pub struct Cluster {
     pub secret: Secret,
     /// How often the leader tells the others it is alive.
     #[serde(default = "heartbeat", deserialize_with = "human_duration")]
+    #[schemars(with = "DurationText")]
     pub heartbeat: Duration,
     /// A follower that hears nothing for this long (up to twice it) starts an election.
     #[serde(default = "election_timeout", deserialize_with = "human_duration")]
+    #[schemars(with = "DurationText")]
     pub election_timeout: Duration,
     /// Every this many log entries, a node snapshots its state trees and drops the log before
     /// it (keeping up to 1,000 entries for followers a little behind); a node that is further
@@ -249,7 +270,7 @@ fn snapshot_every() -> u64 {
     5000
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     pub id: u64,
@@ -341,6 +362,40 @@ impl Default for Config {
             cluster: None,
             log_format: crate::logging::Format::Text,
         }
+    }
+}
+
+/// The JSON Schema (draft 2020-12) of `rollbackd.yaml`, made from the shapes the parser reads.
+/// Every string may also be a `${env:NAME}` / `${file:PATH}` reference.
+pub fn schema() -> serde_json::Value {
+    let mut s = schemars::schema_for!(Config).to_value();
+    durations_as_text(&mut s);
+    if let Some(o) = s.as_object_mut() {
+        o.insert("title".into(), "rollbackd config (rollbackd.yaml)".into());
+    }
+    s
+}
+
+/// A duration's default as it is written (`5m`), not as `Duration` serializes (`{secs, nanos}`).
+fn durations_as_text(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(d) = o.get("default")
+                && let (Some(secs), Some(nanos)) = (
+                    d.get("secs").and_then(|x| x.as_u64()),
+                    d.get("nanos").and_then(|x| x.as_u64()),
+                )
+            {
+                let d = Duration::new(secs, nanos as u32);
+                o.insert(
+                    "default".into(),
+                    humantime::format_duration(d).to_string().into(),
+                );
+            }
+            o.values_mut().for_each(durations_as_text);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(durations_as_text),
+        _ => {}
     }
 }
 
@@ -540,11 +595,12 @@ impl Config {
 
     pub fn rules_context(&self) -> crate::rules::Context {
         crate::rules::Context {
-            roles: self
-                .people
-                .iter()
-                .flat_map(|p| p.roles.iter().cloned())
-                .collect(),
+            people: Some(
+                self.people
+                    .iter()
+                    .map(|p| (p.id.clone(), p.roles.iter().cloned().collect()))
+                    .collect(),
+            ),
             notifiers: self.notifiers.keys().cloned().collect(),
         }
     }

@@ -65,7 +65,9 @@ pub fn colour_on_stderr() -> bool {
 }
 
 /// How log lines are written: `--log-format` or the config's `log_format`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// tracing's text format, escaped to one line per event; colour only on a terminal.

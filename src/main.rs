@@ -72,11 +72,18 @@ enum Command {
     Unfreeze(FreezeArgs),
     /// Check rule files; prints each problem as FILE:LINE:COL: message. Exit 0 clean, 1 problems.
     Lint {
-        /// Config to check rules against (people's roles, notifier names).
+        /// Config to check rules against (people's roles, notifier names). Without it, nobody is
+        /// known to hold a role: approvals are checked as far as the rules alone allow.
         #[arg(long, env = "ROLLBACKD_CONFIG")]
         config: Option<PathBuf>,
         /// Rules directory; default: the config's rules_dir, else ./rules.
         rules_dir: Option<PathBuf>,
+    },
+    /// Print the JSON Schema (draft 2020-12) of the config file or of a rule file, for editors
+    /// and CI (e.g. a YAML language server's `# yaml-language-server: $schema=...`).
+    Schema {
+        #[arg(value_enum)]
+        of: SchemaOf,
     },
     /// Show or change the members of a rollbackd cluster (config section `cluster:`).
     ///
@@ -96,6 +103,14 @@ enum Command {
     /// Backtest: feed recorded inputs through the engine on a virtual clock and print every
     /// decision with its time. Exit 0 ok, 1 differs from --expect, 64 bad input or rules.
     Replay(rollbackd::replay::Args),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaOf {
+    /// `rollbackd.yaml`
+    Config,
+    /// a file of `rules_dir`
+    Rules,
 }
 
 #[derive(clap::Args)]
@@ -242,6 +257,22 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Lint { config, rules_dir } => lint(config, rules_dir),
         Command::Replay(args) => ExitCode::from(rollbackd::replay::command(args)),
+        Command::Schema { of } => {
+            let schema = match of {
+                SchemaOf::Config => rollbackd::config::schema(),
+                SchemaOf::Rules => rules::schema(),
+            };
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rollbackd schema: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Incidents { state, action, api } => {
             let c = api.client();
             match action {
@@ -305,7 +336,11 @@ fn lint(config: Option<PathBuf>, dir: Option<PathBuf>) -> ExitCode {
         }
     };
     let dir = dir.unwrap_or_else(|| cfg.rules_dir.clone());
-    let (set, problems) = rules::load_dir(&dir, &cfg.rules_context());
+    let mut ctx = cfg.rules_context();
+    if config.is_none() {
+        ctx.people = None;
+    }
+    let (set, problems) = rules::load_dir(&dir, &ctx);
     for p in &problems {
         println!("{p}");
     }

@@ -355,7 +355,11 @@ fn catalogue() -> Vec<Case> {
         // ---- signals ----
         case("signal without labels", "POST", "/v1/signals", &ingest, r#"{"labels":{},"status":"firing"}"#, 400, "labels"),
         case("signal status on", "POST", "/v1/signals", &ingest, r#"{"labels":{"a":"b"},"status":"on"}"#, 400, "status"),
-        case("signal unknown field", "POST", "/v1/signals", &ingest, r#"{"labels":{"a":"b"},"status":"firing","severity":"x"}"#, 400, "expected shape"),
+        case("signal unknown field", "POST", "/v1/signals", &ingest, r#"{"labels":{"a":"b"},"status":"firing","severity":"x"}"#, 400, "unknown field `severity`"),
+        case("signal label value a number", "POST", "/v1/signals", &ingest, r#"{"labels":{"a":1},"status":"firing"}"#, 400, r#"signal body: labels.a: invalid type: integer `1`, expected a string; a signal is an object `{"labels": {NAME: VALUE, ..}"#),
+        case("signal list holding a string", "POST", "/v1/signals", &ingest, r#"[{"labels":{"a":"b"},"status":"firing"},"firing"]"#, 400, "[1]: is a string, not an object"),
+        case("signal body a string", "POST", "/v1/signals", &ingest, r#""firing""#, 400, "signal body is a string, not an object or a list"),
+        case("signal without status", "POST", "/v1/signals", &ingest, r#"{"labels":{"a":"b"}}"#, 400, "missing field `status`; a signal is an object"),
         case("signal list with one bad", "POST", "/v1/signals", &ingest, r#"[{"labels":{"alertname":"WebHighErrorRate","service":"web"},"status":"firing"},{"labels":{},"status":"firing"}]"#, 400, "labels"),
         // ---- grafana ----
         case("grafana version 2", "POST", "/v1/webhooks/grafana", &[ct, ("authorization", ing.as_str()), ("x-grafana-alerting-signature", &grafana_sig("", gf_v2))], gf_v2, 400, "version"),

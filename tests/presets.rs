@@ -18,6 +18,19 @@ use rollbackd::rules::{self, Action, Body, Context, Mode, Rule, Severity, StepSp
 use rollbackd::steps::{self, HttpStep};
 use serde_json::{Value, json};
 
+/// The people of the example config, and someone who owns the database (the migration preset
+/// asks for that role).
+fn people() -> Context {
+    Context::with_people(
+        [
+            ("ada", &["founder"][..]),
+            ("cy", &["client-success-lead"][..]),
+            ("dee", &["database-owner"][..]),
+        ],
+        [],
+    )
+}
+
 const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/presets");
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
 
@@ -63,7 +76,7 @@ fn load_preset(file: &str, replace: &[(&str, &str)]) -> Rule {
         assert!(text.contains(from), "{file} does not contain {from}");
         text = text.replace(from, to);
     }
-    let (set, problems) = rules::load_str(file, &text, &Context::default());
+    let (set, problems) = rules::load_str(file, &text, &people());
     let set = set.unwrap_or_else(|| panic!("{file} does not load: {problems:#?}"));
     assert!(
         problems.iter().all(|p| p.severity == Severity::Warning),
@@ -792,11 +805,16 @@ fn migrate_renders_goto_the_previous_schema_version() {
 #[test]
 fn presets_lint_clean_and_are_not_loaded_from_the_rules_dir() {
     set_env();
-    let (set, problems) = rules::load_dir(Path::new(PRESETS), &Context::default());
+    let (set, problems) = rules::load_dir(Path::new(PRESETS), &people());
     let set = set.unwrap_or_else(|| panic!("presets do not load: {problems:#?}"));
-    // The only finding is the migration preset's approval role, which no `people:` entry holds.
+    assert!(problems.is_empty(), "{problems:#?}");
+    // Without anyone holding its approval role, the migration preset does not load.
+    let (_, problems) = rules::load_dir(
+        Path::new(PRESETS),
+        &Context::with_people([("ada", &["founder"][..])], []),
+    );
     assert!(
-        problems.iter().all(|p| p.severity == Severity::Warning
+        problems.iter().all(|p| p.severity == Severity::Error
             && p.file.ends_with("migrate.yaml")
             && p.message.contains("database-owner")),
         "{problems:#?}"
@@ -818,7 +836,7 @@ fn presets_lint_clean_and_are_not_loaded_from_the_rules_dir() {
     assert!(set.rules.iter().all(|r| r.mode == Mode::Shadow));
 
     // The daemon reads only the top level of its rules directory.
-    let (top, problems) = rules::load_dir(Path::new(RULES), &Context::default());
+    let (top, problems) = rules::load_dir(Path::new(RULES), &people());
     let top = top.unwrap_or_else(|| panic!("rules/ does not load: {problems:#?}"));
     assert!(
         top.rules.iter().all(|r| !r.name.starts_with("preset-")),
@@ -829,7 +847,7 @@ fn presets_lint_clean_and_are_not_loaded_from_the_rules_dir() {
 #[test]
 fn presets_hold_secrets_only_as_references() {
     set_env();
-    let (set, _) = rules::load_dir(Path::new(PRESETS), &Context::default());
+    let (set, _) = rules::load_dir(Path::new(PRESETS), &people());
     let set = set.expect("presets load");
     let is_ref = |v: &str| v.starts_with("${env:") || v.starts_with("${file:");
     for rule in &set.rules {

@@ -7,10 +7,10 @@ use libfuzzer_sys::fuzz_target;
 use rollbackd::rules::{Context, Severity, load_str};
 
 fuzz_target!(|text: &str| {
-    let ctx = Context {
-        roles: ["founder", "client-success-lead"].map(String::from).into(),
-        notifiers: ["incidents", "status"].map(String::from).into(),
-    };
+    let ctx = Context::with_people(
+        [("ada", &["founder"][..]), ("cy", &["client-success-lead"][..])],
+        ["incidents", "status"],
+    );
     let (set, problems) = load_str("fuzz.yaml", text, &ctx);
     // YAML line breaks are `\n`, `\r\n` and a lone `\r`; a problem may point one past the last.
     let lines = text.replace("\r\n", "\n").matches(['\n', '\r']).count() as u64 + 2;

@@ -21,10 +21,12 @@ fn t(offset_secs: f64) -> Timestamp {
 
 fn ruleset(yaml: &str) -> RuleSet {
     let ctx = rules::Context {
-        roles: ["founder", "client-success-lead"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        people: Some(
+            people()
+                .into_iter()
+                .map(|p| (p.id, p.roles.into_iter().collect()))
+                .collect(),
+        ),
         notifiers: Default::default(),
     };
     let (set, problems) = rules::load_str("test.yaml", yaml, &ctx);

@@ -28,16 +28,27 @@ impl IngestError {
 }
 
 /// Parses JSON with a message that says where it broke.
+/// A shape error names the field it is in (`alerts[0].labels: invalid type ...`).
 pub fn json<'a, T: serde::Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, IngestError> {
-    serde_json::from_slice(body).map_err(|e| {
+    let failed = |path: String, e: serde_json::Error| {
         let kind = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                "is not valid JSON"
+                return IngestError::new(format!("{what} body is not valid JSON: {e}"));
             }
             _ => "does not have the expected shape",
         };
-        IngestError::new(format!("{what} body {kind}: {e}"))
-    })
+        match path.as_str() {
+            "." | "" => IngestError::new(format!("{what} body {kind}: {e}")),
+            p => IngestError::new(format!("{what} body {kind}: {p}: {e}")),
+        }
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        failed(path, e.into_inner())
+    })?;
+    de.end().map_err(|e| failed(String::new(), e))?;
+    Ok(v)
 }
 
 /// An RFC 3339 time; Go's zero time (`0001-01-01T00:00:00Z`) means "not set".

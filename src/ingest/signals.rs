@@ -16,17 +16,23 @@ struct Raw {
     key: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(Raw),
-    Many(Vec<Raw>),
-}
+/// What a body must look like, said in every shape error.
+const SHAPE: &str = "a signal is an object `{\"labels\": {NAME: VALUE, ..}, \"status\": \"firing\"|\"resolved\", \"starts_at\"?, \"ends_at\"?, \"key\"?}`, and a body is one signal or a list of them";
 
 pub fn parse(body: &[u8]) -> Result<Vec<Signal>, IngestError> {
-    let raws = match json::<OneOrMany>(body, "signal")? {
-        OneOrMany::One(r) => vec![r],
-        OneOrMany::Many(v) => v,
+    let raws = match json::<serde_json::Value>(body, "signal")? {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| one(v, &format!("[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+        v @ serde_json::Value::Object(_) => vec![one(v, "")?],
+        other => {
+            return Err(IngestError::new(format!(
+                "signal body is {}, not an object or a list: {SHAPE}",
+                kind_of(&other)
+            )));
+        }
     };
     raws.into_iter()
         .map(|r| {
@@ -60,6 +66,37 @@ pub fn parse(body: &[u8]) -> Result<Vec<Signal>, IngestError> {
         .collect()
 }
 
+/// One signal of the body; `at` is its place in a list (`[2]`), empty for a lone signal.
+fn one(v: serde_json::Value, at: &str) -> Result<Raw, IngestError> {
+    if !v.is_object() {
+        return Err(IngestError::new(format!(
+            "{at}: is {}, not an object: {SHAPE}",
+            kind_of(&v)
+        )));
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (at, path.as_str()) {
+            ("", ".") => String::new(),
+            (at, ".") => format!("{at}: "),
+            ("", p) => format!("{p}: "),
+            (at, p) => format!("{at}.{p}: "),
+        };
+        IngestError::new(format!("signal body: {field}{}; {SHAPE}", e.inner()))
+    })
+}
+
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +113,38 @@ mod tests {
             .unwrap();
         assert_eq!(s[0].key, "k");
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn shape_errors_name_the_field_and_the_expected_shape() {
+        for (body, want) in [
+            (&br#"{"labels":{"a":"b"}}"#[..], "missing field `status`"),
+            (
+                br#"{"labels":{"a":"b"},"status":"firing","sev":"x"}"#,
+                "unknown field `sev`",
+            ),
+            (
+                br#"{"labels":["a"],"status":"firing"}"#,
+                "labels: invalid type",
+            ),
+            (
+                br#"[{"labels":{"a":"b"},"status":"firing"},{"labels":{"a":1},"status":"firing"}]"#,
+                "[1].labels.a: invalid type",
+            ),
+            (
+                br#"[{"labels":{"a":"b"},"status":"firing"},"x"]"#,
+                "[1]: is a string, not an object",
+            ),
+            (
+                br#""firing""#,
+                "signal body is a string, not an object or a list",
+            ),
+        ] {
+            let e = parse(body).unwrap_err().message;
+            assert!(e.contains(want), "{e}");
+            assert!(e.contains("\"labels\": {NAME: VALUE, ..}"), "{e}");
+            assert!(!e.contains("untagged"), "{e}");
+        }
     }
 
     #[test]

@@ -82,7 +82,11 @@ fn run(args: Args) -> Result<u8, String> {
         Some(p) => load_config(p)?,
         None => Config::default(),
     };
-    let (set, problems) = rules::load_dir(&args.rules, &cfg.rules_context());
+    let mut ctx = cfg.rules_context();
+    if args.config.is_none() {
+        ctx.people = None;
+    }
+    let (set, problems) = rules::load_dir(&args.rules, &ctx);
     for p in &problems {
         eprintln!("{p}");
     }

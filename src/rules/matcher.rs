@@ -40,6 +40,10 @@ impl Matcher {
             ("!~", r)
         } else if let Some(r) = rest.strip_prefix("!=") {
             ("!=", r)
+        } else if rest.starts_with("==") {
+            return Err(format!(
+                "matcher `{s}`: `==` is not an operator; write `{name}=\"value\"` (one of =, !=, =~, !~)"
+            ));
         } else if let Some(r) = rest.strip_prefix('=') {
             ("=", r)
         } else {
@@ -195,6 +199,9 @@ mod tests {
                 .unwrap_err()
                 .contains("label name")
         );
+        let e = Matcher::parse("severity==page").unwrap_err();
+        assert!(e.contains("`==` is not an operator"), "{e}");
+        assert_eq!(Matcher::parse(r#"x="=page""#).unwrap().value, "=page");
         assert!(
             Matcher::parse(r#"x<"a""#)
                 .unwrap_err()

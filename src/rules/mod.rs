@@ -177,9 +177,52 @@ impl fmt::Display for Problem {
 /// What the rules may refer to outside themselves.
 #[derive(Clone, Debug, Default)]
 pub struct Context {
-    /// Roles held by at least one person in the config.
-    pub roles: BTreeSet<String>,
+    /// The people of the config: id → the roles that person holds. `None` when no config was
+    /// given (`lint` or `replay` without `--config`): approvals are then checked as far as the
+    /// rules alone allow, and a role nobody is known to hold is a warning.
+    pub people: Option<BTreeMap<String, BTreeSet<String>>>,
     pub notifiers: BTreeSet<String>,
+}
+
+impl Context {
+    /// A context of `people` given as (id, roles) pairs.
+    pub fn with_people<'a>(
+        people: impl IntoIterator<Item = (&'a str, &'a [&'a str])>,
+        notifiers: impl IntoIterator<Item = &'a str>,
+    ) -> Context {
+        Context {
+            people: Some(
+                people
+                    .into_iter()
+                    .map(|(id, roles)| {
+                        (
+                            id.to_string(),
+                            roles.iter().map(|r| r.to_string()).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            notifiers: notifiers.into_iter().map(String::from).collect(),
+        }
+    }
+
+    /// How many people hold at least one of `roles`; `None` when the people are not known.
+    pub fn holders(&self, roles: &[String]) -> Option<usize> {
+        let people = self.people.as_ref()?;
+        Some(
+            people
+                .values()
+                .filter(|held| roles.iter().any(|r| held.contains(r)))
+                .count(),
+        )
+    }
+
+    pub fn holds_role(&self, role: &str) -> bool {
+        self.people
+            .iter()
+            .flat_map(|p| p.values())
+            .any(|held| held.contains(role))
+    }
 }
 
 /// Loads every `*.yaml`/`*.yml` file of `dir`. Returns the set when there is no error, and all
@@ -283,71 +326,99 @@ fn problem(file: &Path, line: u64, column: u64, message: String) -> Problem {
 
 // ---- raw YAML shapes ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "RuleFile")]
 struct RawFile {
     #[serde(default)]
+    #[schemars(with = "Vec<RawRule>")]
     rules: Vec<Spanned<RawRule>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rule")]
 struct RawRule {
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     mode: Option<Spanned<String>>,
     #[serde(rename = "match", default)]
+    #[schemars(with = "Vec<String>")]
     matchers: Vec<Spanned<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     sources: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<Vec<String>>")]
     group_by: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "String")]
     service: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     environment: Option<Spanned<String>>,
+    #[schemars(with = "RawBreach")]
     breach: Spanned<RawBreach>,
     release: Option<RawRelease>,
+    #[schemars(with = "Option<RawApproval>")]
     approval: Option<Spanned<RawApproval>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawStep>")]
     steps: Vec<Spanned<RawStep>>,
+    #[schemars(with = "Option<RawVerify>")]
     verify: Option<Spanned<RawVerify>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawStep>")]
     after: Vec<Spanned<RawStep>>,
+    #[schemars(with = "Option<RawBudget>")]
     budget: Option<Spanned<RawBudget>>,
     #[serde(default)]
     freeze: bool,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     notify: Vec<Spanned<String>>,
     #[serde(default)]
     messages: RawMessages,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Messages")]
 struct RawMessages {
+    #[schemars(with = "Option<String>")]
     internal: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     external: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Breach")]
 struct RawBreach {
+    #[schemars(with = "String")]
     sustained: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     clear_after: Option<Spanned<String>>,
+    #[schemars(with = "Option<usize>")]
     max_open: Option<Spanned<usize>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Release")]
 struct RawRelease {
+    #[schemars(with = "String")]
     max_age: Spanned<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "Approval")]
 enum RawApproval {
     Word(String),
     Policy(RawPolicy),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Policy")]
 struct RawPolicy {
     #[serde(default)]
     require_roles: Vec<String>,
@@ -356,16 +427,22 @@ struct RawPolicy {
     on_timeout: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Step")]
 struct RawStep {
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    #[schemars(with = "Option<Vec<String>>")]
     run: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<RawHttp>")]
     http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     dir: Option<String>,
+    #[schemars(with = "Option<RawAction>")]
     probe: Option<Spanned<RawAction>>,
+    #[schemars(with = "Option<String>")]
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     retries: u32,
@@ -375,27 +452,33 @@ struct RawStep {
     continue_on_failure: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Action")]
 struct RawAction {
+    #[schemars(with = "Option<Vec<String>>")]
     run: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<RawHttp>")]
     http: Option<Spanned<RawHttp>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     dir: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Http")]
 struct RawHttp {
     #[serde(default = "default_method")]
     method: String,
+    #[schemars(with = "String")]
     url: Spanned<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     json: Option<serde_json::Value>,
     body: Option<String>,
     expect_status: Option<StatusList>,
+    #[schemars(with = "Option<String>")]
     follow_redirects: Option<Spanned<String>>,
 }
 
@@ -403,31 +486,37 @@ fn default_method() -> String {
     "POST".to_string()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum StatusList {
     One(u16),
     Many(Vec<u16>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Verify")]
 struct RawVerify {
+    #[schemars(with = "Option<String>")]
     within: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     every: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<RawCheck>")]
     checks: Vec<Spanned<RawCheck>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Check")]
 struct RawCheck {
     prometheus: Option<RawPromCheck>,
     http: Option<RawHttpCheck>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "PromCheck")]
 struct RawPromCheck {
     url: String,
     query: String,
@@ -435,8 +524,9 @@ struct RawPromCheck {
     above: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HttpCheck")]
 struct RawHttpCheck {
     url: String,
     #[serde(default = "default_status")]
@@ -448,11 +538,21 @@ fn default_status() -> u16 {
     200
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Budget")]
 struct RawBudget {
     max: u32,
     per: String,
+}
+
+/// The JSON Schema (draft 2020-12) of a rule file, made from the shapes the parser reads.
+pub fn schema() -> serde_json::Value {
+    let mut s = schemars::schema_for!(RawFile).to_value();
+    if let Some(o) = s.as_object_mut() {
+        o.insert("title".into(), "rollbackd rule file".into());
+    }
+    s
 }
 
 /// Collects problems against one file.
@@ -515,21 +615,22 @@ fn parse_file(file: &Path, text: &str, ctx: &Context) -> (Vec<Rule>, Vec<Problem
         file,
         problems: Vec::new(),
     };
-    let raw: RawFile = match serde_saphyr::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            let (line, col) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((1, 1));
-            lint.problems
-                .push(problem(file, line, col, yaml_message(&e.to_string())));
-            return (Vec::new(), lint.problems);
-        }
+    let raw: Vec<Spanned<RawRule>> = match serde_saphyr::from_str::<RawFile>(text) {
+        Ok(r) => r.rules,
+        Err(e) => match rule_by_rule(file, text) {
+            Some((rules, mut problems)) if !problems.is_empty() => {
+                lint.problems.append(&mut problems);
+                rules
+            }
+            _ => {
+                lint.problems.push(yaml_problem(file, &e));
+                return (Vec::new(), lint.problems);
+            }
+        },
     };
     let mut rules = Vec::new();
     let mut names = BTreeSet::new();
-    for r in raw.rules {
+    for r in raw {
         if !names.insert(r.value.name.value.clone()) {
             lint.at(
                 &r.value.name.referenced,
@@ -545,6 +646,62 @@ fn parse_file(file: &Path, text: &str, ctx: &Context) -> (Vec<Rule>, Vec<Problem
         }
     }
     (rules, lint.problems)
+}
+
+fn yaml_problem(file: &Path, e: &serde_saphyr::Error) -> Problem {
+    let (line, col) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    problem(file, line, col, yaml_message(&e.to_string()))
+}
+
+/// The outline of a rule file: where each rule begins, nothing of what it says.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutline {
+    #[serde(default)]
+    rules: Vec<Spanned<serde::de::IgnoredAny>>,
+}
+
+/// When the file as a whole does not parse, each rule on its own: the rules that parse are
+/// checked further, each one that does not says why, so one structural error hides nothing
+/// else. `None` when the file's outline itself does not parse, or two rules share a line.
+fn rule_by_rule(file: &Path, text: &str) -> Option<(Vec<Spanned<RawRule>>, Vec<Problem>)> {
+    let outline: RawOutline = serde_saphyr::from_str(text).ok()?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let starts: Vec<&Location> = outline.rules.iter().map(|r| &r.referenced).collect();
+    if starts.windows(2).any(|w| w[0].line() >= w[1].line())
+        || starts
+            .iter()
+            .any(|l| l.line() == 0 || l.line() as usize > lines.len())
+    {
+        return None;
+    }
+    let mut rules = Vec::new();
+    let mut problems = Vec::new();
+    for (i, at) in starts.iter().enumerate() {
+        let first = at.line() as usize - 1;
+        let end = starts
+            .get(i + 1)
+            .map_or(lines.len(), |n| n.line() as usize - 1);
+        // The rule's own lines, at their own line numbers and columns: the lines before it are
+        // left empty and the `- ` that opens it becomes blanks.
+        let mut piece = "\n".repeat(first);
+        let lead = (at.column() as usize).saturating_sub(1);
+        let head = lines[first];
+        let cut = head.char_indices().nth(lead).map_or(head.len(), |(b, _)| b);
+        piece.push_str(&" ".repeat(head[..cut].chars().count()));
+        piece.push_str(&head[cut..]);
+        for l in &lines[first + 1..end] {
+            piece.push_str(l);
+        }
+        match serde_saphyr::from_str::<RawRule>(&piece) {
+            Ok(value) => rules.push(Spanned::new(value, **at, **at)),
+            Err(e) => problems.push(yaml_problem(file, &e)),
+        }
+    }
+    Some((rules, problems))
 }
 
 /// serde-saphyr's message without its own location prefix and source snippet.
@@ -758,6 +915,7 @@ fn compile_approval(
     a: &Spanned<RawApproval>,
     ctx: &Context,
 ) -> Option<Option<ApprovalPolicy>> {
+    let before = lint.problems.len();
     let p = match &a.value {
         RawApproval::Word(w) if w == "none" => return Some(None),
         RawApproval::Word(w) => {
@@ -811,13 +969,41 @@ fn compile_approval(
         );
         return None;
     }
+    let mut unheld = false;
     for role in &p.require_roles {
-        if !ctx.roles.contains(role) {
+        if ctx.holds_role(role) {
+            continue;
+        }
+        unheld = true;
+        if ctx.people.is_some() {
+            lint.at(
+                &a.referenced,
+                format!("approval: nobody under `people:` in the config holds role `{role}`; nobody could approve"),
+            );
+        } else {
             lint.warn(
                 &a.referenced,
-                format!("approval: nobody under `people:` in the config holds role `{role}`; incidents of this rule will wait and expire"),
+                format!("approval: without --config nobody is known to hold role `{role}`; lint with --config to check the people"),
             );
         }
+    }
+    if let Some(holders) = ctx.holders(&p.require_roles)
+        && !unheld
+        && quorum > holders
+    {
+        lint.at(
+            &a.referenced,
+            format!(
+                "approval.quorum {quorum} is more than the {holders} people under `people:` who hold {}; the quorum could never be met",
+                p.require_roles.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(" or ")
+            ),
+        );
+    }
+    if lint.problems[before..]
+        .iter()
+        .any(|p| p.severity == Severity::Error)
+    {
+        return None;
     }
     Some(Some(ApprovalPolicy {
         require_roles: p.require_roles.clone(),

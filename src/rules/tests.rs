@@ -1,13 +1,13 @@
 use super::*;
 
 fn ctx() -> Context {
-    Context {
-        roles: ["founder", "client-success-lead"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        notifiers: ["incidents"].into_iter().map(String::from).collect(),
-    }
+    Context::with_people(
+        [
+            ("ada", &["founder"][..]),
+            ("cy", &["client-success-lead"][..]),
+        ],
+        ["incidents"],
+    )
 }
 
 fn lint(yaml: &str) -> Vec<String> {
@@ -125,7 +125,12 @@ fn approval_policy_problems() {
     let out = lint(&format!(
         "{base}    approval: {{ require_roles: [janitor] }}\n"
     ));
-    assert!(out[0].contains("warning: approval: nobody"), "{out:?}");
+    assert!(
+        out[0].starts_with(
+            "r.yaml:7:15: approval: nobody under `people:` in the config holds role `janitor`"
+        ),
+        "{out:?}"
+    );
     let out = lint(&format!("{base}    approval: {{ require_roles: [] }}\n"));
     assert!(out[0].contains("require_roles is empty"), "{out:?}");
     let out = lint(&format!(
@@ -167,4 +172,111 @@ fn breach_max_open_overrides_the_cap_and_must_be_positive() {
         out[0].starts_with("r.yaml:5:") && out[0].contains("breach.max_open must be at least 1"),
         "{out:#?}"
     );
+}
+
+#[test]
+fn approvals_nobody_could_give_are_errors() {
+    let base = "rules:\n  - name: a\n    match: [a=\"b\"]\n    service: s\n    breach: { sustained: 1m }\n    steps: [{name: s, run: [x]}]\n";
+    // Two people hold `founder` or `client-success-lead`: a quorum of 3 is never met.
+    let out = lint(&format!(
+        "{base}    approval: {{ require_roles: [founder, client-success-lead], quorum: 3 }}\n"
+    ));
+    assert_eq!(
+        out,
+        [
+            "r.yaml:7:15: approval.quorum 3 is more than the 2 people under `people:` who hold `founder` or `client-success-lead`; the quorum could never be met"
+        ]
+    );
+    let out = lint(&format!(
+        "{base}    approval: {{ require_roles: [founder], quorum: 2 }}\n"
+    ));
+    assert!(
+        out[0].contains("approval.quorum 2 is more than the 1 people"),
+        "{out:?}"
+    );
+    let (set, p) = load_str(
+        "r.yaml",
+        &format!(
+            "{base}    approval: {{ require_roles: [founder, client-success-lead], quorum: 2 }}\n"
+        ),
+        &ctx(),
+    );
+    assert!(p.is_empty() && set.is_some(), "{p:?}");
+}
+
+#[test]
+fn a_double_equals_matcher_is_an_error() {
+    let out = lint(
+        "rules:\n  - name: a\n    match: [alertname=\"A\", severity==page]\n    service: s\n    breach: { sustained: 1m }\n    approval: none\n    steps: [{name: s, run: [x]}]\n",
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with("r.yaml:3:28: matcher `severity==page`: `==` is not an operator"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_structural_error_hides_no_other_rule() {
+    let out = lint(
+        r#"rules:
+  - name: one
+    match: [a="b"]
+    service: s
+    breach: { sustained: 1m, sustianed: 2m }
+    approval: none
+    steps: [{name: s, run: [x]}]
+  # a comment between rules
+  - name: two
+    match: [severity==page]
+    service: s
+    breach: { sustained: soon }
+    approval: none
+    steps: [{name: s, run: [x]}]
+  - {name: three, match: [a="b"], service: s, breach: {sustained: 1m}, approval: none, steps: [{name: s, runn: [x]}]}
+  - name: four
+    match: [a="b"]
+    service: s
+    breach: { sustained: 1m }
+    approval: { require_roles: [janitor] }
+    steps: [{name: s, run: [x]}]
+"#,
+    );
+    let mut got = out.clone();
+    got.sort();
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert!(
+        got[0].starts_with("r.yaml:10:13: matcher `severity==page`"),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with("r.yaml:12:26: breach.sustained: `soon`"),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with("r.yaml:15:106: unknown field `runn`"),
+        "{got:#?}"
+    );
+    assert!(got[2].contains("runn"), "{got:#?}");
+    assert!(
+        got[3].starts_with("r.yaml:20:15: approval: nobody"),
+        "{got:#?}"
+    );
+    assert!(
+        got[4].starts_with("r.yaml:5:30: unknown field `sustianed`"),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn without_a_config_an_unknown_role_is_a_warning() {
+    let (set, p) = load_str(
+        "r.yaml",
+        "rules:\n  - name: a\n    match: [a=\"b\"]\n    service: s\n    breach: { sustained: 1m }\n    approval: { require_roles: [founder], quorum: 2 }\n    steps: [{name: s, run: [x]}]\n",
+        &Context::default(),
+    );
+    assert!(set.is_some(), "{p:?}");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].severity, Severity::Warning);
+    assert!(p[0].message.contains("without --config"), "{p:?}");
 }
