@@ -2,6 +2,7 @@
 //! temporary directory, talked to over real HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod procs;
 pub mod receiver;
 pub mod rng;
