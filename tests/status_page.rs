@@ -81,13 +81,7 @@ fn a_person_sees_the_live_incident_its_approvals_breaches_freezes_and_releases()
     assert_eq!(s, 200);
     let (s, _) = post(&d.url("/v1/freezes/billing"), None, &json!({}));
     assert_eq!(s, 405, "freezes are PUT");
-    let r = client()
-        .put(d.url("/v1/freezes/billing"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"reason": "quarter close"}))
-        .send()
-        .expect("freeze");
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(put_freeze(&d, "billing", "quarter close", Some(ADMIN)), 200);
 
     // Without the read token a browser is asked for it.
     asks_for_basic_auth(&d.url("/"));

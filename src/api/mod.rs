@@ -194,6 +194,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/shadow", get(shadow).route_layer(with(Guard::Read)))
         .route("/-/reload", post(reload).route_layer(with(Guard::Admin)))
+        .route("/v1/backup", get(backup).route_layer(with(Guard::Admin)))
         .route("/", get(status_page))
         .route("/incidents/{id}", get(incident_page))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -830,6 +831,22 @@ async fn status_page(
 ) -> Result<Response, ApiError> {
     app.authorize_page(&headers)?;
     Ok(html_page(status::render(&app)?))
+}
+
+/// A consistent copy of every record (between two commits), for `rollbackd restore`.
+async fn backup(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let blob = tokio::task::spawn_blocking(move || store.backup())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        blob,
+    )
+        .into_response())
 }
 
 async fn incident_page(

@@ -192,6 +192,17 @@ pub fn wait_every<T>(
     }
 }
 
+/// `PUT /v1/freezes/{service}` with `reason` (admin `token`); the status.
+pub fn put_freeze(d: &Daemon, service: &str, reason: &str, token: Option<&str>) -> u16 {
+    let mut req = client()
+        .put(d.url(&format!("/v1/freezes/{service}")))
+        .json(&serde_json::json!({ "reason": reason }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().expect("freeze").status().as_u16()
+}
+
 /// RFC 3339 UTC `secs` seconds from now (negative: in the past).
 pub fn ts(secs: f64) -> String {
     let now = jiff::Timestamp::now();
