@@ -59,3 +59,61 @@ fn metrics_say_which_build_runs() {
         assert!(line.contains(&label), "{line} lacks {label}");
     }
 }
+
+/// Every `rollbackd NAME` the docs show in code is a command the binary has (`listening` is the
+/// first line of `serve`), and every `rollbackd_*` metric they name is defined.
+#[test]
+fn the_docs_name_only_commands_and_metrics_that_exist() {
+    let metrics_src = read("src/metrics.rs");
+    for doc in ["README.md", "deploy/README.md", "CHANGELOG.md"] {
+        let text = read(doc);
+        for (at, _) in text.match_indices("`rollbackd ") {
+            let name: String = text[at + 11..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase())
+                .collect();
+            if name.is_empty() || name == "listening" {
+                continue;
+            }
+            let o = std::process::Command::new(bin())
+                .args(["help", &name])
+                .output()
+                .expect("run rollbackd");
+            assert!(
+                o.status.success(),
+                "{doc} shows `rollbackd {name}`, which does not exist"
+            );
+        }
+        for (at, _) in text.match_indices("rollbackd_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            assert!(
+                metrics_src.contains(&format!("\"{name}\"")),
+                "{doc} names the metric {name}, which src/metrics.rs does not define"
+            );
+        }
+    }
+}
+
+/// Hot reload is built: the deployment docs say how it is triggered and never that it is missing,
+/// and the systemd unit's reload sends the signal the daemon reloads on.
+#[test]
+fn the_deployment_docs_know_about_hot_reload() {
+    for doc in ["deploy/README.md", "deploy/kubernetes/statefulset.yaml"] {
+        let text = read(doc).to_lowercase();
+        assert!(
+            !text.contains("no hot reload"),
+            "{doc} says there is no hot reload"
+        );
+    }
+    let deploy = read("deploy/README.md");
+    for how in ["SIGHUP", "POST /-/reload", "systemctl reload rollbackd"] {
+        assert!(
+            deploy.contains(how),
+            "deploy/README.md does not mention {how}"
+        );
+    }
+    assert!(read("deploy/rollbackd.service").contains("ExecReload=/bin/kill -HUP $MAINPID"));
+}
