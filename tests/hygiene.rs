@@ -5,17 +5,10 @@ mod common;
 
 use common::*;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn read(name: &str) -> String {
-    std::fs::read_to_string(std::path::Path::new(ROOT).join(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 #[test]
 fn the_licence_is_the_one_cargo_toml_names() {
-    assert!(read("Cargo.toml").contains("license = \"Apache-2.0\""));
-    let licence = read("LICENSE");
+    assert!(repo_file("Cargo.toml").contains("license = \"Apache-2.0\""));
+    let licence = repo_file("LICENSE");
     assert!(licence.contains("Apache License"), "LICENSE is not Apache");
     assert!(licence.contains("Version 2.0, January 2004"));
     assert!(
@@ -26,7 +19,7 @@ fn the_licence_is_the_one_cargo_toml_names() {
 
 #[test]
 fn the_changelog_has_the_version_being_built() {
-    let changelog = read("CHANGELOG.md");
+    let changelog = repo_file("CHANGELOG.md");
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         changelog.contains(&format!("## [{version}]")),
@@ -64,9 +57,9 @@ fn metrics_say_which_build_runs() {
 /// first line of `serve`), and every `rollbackd_*` metric they name is defined.
 #[test]
 fn the_docs_name_only_commands_and_metrics_that_exist() {
-    let metrics_src = read("src/metrics.rs");
+    let metrics_src = repo_file("src/metrics.rs");
     for doc in ["README.md", "deploy/README.md", "CHANGELOG.md"] {
-        let text = read(doc);
+        let text = repo_file(doc);
         for (at, _) in text.match_indices("`rollbackd ") {
             let name: String = text[at + 11..]
                 .chars()
@@ -102,18 +95,18 @@ fn the_docs_name_only_commands_and_metrics_that_exist() {
 #[test]
 fn the_deployment_docs_know_about_hot_reload() {
     for doc in ["deploy/README.md", "deploy/kubernetes/statefulset.yaml"] {
-        let text = read(doc).to_lowercase();
+        let text = repo_file(doc).to_lowercase();
         assert!(
             !text.contains("no hot reload"),
             "{doc} says there is no hot reload"
         );
     }
-    let deploy = read("deploy/README.md");
+    let deploy = repo_file("deploy/README.md");
     for how in ["SIGHUP", "POST /-/reload", "systemctl reload rollbackd"] {
         assert!(
             deploy.contains(how),
             "deploy/README.md does not mention {how}"
         );
     }
-    assert!(read("deploy/rollbackd.service").contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(repo_file("deploy/rollbackd.service").contains("ExecReload=/bin/kill -HUP $MAINPID"));
 }

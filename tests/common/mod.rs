@@ -192,6 +192,12 @@ pub fn wait_every<T>(
     }
 }
 
+/// A file of this repository (docs, rules), as text.
+pub fn repo_file(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// `PUT /v1/freezes/{service}` with `reason` (admin `token`); the status.
 pub fn put_freeze(d: &Daemon, service: &str, reason: &str, token: Option<&str>) -> u16 {
     let mut req = client()
