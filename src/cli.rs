@@ -23,6 +23,17 @@ pub enum CliError {
     Verdict(String),
 }
 
+/// An error answer's status and its `error` text.
+fn api_error(status: u16, v: &Value) -> CliError {
+    CliError::Api {
+        status,
+        message: v["error"]
+            .as_str()
+            .unwrap_or("no error message")
+            .to_string(),
+    }
+}
+
 /// How long most commands wait for an answer.
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -43,41 +54,70 @@ impl Client {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<(u16, Value), CliError> {
+        let mut req = self.request(method, path, timeout)?;
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status >= 400 && status != 423 {
+            return Err(api_error(status, &v));
+        }
+        Ok((status, v))
+    }
+
+    /// A request to `path` with the token, if any.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder, CliError> {
         let url = format!("{}{}", self.url.trim_end_matches('/'), path);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| CliError::Unreachable {
-                url: url.clone(),
-                why: e.to_string(),
-            })?;
+            .map_err(|e| self.unreachable(e))?;
         let mut req = http.request(method, &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.map_err(|e| CliError::Unreachable {
-            url: url.clone(),
+        Ok(req)
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> CliError {
+        CliError::Unreachable {
+            url: self.url.clone(),
             why: if e.is_connect() {
                 "connection refused (is `rollbackd serve` running? see --url)".into()
             } else {
                 e.to_string()
             },
-        })?;
-        let status = resp.status().as_u16();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if status >= 400 && status != 423 {
-            return Err(CliError::Api {
-                status,
-                message: v["error"]
-                    .as_str()
-                    .unwrap_or("no error message")
-                    .to_string(),
-            });
         }
-        Ok((status, v))
+    }
+
+    /// `GET /v1/backup` into `file` (written whole, then renamed into place).
+    pub async fn backup(&self, file: &std::path::Path) -> Result<(), CliError> {
+        let req = self.request(reqwest::Method::GET, "/v1/backup", Duration::from_secs(300))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(api_error(status, &v));
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let failed = |e: std::io::Error| CliError::Verdict(format!("{}: {e}", file.display()));
+        let mut partial = file.as_os_str().to_owned();
+        partial.push(".partial");
+        std::fs::write(&partial, &bytes).map_err(failed)?;
+        std::fs::rename(&partial, file).map_err(failed)?;
+        println!(
+            "backup of {} bytes written to {}",
+            bytes.len(),
+            file.display()
+        );
+        Ok(())
     }
 
     fn print(&self, v: &Value, table: impl FnOnce(&Value) -> String) {

@@ -100,6 +100,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Copy every record of a running daemon into FILE (needs the admin token): a consistent
+    /// copy, taken between two commits, while the daemon keeps running.
+    Backup {
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Write a backup FILE into DATA_DIR, which must hold no records yet; then start
+    /// `rollbackd serve` on DATA_DIR. Exit 1 when the file is not a whole backup.
+    Restore { file: PathBuf, data_dir: PathBuf },
     /// Backtest: feed recorded inputs through the engine on a virtual clock and print every
     /// decision with its time. Exit 0 ok, 1 differs from --expect, 64 bad input or rules.
     Replay(rollbackd::replay::Args),
@@ -273,6 +283,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Backup { file, api } => {
+            let c = api.client();
+            operate(async move { c.backup(&file).await })
+        }
+        Command::Restore { file, data_dir } => operate(async move {
+            let fail = rollbackd::cli::CliError::Verdict;
+            let bytes =
+                std::fs::read(&file).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+            let n = rollbackd::store::Store::restore(&bytes, &data_dir)
+                .await
+                .map_err(fail)?;
+            println!("restored {n} records into {}", data_dir.display());
+            Ok(())
+        }),
         Command::Incidents { state, action, api } => {
             let c = api.client();
             match action {

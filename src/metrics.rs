@@ -109,8 +109,25 @@ impl Metrics {
             "1 while this node leads its cluster and acts.",
         )
         .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "rollbackd_build_info",
+                "Always 1; the labels say which build runs (commit: ROLLBACKD_COMMIT at build time).",
+            ),
+            &["version", "commit", "os", "arch"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("ROLLBACKD_COMMIT").unwrap_or("unknown"),
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+            ])
+            .set(1);
         for c in [
-            Box::new(signals_received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(signals_received.clone()),
             Box::new(cluster_rules_mismatch.clone()),
             Box::new(cluster_term.clone()),
             Box::new(cluster_leader.clone()),

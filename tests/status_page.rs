@@ -1,66 +1,16 @@
 //! The status page as a person sees it: rendered by a real headless Chromium during a live
-//! incident. Chromium comes from Debian's `chromium` package (`scripts/test.sh` installs it).
+//! incident (`common::browser`).
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::browser::{asks_for_basic_auth, render};
 use common::*;
 use serde_json::json;
 
 const READ: &str = "statusPageReadToken0123456789ab";
 const ADMIN: &str = "statusPageAdminToken0123456789ab";
-
-fn chromium() -> String {
-    for name in ["chromium", "chromium-browser"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-        {
-            return name.to_string();
-        }
-    }
-    panic!("chromium is not installed: `apt-get install -y chromium` (scripts/test.sh does it)");
-}
-
-/// The page's DOM after Chromium loaded and rendered it, and a screenshot next to it.
-fn render(url: &str, shot: &std::path::Path) -> String {
-    let profile = tempfile::tempdir().expect("profile");
-    let common_flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        "--window-size=1280,1400",
-    ];
-    let out = Command::new(chromium())
-        .args(common_flags)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = Command::new(chromium())
-        .args(common_flags)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(url)
-        .output();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn a_person_sees_the_live_incident_its_approvals_breaches_freezes_and_releases() {
@@ -131,23 +81,10 @@ fn a_person_sees_the_live_incident_its_approvals_breaches_freezes_and_releases()
     assert_eq!(s, 200);
     let (s, _) = post(&d.url("/v1/freezes/billing"), None, &json!({}));
     assert_eq!(s, 405, "freezes are PUT");
-    let r = client()
-        .put(d.url("/v1/freezes/billing"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"reason": "quarter close"}))
-        .send()
-        .expect("freeze");
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(put_freeze(&d, "billing", "quarter close", Some(ADMIN)), 200);
 
     // Without the read token a browser is asked for it.
-    let r = client().get(d.url("/")).send().expect("page");
-    assert_eq!(r.status().as_u16(), 401);
-    assert!(
-        r.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .starts_with("Basic")
-    );
+    asks_for_basic_auth(&d.url("/"));
 
     let url = d.base.replace("http://", &format!("http://ops:{READ}@")) + "/";
     let shot = setup.path().join("status.png");
@@ -177,6 +114,10 @@ fn a_person_sees_the_live_incident_its_approvals_breaches_freezes_and_releases()
             "the page does not show {seen:?}:\n{dom}"
         );
     }
+    assert!(
+        dom.contains(&format!("<a href=\"incidents/{id}\">{id}</a>")),
+        "the incident is linked to its page:\n{dom}"
+    );
     assert!(
         !dom.contains("<script>document.title"),
         "label rendered as markup:\n{dom}"

@@ -5,6 +5,7 @@
 mod auth;
 mod cluster;
 mod error;
+pub mod incident_page;
 pub mod status;
 
 use std::sync::Arc;
@@ -201,7 +202,9 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/shadow", get(shadow).route_layer(with(Guard::Read)))
         .route("/-/reload", post(reload).route_layer(with(Guard::Admin)))
+        .route("/v1/backup", get(backup).route_layer(with(Guard::Admin)))
         .route("/", get(status_page))
+        .route("/incidents/{id}", get(incident_page))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/internal/raft/append", post(cluster::append))
@@ -860,15 +863,45 @@ async fn status_page(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     app.authorize_page(&headers)?;
-    let html = status::render(&app)?;
+    Ok(html_page(status::render(&app)?))
+}
+
+/// A consistent copy of every record (between two commits), for `rollbackd restore`.
+async fn backup(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let blob = tokio::task::spawn_blocking(move || store.backup())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        blob,
+    )
+        .into_response())
+}
+
+async fn incident_page(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    app.authorize_page(&headers)?;
+    let html = incident_page::render(&app, &id)?
+        .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
+    Ok(html_page(html))
+}
+
+fn html_page(html: String) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
         html,
     )
-        .into_response())
+        .into_response()
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -9,7 +9,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::App;
 use crate::api::ApiError;
-use crate::model::{Breach, Freeze, Incident, IncidentState, Release, since};
+use crate::model::{Breach, Freeze, Incident, IncidentState, Kind, Release, TimelineEntry, since};
 
 const REFRESH_SECONDS: u32 = 5;
 const RECENT_INCIDENTS: usize = 20;
@@ -17,13 +17,15 @@ const RECENT_INCIDENTS: usize = 20;
 const SHOWN: usize = 200;
 const RELEASES_PER_SERVICE: usize = 3;
 
-const CSS: &str = "
+pub(super) const CSS: &str = "
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d1d1f;background:#fafafa}
 h1{font-size:1.3em;margin:0 0 .2em} h2{font-size:1.05em;margin:1.6em 0 .4em}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-align:top}
 th{background:#f0f0f0} .muted{color:#777} code{font-size:.95em}
 .state{font-weight:600} .bad{color:#b00020} .good{color:#0a7d28} .wait{color:#a05a00}
+a{color:#0b57d0} pre{margin:0;white-space:pre-wrap;word-break:break-all;font-size:.9em}
+svg{background:#fff;border:1px solid #ddd;max-width:100%;height:auto}
 ";
 
 pub fn render(app: &App) -> Result<String, ApiError> {
@@ -41,10 +43,7 @@ pub fn render(app: &App) -> Result<String, ApiError> {
         .iter()
         .take(RECENT_INCIDENTS)
         .map(|i| {
-            let latest = app
-                .store
-                .timeline(&i.id)?
-                .last()
+            let latest = latest_transition(&app.store.timeline(&i.id)?)
                 .map(|t| format!("{} · {}", t.at, t.message))
                 .unwrap_or_default();
             Ok((i, latest))
@@ -84,7 +83,7 @@ fn approvals(now: Timestamp, waiting: &[&Incident], more_active: bool) -> Markup
         .map(|i| {
             html! {
                 tr {
-                    td { (i.id) }
+                    td { (incident_link(&i.id)) }
                     td { (i.service) " " (i.release_from.version) " → " (i.release_to.version) }
                     td {
                         (i.approvals.quorum) " of roles ["
@@ -128,7 +127,10 @@ fn open_breaches(now: Timestamp, breaches: &[Breach], more: bool) -> Markup {
                     td { code { (b.group) } }
                     td { (b.started_at) }
                     td { (countdown(now, b.deadline)) }
-                    td { (breach_status(b)) }
+                    td {
+                        (breach_status(b))
+                        @if let Some(id) = &b.incident { " · " (incident_link(id)) }
+                    }
                 }
             }
         })
@@ -149,14 +151,14 @@ fn open_breaches(now: Timestamp, breaches: &[Breach], more: bool) -> Markup {
     }
 }
 
-/// The newest incidents, each with its latest timeline entry.
+/// The newest incidents, each with why it is where it is: its last transition's reason.
 fn recent_incidents(incidents: &[(&Incident, String)]) -> Markup {
     let rows: Vec<Markup> = incidents
         .iter()
         .map(|(i, latest)| {
             html! {
                 tr {
-                    td { (i.id) }
+                    td { (incident_link(&i.id)) }
                     td class={ "state " (state_class(i.state)) } { (i.state) }
                     td { (i.service) " " (i.environment) }
                     td { (i.release_from.version) " → " (i.release_to.version) }
@@ -185,7 +187,10 @@ fn release_freezes(freezes: &[Freeze]) -> Markup {
                     td.bad { (f.service) }
                     td { (f.since) }
                     td { (f.by) }
-                    td { (f.reason) }
+                    td {
+                        (f.reason)
+                        @if let Some(id) = &f.incident { " · " (incident_link(id)) }
+                    }
                 }
             }
         })
@@ -208,7 +213,10 @@ fn recent_releases(releases: &BTreeMap<String, Vec<Release>>) -> Markup {
                     td { (r.version) }
                     td { code { (r.deployment_id) } }
                     td { (r.deployed_at) }
-                    td { (r.origin) }
+                    td {
+                        (r.origin)
+                        @if let Some(id) = &r.incident { " · " (incident_link(id)) }
+                    }
                 }
             }
         })
@@ -223,8 +231,21 @@ fn recent_releases(releases: &BTreeMap<String, Vec<Release>>) -> Markup {
     }
 }
 
+/// The incident's own page, relative to `/` (so it works under a path prefix too).
+pub(super) fn incident_link(id: &str) -> Markup {
+    html! { a href={ "incidents/" (id) } { (id) } }
+}
+
+/// The last entry that moved the incident to a state (its reason), not a delivery or a step.
+pub(super) fn latest_transition(timeline: &[TimelineEntry]) -> Option<&TimelineEntry> {
+    timeline
+        .iter()
+        .rev()
+        .find(|t| IncidentState::ALL.iter().any(|s| Kind::from(*s) == t.kind))
+}
+
 /// `empty` as a muted paragraph when there are no rows, else a table of the column names and rows.
-fn table_or(empty: &str, columns: &[&str], rows: &[Markup]) -> Markup {
+pub(super) fn table_or(empty: &str, columns: &[&str], rows: &[Markup]) -> Markup {
     html! {
         @if rows.is_empty() {
             p.muted { (empty) }
@@ -240,16 +261,14 @@ fn table_or(empty: &str, columns: &[&str], rows: &[Markup]) -> Markup {
 /// Plain text: the page escapes it.
 fn breach_status(b: &Breach) -> String {
     match (&b.decision, b.clearing_since) {
-        (Some(d), _) if d.acted => {
-            format!("acted: {}", b.incident.as_deref().unwrap_or("incident"))
-        }
+        (Some(d), _) if d.acted => "acted".to_string(),
         (Some(d), _) => format!("did not act: {}", d.reason),
         (None, Some(c)) => format!("resolving since {c}"),
         (None, None) => "firing".to_string(),
     }
 }
 
-fn countdown(now: Timestamp, at: Timestamp) -> String {
+pub(super) fn countdown(now: Timestamp, at: Timestamp) -> String {
     if at <= now {
         format!("{at} (passed)")
     } else {
@@ -257,7 +276,7 @@ fn countdown(now: Timestamp, at: Timestamp) -> String {
     }
 }
 
-fn state_class(s: IncidentState) -> &'static str {
+pub(super) fn state_class(s: IncidentState) -> &'static str {
     match s {
         IncidentState::RolledBack => "good",
         IncidentState::RollbackFailed | IncidentState::Expired | IncidentState::Rejected => "bad",
@@ -321,6 +340,29 @@ mod tests {
             "{html}"
         );
         assert_eq!(html.matches(ESCAPED).count(), 3, "{html}");
+    }
+
+    #[test]
+    fn latest_is_the_last_transition_not_a_delivery() {
+        let entry = |kind: Kind, message: &str| TimelineEntry {
+            at: at("2026-01-01T00:00:00Z"),
+            subject: "inc-000001".to_string(),
+            kind,
+            actor: "rollbackd".to_string(),
+            message: message.to_string(),
+            data: serde_json::Value::Null,
+            prev_hash: None,
+            hash: None,
+        };
+        let timeline = [
+            entry(Kind::Triggered, "opened"),
+            entry(Kind::RolledBack, "verified: all checks passed"),
+            entry(Kind::StepDone, "a step"),
+            entry(Kind::Notified, "rolled_back announced to team (HTTP 200)"),
+        ];
+        let latest = latest_transition(&timeline).map(|t| t.message.as_str());
+        assert_eq!(latest, Some("verified: all checks passed"));
+        assert!(latest_transition(&timeline[2..]).is_none());
     }
 
     #[test]

@@ -43,7 +43,13 @@ pub struct Store {
     /// One [`IncidentSummary`] per incident, written with it.
     summaries: sled::Tree,
     timeline_seq: std::sync::Arc<AtomicU64>,
+    /// Held while a commit's transaction applies and while a backup reads: a backup sees the state
+    /// between two commits, never half of one.
+    gate: std::sync::Arc<std::sync::Mutex<()>>,
 }
+
+/// The first line of a backup file; the [`Store::export`] blob follows.
+const BACKUP_MAGIC: &[u8] = b"rollbackd-backup 1\n";
 
 const META_SEQ: &[u8] = b"seq";
 const META_EPOCH: &[u8] = b"epoch";
@@ -78,6 +84,25 @@ impl<'a> Blob<'a> {
 }
 const META_TIMELINE_SEQ: &[u8] = b"timeline_seq";
 
+/// Tree name → its key/value pairs.
+type Decoded<'a> = Vec<(&'a [u8], Vec<(&'a [u8], &'a [u8])>)>;
+
+/// An [`Store::export`] blob, every tree and record of it.
+fn decode(blob: &[u8]) -> Result<Decoded<'_>> {
+    let mut b = Blob(blob);
+    let mut out = Vec::new();
+    while !b.0.is_empty() {
+        let name = b.bytes()?;
+        let count = b.u32()?;
+        let mut records = Vec::new();
+        for _ in 0..count {
+            records.push((b.bytes()?, b.bytes()?));
+        }
+        out.push((name, records));
+    }
+    Ok(out)
+}
+
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         let db = open_db(dir)?;
@@ -94,6 +119,7 @@ impl Store {
             summaries: db.open_tree("incident_summaries")?,
             meta,
             timeline_seq: std::sync::Arc::new(AtomicU64::new(timeline_seq)),
+            gate: Default::default(),
             db,
         };
         if store.db.contains_key(IMPORTING)? {
@@ -256,7 +282,8 @@ impl Store {
             &self.deliveries,
             &self.summaries,
         );
-        trees
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = trees
             .transaction(|(t0, t1, t2, t3, t4, t5, t6, t7, t8)| {
                 for (tree, key, value) in &writes {
                     let t = match tree {
@@ -286,7 +313,9 @@ impl Store {
                 TransactionError::Abort(()) => {
                     StoreError::Sled(sled::Error::Unsupported("transaction aborted".into()))
                 }
-            })?;
+            });
+        drop(gate);
+        applied?;
         self.db.flush_async().await?;
         Ok(())
     }
@@ -326,30 +355,63 @@ impl Store {
         Ok(out)
     }
 
+    /// A backup of a running store: every state tree as it is between two commits, behind
+    /// [`BACKUP_MAGIC`].
+    pub fn backup(&self) -> Result<Vec<u8>> {
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        let blob = self.export();
+        drop(gate);
+        let mut out = BACKUP_MAGIC.to_vec();
+        out.extend_from_slice(&blob?);
+        Ok(out)
+    }
+
+    /// Writes a [`Store::backup`] into the empty data dir `dir`; the number of records restored.
+    /// A file that is not a whole backup, or a dir that already holds records, changes nothing.
+    pub async fn restore(backup: &[u8], dir: &Path) -> std::result::Result<usize, String> {
+        let blob = backup
+            .strip_prefix(BACKUP_MAGIC)
+            .ok_or("not a rollbackd backup (its first line is not `rollbackd-backup 1`)")?;
+        let records: usize = decode(blob)
+            .map_err(|_| "the backup is cut short or damaged: it does not decode")?
+            .iter()
+            .map(|(_, kv)| kv.len())
+            .sum();
+        let store = Store::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if store.holds_records() || !store.meta.is_empty() {
+            return Err(format!(
+                "{} already holds records; restore into an empty data dir",
+                dir.display()
+            ));
+        }
+        store
+            .import(blob)
+            .await
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(records)
+    }
+
     /// Replaces every state tree with an [`Store::export`] blob. A crash in the middle leaves a
     /// mark that the next open wipes the state trees on, so a half-installed snapshot is never
     /// read as state (the node then receives the snapshot again).
     pub(crate) async fn import(&self, blob: &[u8]) -> Result<()> {
         let bad = || StoreError::Sled(sled::Error::Unsupported("snapshot does not decode".into()));
+        // Decoded whole first: a blob that does not decode changes nothing.
+        let decoded = decode(blob)?;
         self.db.insert(IMPORTING, b"1")?;
         self.db.flush_async().await?;
         for (_, tree) in self.state_trees() {
             tree.clear()?;
         }
-        let mut b = Blob(blob);
         let trees = self.state_trees();
-        while !b.0.is_empty() {
-            let name = b.bytes()?;
-            let count = b.u32()?;
+        for (name, records) in decoded {
             let tree = trees
                 .iter()
                 .find(|(n, _)| n.as_bytes() == name)
                 .map(|(_, t)| *t)
                 .ok_or_else(bad)?;
             let mut batch = sled::Batch::default();
-            for _ in 0..count {
-                let k = b.bytes()?;
-                let v = b.bytes()?;
+            for (k, v) in records {
                 batch.insert(k, v);
             }
             tree.apply_batch(batch)?;

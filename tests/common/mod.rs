@@ -2,6 +2,7 @@
 //! temporary directory, talked to over real HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod procs;
 pub mod receiver;
 pub mod rng;
@@ -216,6 +217,23 @@ pub fn wait_every<T>(
         }
         std::thread::sleep(every);
     }
+}
+
+/// A file of this repository (docs, rules), as text.
+pub fn repo_file(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `PUT /v1/freezes/{service}` with `reason` (admin `token`); the status.
+pub fn put_freeze(d: &Daemon, service: &str, reason: &str, token: Option<&str>) -> u16 {
+    let mut req = client()
+        .put(d.url(&format!("/v1/freezes/{service}")))
+        .json(&serde_json::json!({ "reason": reason }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().expect("freeze").status().as_u16()
 }
 
 /// RFC 3339 UTC `secs` seconds from now (negative: in the past).
