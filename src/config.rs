@@ -598,7 +598,7 @@ const CONCEAL_MIN: usize = 4;
 
 /// `message` with every resolved value (as written, and as Rust's `{:?}` escapes it inside
 /// quotes) replaced by the reference it came from.
-fn conceal(mut message: String, resolved: &[(String, String)]) -> String {
+pub fn conceal(mut message: String, resolved: &[(String, String)]) -> String {
     let mut pairs: Vec<&(String, String)> = resolved
         .iter()
         .filter(|(_, v)| v.chars().count() >= CONCEAL_MIN)
@@ -647,7 +647,9 @@ pub fn resolve_refs(s: &str) -> Result<String, String> {
     resolve_noting(s, &mut Vec::new())
 }
 
-fn resolve_noting(s: &str, resolved: &mut Vec<(String, String)>) -> Result<String, String> {
+/// [`resolve_refs`], noting each (reference, value) it expanded in `resolved`, so whatever the
+/// value reaches can be [`conceal`]ed before it is kept.
+pub fn resolve_noting(s: &str, resolved: &mut Vec<(String, String)>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("${") {

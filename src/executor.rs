@@ -239,6 +239,7 @@ impl Executor {
                     output: String::new(),
                     error: Some(e.clone()),
                     duration_ms: 0,
+                    permanent: false,
                 },
                 None => {
                     self.act(&hook.plan, Duration::from_millis(hook.timeout_ms))

@@ -107,6 +107,10 @@ pub struct StepResult {
     pub output: String,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// The step could not be prepared for a reason another attempt would meet again (a secret
+    /// reference that does not resolve): it is not retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 /// Side effects the caller performs after the changes are durable.

@@ -820,5 +820,6 @@ fn ok_result() -> StepResult {
         output: String::new(),
         error: None,
         duration_ms: 0,
+        permanent: false,
     }
 }
