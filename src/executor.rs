@@ -71,6 +71,7 @@ impl Executor {
                 Effect::Verify { incident, delay } => me.verify(incident, delay).await,
                 Effect::Probe { incident, index } => me.probe(incident, index).await,
                 Effect::RunAfter { incident } => me.run_after(incident).await,
+                Effect::Preflight { incident } => me.preflight(incident).await,
             }
         });
     }
@@ -219,6 +220,32 @@ impl Executor {
                 detail,
             })
             .await;
+    }
+
+    /// Whether the incident's plan can run here; the engine asks for approval (or refuses) on
+    /// the answer.
+    async fn preflight(&self, id: String) {
+        let Some(inc) = self.incident(&id) else {
+            return;
+        };
+        let missing =
+            match tokio::task::spawn_blocking(move || crate::preflight::incident(&inc)).await {
+                Ok(m) => m,
+                Err(e) => vec![format!("the preflight did not finish: {e}")],
+            };
+        if !missing.is_empty() {
+            tracing::warn!(incident = %id, missing = ?missing, "the incident's plan cannot run here");
+        }
+        if let Err(e) = self
+            .engine
+            .send(Event::PreflightResult {
+                incident: id.clone(),
+                missing,
+            })
+            .await
+        {
+            tracing::error!(incident = %id, error = %e, "preflight result not recorded");
+        }
     }
 
     async fn run_after(&self, id: String) {

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     pub reload_successful: IntGauge,
     pub reload_timestamp: IntGauge,
+    pub preflight_missing: IntGaugeVec,
     pub cluster_rules_mismatch: IntGauge,
     pub cluster_term: IntGauge,
     pub cluster_leader: IntGauge,
@@ -88,6 +89,14 @@ impl Metrics {
             "When the active config and rules were loaded (start or reload).",
         )
         .expect("static metric definition");
+        let preflight_missing = IntGaugeVec::new(
+            Opts::new(
+                "rollbackd_preflight_missing",
+                "Secrets and programs the active rules' steps, probes and hooks need and this host lacks, by rule (as of the last start or reload).",
+            ),
+            &["rule"],
+        )
+        .expect("static metric definition");
         let cluster_rules_mismatch = IntGauge::new(
             "rollbackd_cluster_rules_digest_mismatch",
             "Cluster members whose rules digest differs from this node's, as last seen by GET /v1/cluster.",
@@ -116,6 +125,7 @@ impl Metrics {
             Box::new(decision_latency.clone()),
             Box::new(reload_successful.clone()),
             Box::new(reload_timestamp.clone()),
+            Box::new(preflight_missing.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -144,6 +154,7 @@ impl Metrics {
             decision_latency,
             reload_successful,
             reload_timestamp,
+            preflight_missing,
             cluster_rules_mismatch,
             cluster_term,
             cluster_leader,
