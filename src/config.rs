@@ -211,6 +211,28 @@ pub struct Config {
     pub inputs_file: Option<PathBuf>,
     /// Several nodes replicating every record with Raft; absent: a single node.
     pub cluster: Option<Cluster>,
+    /// Every secret the config's references resolved to, so step output can hide them.
+    #[serde(skip)]
+    pub resolved: Resolved,
+}
+
+/// The (reference, value) pairs a config's secret references resolved to. `Debug` shows only
+/// the references.
+#[derive(Clone, Default)]
+pub struct Resolved(Vec<(String, String)>);
+
+impl Resolved {
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(r, _)| r))
+            .finish()
+    }
 }
 
 /// `cluster:`: this node, the initial voters and the secret the nodes share.
@@ -333,6 +355,7 @@ impl Default for Config {
             record_inputs: false,
             inputs_file: None,
             cluster: None,
+            resolved: Resolved::default(),
         }
     }
 }
@@ -386,9 +409,10 @@ impl Config {
         let raw = tree.clone();
         let mut resolved = Vec::new();
         resolve_tree(&mut tree, "", &mut resolved).map_err(invalid)?;
-        let cfg: Config = serde_path_to_error::deserialize(tree)
+        let mut cfg: Config = serde_path_to_error::deserialize(tree)
             .map_err(|e| invalid(conceal(explain(&e, &raw), &resolved)))?;
         cfg.validate().map_err(|m| invalid(conceal(m, &resolved)))?;
+        cfg.resolved = Resolved(resolved);
         Ok(cfg)
     }
 

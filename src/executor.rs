@@ -32,6 +32,9 @@ pub struct Executor {
     pub stopping: CancellationToken,
     /// The fencing token of every step this executor runs (see `engine::Context`).
     pub fencing_token: u64,
+    /// The config in force: the secrets it resolved are hidden from step output too (a child
+    /// inherits the daemon's environment, tokens included).
+    pub live: Arc<crate::live::Live>,
 }
 
 /// `plan` as it runs under `token`: `{{ fencing_token }}` filled in, and the token handed over as
@@ -155,8 +158,14 @@ impl Executor {
         !self.stopping.is_cancelled()
     }
 
-    /// Runs one planned `run` or `http` action, exactly as the incident recorded it.
+    /// Runs one planned `run` or `http` action, exactly as the incident recorded it; its output
+    /// holds no secret it expanded nor any the config resolved.
     async fn act(&self, plan: &Plan, timeout: Duration) -> StepResult {
+        let result = self.perform_action(plan, timeout).await;
+        steps::redacted(result, self.live.config().resolved.pairs())
+    }
+
+    async fn perform_action(&self, plan: &Plan, timeout: Duration) -> StepResult {
         match plan.kind {
             StepKind::Run => {
                 steps::run_command(

@@ -374,6 +374,7 @@ impl Stage {
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
             fencing_token,
+            live: self.live.clone(),
         };
         let outbox = Arc::new(tokio::sync::Notify::new());
         let notifier = Arc::new(notify::Notifier {

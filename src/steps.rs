@@ -124,8 +124,8 @@ fn unresolved(mut r: StepResult) -> StepResult {
     r
 }
 
-/// `r` with every expanded secret value replaced by its reference.
-fn redacted(mut r: StepResult, secrets: &[(String, String)]) -> StepResult {
+/// `r` with every value of `secrets` replaced by its reference.
+pub fn redacted(mut r: StepResult, secrets: &[(String, String)]) -> StepResult {
     if !secrets.is_empty() {
         r.output = conceal(std::mem::take(&mut r.output), secrets);
         r.error = r.error.map(|e| conceal(e, secrets));

@@ -9,6 +9,8 @@ use common::*;
 use serde_json::json;
 
 const SECRET: &str = "tok-9f8e7d6c5b4a-secret";
+/// The daemon's own admin token, from its config: a child inherits the daemon's environment.
+const ADMIN: &str = "admin-5e4d3c2b1a-token";
 
 const RULES: &str = r#"rules:
   - name: leaky
@@ -24,6 +26,8 @@ const RULES: &str = r#"rules:
       - name: print it and fail
         run: [/bin/sh, -c, 'echo "$1"; exit 3', sh, "${env:MY_SECRET}"]
         continue_on_failure: true
+      - name: print the daemon's token
+        run: [/bin/sh, -c, 'echo "admin=$ROLLBACKD_TEST_ADMIN"']
 "#;
 
 /// Every file under `dir` that holds `needle`, as bytes.
@@ -47,16 +51,22 @@ fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
 
 #[test]
 fn a_secret_printed_by_a_step_appears_nowhere() {
-    let setup = Setup::new("", RULES);
-    let d = setup.start_with_env(&[], &[("MY_SECRET", SECRET)]);
+    let setup = Setup::new(
+        "tokens: { admin: \"${env:ROLLBACKD_TEST_ADMIN}\" }\n",
+        RULES,
+    );
+    let d = setup.start_with_env(
+        &[],
+        &[("MY_SECRET", SECRET), ("ROLLBACKD_TEST_ADMIN", ADMIN)],
+    );
     release_pair_and_alert(&d, "web", json!({"alertname": "Leaky"}), "f1");
     let inc = wait_for(Duration::from_secs(20), || {
         let (_, list) = get(&d.url("/v1/incidents"), None);
         let id = list["items"][0]["id"].as_str()?.to_string();
         let (_, inc) = get(&d.url(&format!("/v1/incidents/{id}")), None);
-        (inc["steps"][1]["state"] == "failed").then_some(inc)
+        (inc["steps"][2]["state"] == "done").then_some(inc)
     })
-    .expect("both steps ran");
+    .expect("every step ran");
     let id = inc["id"].as_str().expect("id").to_string();
     let text = inc.to_string();
     assert!(
@@ -70,6 +80,9 @@ fn a_secret_printed_by_a_step_appears_nowhere() {
     );
     let out = inc["steps"][1]["output"].as_str().unwrap_or_default();
     assert!(out.contains("${env:MY_SECRET}"), "{out}");
+    let out = inc["steps"][2]["output"].as_str().unwrap_or_default();
+    assert_eq!(out, "admin=${env:ROLLBACKD_TEST_ADMIN}\n");
+    assert!(!text.contains(ADMIN), "the incident shows the admin token");
 
     let report = client()
         .get(d.url(&format!("/v1/incidents/{id}/report")))
