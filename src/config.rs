@@ -236,6 +236,28 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// `text` or `json` (one object per line); `serve --log-format` wins. Read at start only.
     pub log_format: crate::logging::Format,
+    /// Every secret the config's references resolved to, so step output can hide them.
+    #[serde(skip)]
+    pub resolved: Resolved,
+}
+
+/// The (reference, value) pairs a config's secret references resolved to. `Debug` shows only
+/// the references.
+#[derive(Clone, Default)]
+pub struct Resolved(Vec<(String, String)>);
+
+impl Resolved {
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(r, _)| r))
+            .finish()
+    }
 }
 
 /// `cluster:`: this node, the initial voters and the secret the nodes share.
@@ -361,6 +383,7 @@ impl Default for Config {
             inputs_file: None,
             cluster: None,
             log_format: crate::logging::Format::Text,
+            resolved: Resolved::default(),
         }
     }
 }
@@ -448,9 +471,10 @@ impl Config {
         let raw = tree.clone();
         let mut resolved = Vec::new();
         resolve_tree(&mut tree, "", &mut resolved).map_err(invalid)?;
-        let cfg: Config = serde_path_to_error::deserialize(tree)
+        let mut cfg: Config = serde_path_to_error::deserialize(tree)
             .map_err(|e| invalid(conceal(explain(&e, &raw), &resolved)))?;
         cfg.validate().map_err(|m| invalid(conceal(m, &resolved)))?;
+        cfg.resolved = Resolved(resolved);
         Ok(cfg)
     }
 
@@ -681,7 +705,7 @@ const CONCEAL_MIN: usize = 4;
 
 /// `message` with every resolved value (as written, and as Rust's `{:?}` escapes it inside
 /// quotes) replaced by the reference it came from.
-fn conceal(mut message: String, resolved: &[(String, String)]) -> String {
+pub fn conceal(mut message: String, resolved: &[(String, String)]) -> String {
     let mut pairs: Vec<&(String, String)> = resolved
         .iter()
         .filter(|(_, v)| v.chars().count() >= CONCEAL_MIN)
@@ -730,7 +754,9 @@ pub fn resolve_refs(s: &str) -> Result<String, String> {
     resolve_noting(s, &mut Vec::new())
 }
 
-fn resolve_noting(s: &str, resolved: &mut Vec<(String, String)>) -> Result<String, String> {
+/// [`resolve_refs`], noting each (reference, value) it expanded in `resolved`, so whatever the
+/// value reaches can be [`conceal`]ed before it is kept.
+pub fn resolve_noting(s: &str, resolved: &mut Vec<(String, String)>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("${") {

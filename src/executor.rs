@@ -32,6 +32,9 @@ pub struct Executor {
     pub stopping: CancellationToken,
     /// The fencing token of every step this executor runs (see `engine::Context`).
     pub fencing_token: u64,
+    /// The config in force: the secrets it resolved are hidden from step output too (a child
+    /// inherits the daemon's environment, tokens included).
+    pub live: Arc<crate::live::Live>,
 }
 
 /// `plan` as it runs under `token`: `{{ fencing_token }}` filled in, and the token handed over as
@@ -71,6 +74,7 @@ impl Executor {
                 Effect::Verify { incident, delay } => me.verify(incident, delay).await,
                 Effect::Probe { incident, index } => me.probe(incident, index).await,
                 Effect::RunAfter { incident } => me.run_after(incident).await,
+                Effect::Preflight { incident } => me.preflight(incident).await,
             }
         });
     }
@@ -154,8 +158,14 @@ impl Executor {
         !self.stopping.is_cancelled()
     }
 
-    /// Runs one planned `run` or `http` action, exactly as the incident recorded it.
+    /// Runs one planned `run` or `http` action, exactly as the incident recorded it; its output
+    /// holds no secret it expanded nor any the config resolved.
     async fn act(&self, plan: &Plan, timeout: Duration) -> StepResult {
+        let result = self.perform_action(plan, timeout).await;
+        steps::redacted(result, self.live.config().resolved.pairs())
+    }
+
+    async fn perform_action(&self, plan: &Plan, timeout: Duration) -> StepResult {
         match plan.kind {
             StepKind::Run => {
                 steps::run_command(
@@ -221,6 +231,32 @@ impl Executor {
             .await;
     }
 
+    /// Whether the incident's plan can run here; the engine asks for approval (or refuses) on
+    /// the answer.
+    async fn preflight(&self, id: String) {
+        let Some(inc) = self.incident(&id) else {
+            return;
+        };
+        let missing =
+            match tokio::task::spawn_blocking(move || crate::preflight::incident(&inc)).await {
+                Ok(m) => m,
+                Err(e) => vec![format!("the preflight did not finish: {e}")],
+            };
+        if !missing.is_empty() {
+            tracing::warn!(incident = %id, missing = ?missing, "the incident's plan cannot run here");
+        }
+        if let Err(e) = self
+            .engine
+            .send(Event::PreflightResult {
+                incident: id.clone(),
+                missing,
+            })
+            .await
+        {
+            tracing::error!(incident = %id, error = %e, "preflight result not recorded");
+        }
+    }
+
     async fn run_after(&self, id: String) {
         let Some(inc) = self.incident(&id) else {
             return;
@@ -239,6 +275,7 @@ impl Executor {
                     output: String::new(),
                     error: Some(e.clone()),
                     duration_ms: 0,
+                    permanent: false,
                 },
                 None => {
                     self.act(&hook.plan, Duration::from_millis(hook.timeout_ms))

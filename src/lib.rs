@@ -41,6 +41,7 @@ pub mod message;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod preflight;
 pub mod pump;
 pub mod replay;
 pub mod report;
@@ -82,6 +83,8 @@ pub struct App {
     pub record_inputs: bool,
     /// This node of a cluster; `None` on a single node.
     pub cluster: Option<Arc<cluster::Node>>,
+    /// What the active rules need and this host lacks (the last preflight), as lint lines.
+    pub preflight: std::sync::RwLock<Vec<String>>,
 }
 
 impl App {
@@ -120,6 +123,37 @@ impl App {
         result
     }
 
+    /// Checks that what the active rules need is here (secrets resolve, programs are found):
+    /// each miss is a warning in the log, a line of `/readyz` and counted in
+    /// `rollbackd_preflight_missing`. Returns the lines.
+    pub fn preflight(&self) -> Vec<String> {
+        let found = preflight::rules(&self.rules(), rules::Severity::Warning);
+        self.metrics.preflight_missing.reset();
+        let mut lines = Vec::with_capacity(found.len());
+        for (rule, problem) in found {
+            self.metrics
+                .preflight_missing
+                .with_label_values(&[rule.as_str()])
+                .inc();
+            let line = problem.to_string();
+            tracing::warn!("{line}");
+            lines.push(line);
+        }
+        match self.preflight.write() {
+            Ok(mut g) => g.clone_from(&lines),
+            Err(poisoned) => poisoned.into_inner().clone_from(&lines),
+        }
+        lines
+    }
+
+    /// The lines of the last [`App::preflight`].
+    pub fn preflight_lines(&self) -> Vec<String> {
+        match self.preflight.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     async fn try_reload(&self, _why: &str) -> Result<Vec<String>, Vec<String>> {
         let loaded = self.source.load().map_err(|e| e.lines())?;
         let old = self.config();
@@ -147,6 +181,7 @@ impl App {
         // wait for one: those of a removed rule that have not started are cancelled by the
         // engine, the others finish as planned.
         self.live.set(loaded.config, loaded.rules);
+        warnings.extend(self.preflight());
         self.engine
             .send(engine::Event::RulesReloaded)
             .await
@@ -218,7 +253,9 @@ impl Daemon {
             ready: AtomicBool::new(false),
             record_inputs: config.record_inputs,
             cluster: node.clone(),
+            preflight: std::sync::RwLock::new(Vec::new()),
         });
+        app.preflight();
         let stage = Stage {
             store: store.clone(),
             live: live.clone(),
@@ -338,6 +375,7 @@ impl Stage {
             tracker: TaskTracker::new(),
             stopping: CancellationToken::new(),
             fencing_token,
+            live: self.live.clone(),
         };
         let outbox = Arc::new(tokio::sync::Notify::new());
         let notifier = Arc::new(notify::Notifier {

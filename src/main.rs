@@ -78,6 +78,10 @@ enum Command {
         config: Option<PathBuf>,
         /// Rules directory; default: the config's rules_dir, else ./rules.
         rules_dir: Option<PathBuf>,
+        /// Also check, on this host, that every secret reference the rules' steps, probes and
+        /// hooks use resolves and every run step's program is found; a miss is an error.
+        #[arg(long)]
+        preflight: bool,
     },
     /// Print the JSON Schema (draft 2020-12) of the config file or of a rule file, for editors
     /// and CI (e.g. a YAML language server's `# yaml-language-server: $schema=...`).
@@ -265,7 +269,11 @@ fn main() -> ExitCode {
     tame_the_heap();
     let cli = Cli::parse();
     match cli.command {
-        Command::Lint { config, rules_dir } => lint(config, rules_dir),
+        Command::Lint {
+            config,
+            rules_dir,
+            preflight,
+        } => lint(config, rules_dir, preflight),
         Command::Replay(args) => ExitCode::from(rollbackd::replay::command(args)),
         Command::Schema { of } => {
             let schema = match of {
@@ -351,7 +359,7 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
-fn lint(config: Option<PathBuf>, dir: Option<PathBuf>) -> ExitCode {
+fn lint(config: Option<PathBuf>, dir: Option<PathBuf>, preflight: bool) -> ExitCode {
     let cfg = match load_config(config.as_ref()) {
         Ok(c) => c,
         Err(e) => {
@@ -369,6 +377,28 @@ fn lint(config: Option<PathBuf>, dir: Option<PathBuf>) -> ExitCode {
         println!("{p}");
     }
     match set {
+        Some(s) if preflight => {
+            let missing = rollbackd::preflight::rules(&s, Severity::Error);
+            for (_, p) in &missing {
+                println!("{p}");
+            }
+            if missing.is_empty() {
+                eprintln!(
+                    "{}: {} rule(s) OK, preflight OK{}",
+                    dir.display(),
+                    s.rules.len(),
+                    if problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} warning(s)", problems.len())
+                    }
+                );
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}: {} preflight error(s)", dir.display(), missing.len());
+                ExitCode::from(1)
+            }
+        }
         Some(s) => {
             let warnings = problems.len();
             eprintln!(

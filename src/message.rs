@@ -19,6 +19,9 @@ pub fn headline(e: &OutboxEntry, inc: &Incident) -> String {
         A::RollbackStarted => format!("Rollback initiated: {svc}"),
         A::StepFailed => format!("Rollback step failed: {svc}"),
         A::RolledBack => format!("Rolled back: {svc} is on {}", inc.release_to.version),
+        A::RollbackFailed if inc.rollback_started_at.is_none() => {
+            format!("ROLLBACK CANNOT RUN: {svc} needs a human now")
+        }
         A::RollbackFailed => format!("ROLLBACK FAILED: {svc} needs a human now"),
         A::FreezeLifted => format!("Releases of {} unfrozen", inc.service),
     }
@@ -42,6 +45,19 @@ pub fn issue(inc: &Incident) -> String {
     format!(
         "{alert} breaching since {} (rule {})",
         inc.breach_started_at, inc.rule
+    )
+}
+
+/// "SERVICE back from vA (dpl-a) to vB (dpl-b) because of ISSUE".
+fn route(inc: &Incident) -> String {
+    format!(
+        "{} back from {} ({}) to {} ({}) because of {}",
+        service(inc),
+        inc.release_from.version,
+        inc.release_from.deployment_id,
+        inc.release_to.version,
+        inc.release_to.deployment_id,
+        issue(inc)
     )
 }
 
@@ -82,13 +98,8 @@ pub fn body(e: &OutboxEntry, inc: &Incident, link: Option<&str>) -> String {
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "-".to_string());
             format!(
-                "rollbackd wants to roll {} back from {} ({}) to {} ({}) because of {}. Needs {} approval(s) covering roles [{roles}] by {deadline} (then {}). To approve, run the \"Approve rollback\" workflow on this incident or add a note starting with /approve; to refuse, /reject.",
-                service(inc),
-                inc.release_from.version,
-                inc.release_from.deployment_id,
-                inc.release_to.version,
-                inc.release_to.deployment_id,
-                issue(inc),
+                "rollbackd wants to roll {}. Needs {} approval(s) covering roles [{roles}] by {deadline} (then {}). To approve, run the \"Approve rollback\" workflow on this incident or add a note starting with /approve; to refuse, /reject.",
+                route(inc),
                 inc.approvals.quorum,
                 inc.approvals.on_timeout,
             )
@@ -100,6 +111,12 @@ pub fn body(e: &OutboxEntry, inc: &Incident, link: Option<&str>) -> String {
             inc.release_to.version,
             inc.release_to.deployment_id,
             external(inc)
+        ),
+        // Refused before it started: nothing ran, nobody was asked.
+        A::RollbackFailed if inc.rollback_started_at.is_none() => format!(
+            "Escalation: rollbackd would roll {}, but its plan {}. Roll back by hand now.",
+            route(inc),
+            e.detail
         ),
         A::RollbackFailed => format!(
             "Escalation: the rollback of {} did not finish: {}. The service may be half rolled back; releases stay frozen. Take over now.",

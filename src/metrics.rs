@@ -22,6 +22,7 @@ pub struct Metrics {
     pub decisions_late: IntCounter,
     pub reload_successful: IntGauge,
     pub reload_timestamp: IntGauge,
+    pub preflight_missing: IntGaugeVec,
     pub cluster_rules_mismatch: IntGauge,
     pub cluster_term: IntGauge,
     pub cluster_leader: IntGauge,
@@ -94,6 +95,14 @@ impl Metrics {
             "When the active config and rules were loaded (start or reload).",
         )
         .expect("static metric definition");
+        let preflight_missing = IntGaugeVec::new(
+            Opts::new(
+                "rollbackd_preflight_missing",
+                "Secrets and programs the active rules' steps, probes and hooks need and this host lacks, by rule (as of the last start or reload).",
+            ),
+            &["rule"],
+        )
+        .expect("static metric definition");
         let cluster_rules_mismatch = IntGauge::new(
             "rollbackd_cluster_rules_digest_mismatch",
             "Cluster members whose rules digest differs from this node's, as last seen by GET /v1/cluster.",
@@ -140,6 +149,7 @@ impl Metrics {
             Box::new(decisions_late.clone()),
             Box::new(reload_successful.clone()),
             Box::new(reload_timestamp.clone()),
+            Box::new(preflight_missing.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -169,6 +179,7 @@ impl Metrics {
             decisions_late,
             reload_successful,
             reload_timestamp,
+            preflight_missing,
             cluster_rules_mismatch,
             cluster_term,
             cluster_leader,

@@ -1,13 +1,14 @@
 //! Performs one rollback step: a child process from an argv (never a shell), or an HTTP request.
 //! Secret references (`${env:..}`, `${file:..}`) are expanded here, at the last moment, and never
-//! written back into a record or a log.
+//! written back into a record or a log: the value of every reference a step expanded is replaced
+//! by the reference itself in the step's captured output and error before the result leaves here.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::config::resolve_refs;
+use crate::config::{conceal, resolve_noting};
 use crate::engine::StepResult;
 use crate::rules::{Body, Redirects};
 
@@ -26,15 +27,17 @@ pub async fn run_command(
         output: String::new(),
         error: Some(error),
         duration_ms: started.elapsed().as_millis() as u64,
+        permanent: false,
     };
     let Some((program, args)) = argv.split_first() else {
         return fail("empty command".to_string());
     };
+    let mut secrets = Vec::new();
     let mut resolved = Vec::with_capacity(args.len());
     for a in args {
-        match resolve_refs(a) {
+        match resolve_noting(a, &mut secrets) {
             Ok(v) => resolved.push(v),
-            Err(e) => return fail(e),
+            Err(e) => return unresolved(fail(e)),
         }
     }
     let mut cmd = tokio::process::Command::new(program);
@@ -47,11 +50,11 @@ pub async fn run_command(
     #[cfg(unix)]
     cmd.process_group(0);
     for (k, v) in env {
-        match resolve_refs(v) {
+        match resolve_noting(v, &mut secrets) {
             Ok(v) => {
                 cmd.env(k, v);
             }
-            Err(e) => return fail(format!("env {k}: {e}")),
+            Err(e) => return unresolved(fail(format!("env {k}: {e}"))),
         }
     }
     if let Some(d) = dir {
@@ -59,7 +62,7 @@ pub async fn run_command(
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return fail(format!("cannot start `{program}`: {e}")),
+        Err(e) => return redacted(fail(format!("cannot start `{program}`: {e}")), &secrets),
     };
     let pid = child.id();
     let out = tokio::spawn(read_capped(child.stdout.take(), max_output));
@@ -80,17 +83,19 @@ pub async fn run_command(
                 humantime::format_duration(timeout)
             ));
         }
-        Some(Err(e)) => return fail(format!("waiting for `{program}`: {e}")),
+        Some(Err(e)) => {
+            return redacted(fail(format!("waiting for `{program}`: {e}")), &secrets);
+        }
         Some(Ok(s)) => s,
     };
     // A background child may still hold the pipes open: do not wait for it for long.
     let grace = Duration::from_secs(2);
     let mut text = match tokio::time::timeout(grace, out).await {
-        Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(Ok(b)) => hide_secrets(&b, max_output, &secrets),
         _ => "[output cut: a background process kept stdout open]".to_string(),
     };
     let err = match tokio::time::timeout(grace, err).await {
-        Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(Ok(b)) => hide_secrets(&b, max_output, &secrets),
         _ => String::new(),
     };
     if !err.is_empty() {
@@ -109,7 +114,43 @@ pub async fn run_command(
             None => "killed by a signal".to_string(),
         }),
         duration_ms: started.elapsed().as_millis() as u64,
+        permanent: false,
     }
+}
+
+/// A result whose secret could not be resolved: trying again would not find it either.
+fn unresolved(mut r: StepResult) -> StepResult {
+    r.permanent = true;
+    r
+}
+
+/// `r` with every value of `secrets` replaced by its reference.
+pub fn redacted(mut r: StepResult, secrets: &[(String, String)]) -> StepResult {
+    if !secrets.is_empty() {
+        r.output = conceal(std::mem::take(&mut r.output), secrets);
+        r.error = r.error.map(|e| conceal(e, secrets));
+    }
+    r
+}
+
+/// Captured bytes as text with every expanded secret value replaced by its reference. When the
+/// capture was cut (more than `max` bytes), a value cut with it is hidden too: a tail that is the
+/// start of a value is replaced by the reference.
+fn hide_secrets(bytes: &[u8], max: usize, secrets: &[(String, String)]) -> String {
+    let mut text = conceal(String::from_utf8_lossy(bytes).into_owned(), secrets);
+    if bytes.len() > max {
+        for (reference, value) in secrets {
+            let cut = (1..value.len())
+                .rev()
+                .filter(|&n| value.is_char_boundary(n))
+                .find(|&n| text.ends_with(&value[..n]));
+            if let Some(n) = cut {
+                text.truncate(text.len() - n);
+                text.push_str(reference);
+            }
+        }
+    }
+    text
 }
 
 /// Reads everything, keeping the first `max + 1` bytes (so truncation can say so) and discarding
@@ -204,11 +245,29 @@ pub async fn run_http(
         output: String::new(),
         error: Some(error),
         duration_ms: started.elapsed().as_millis() as u64,
+        permanent: false,
     };
-    let mut url = match resolve_refs(s.url).map(|u| reqwest::Url::parse(&u)) {
+    let mut secrets = Vec::new();
+    let result = send_http(client, s, timeout, max_output, &mut secrets, started, &fail).await;
+    redacted(result, &secrets)
+}
+
+async fn send_http(
+    client: &reqwest::Client,
+    s: HttpStep<'_>,
+    timeout: Duration,
+    max_output: usize,
+    secrets: &mut Vec<(String, String)>,
+    started: Instant,
+    fail: &(dyn Fn(String) -> StepResult + Sync),
+) -> StepResult {
+    let mut url = match resolve_noting(s.url, secrets).map(|u| reqwest::Url::parse(&u)) {
         Ok(Ok(u)) => u,
+        Ok(Err(_)) if !secrets.is_empty() => {
+            return fail("url: not a valid URL once its references are expanded".to_string());
+        }
         Ok(Err(e)) => return fail(format!("url: not a valid URL ({e})")),
-        Err(e) => return fail(format!("url: {e}")),
+        Err(e) => return unresolved(fail(format!("url: {e}"))),
     };
     let origin = url.origin();
     let Ok(method) = reqwest::Method::from_bytes(s.method.as_bytes()) else {
@@ -216,9 +275,9 @@ pub async fn run_http(
     };
     let mut headers = reqwest::header::HeaderMap::new();
     for (k, v) in s.headers {
-        let value = match resolve_refs(v) {
+        let value = match resolve_noting(v, secrets) {
             Ok(v) => v,
-            Err(e) => return fail(format!("header {k}: {e}")),
+            Err(e) => return unresolved(fail(format!("header {k}: {e}"))),
         };
         match (
             reqwest::header::HeaderName::from_bytes(k.as_bytes()),
@@ -231,9 +290,9 @@ pub async fn run_http(
         }
     }
     let raw_body = match s.body {
-        Body::Raw(b) => match resolve_refs(b) {
+        Body::Raw(b) => match resolve_noting(b, secrets) {
             Ok(b) => Some(b),
-            Err(e) => return fail(format!("body: {e}")),
+            Err(e) => return unresolved(fail(format!("body: {e}"))),
         },
         _ => None,
     };
@@ -320,9 +379,11 @@ pub async fn run_http(
         return StepResult {
             ok,
             exit_code: Some(i32::from(status)),
-            output: truncate(&text, max_output),
+            // Concealed whole before it is cut, so no part of a value is left at the cut.
+            output: truncate(&conceal(text, secrets), max_output),
             error,
             duration_ms: started.elapsed().as_millis() as u64,
+            permanent: false,
         };
     }
 }
@@ -525,6 +586,33 @@ mod tests {
             MAX_REDIRECTS + 1,
             "same origin, bounded"
         );
+    }
+
+    #[test]
+    fn a_secret_cut_with_the_capture_is_hidden_too() {
+        let secrets = vec![("${env:T}".to_string(), "abcdef123456".to_string())];
+        let t = hide_secrets(b"x abcdef123456 y abcdef12", 20, &secrets);
+        assert_eq!(t, "x ${env:T} y ${env:T}");
+        let t = hide_secrets(b"whole abcdef12", 100, &secrets);
+        assert_eq!(t, "whole abcdef12", "not cut: a prefix is just text");
+    }
+
+    #[tokio::test]
+    async fn an_unresolved_secret_is_permanent() {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "T".to_string(),
+            "${env:ROLLBACKD_TEST_SURELY_UNSET}".to_string(),
+        );
+        let r = run_command(
+            &["/bin/true".into()],
+            &env,
+            None,
+            Duration::from_secs(5),
+            64,
+        )
+        .await;
+        assert!(r.permanent && !r.ok, "{r:?}");
     }
 
     #[test]

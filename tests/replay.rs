@@ -222,6 +222,16 @@ fn two_services_at_once() {
 }
 
 #[test]
+fn a_recorded_preflight_miss_fails_the_incident_before_anything_runs() {
+    let ds = golden_json("cannot_run");
+    let failed = find(&ds, "rollback_failed");
+    assert_eq!(failed.len(), 1, "{ds:#?}");
+    assert_eq!(failed[0]["reason_code"], "cannot_run");
+    assert!(find(&ds, "would_run").is_empty(), "{ds:#?}");
+    assert!(find(&ds, "approved").is_empty(), "{ds:#?}");
+}
+
+#[test]
 fn budget_exhaustion_suppresses_the_second_rollback() {
     let ds = golden_json("budget");
     assert_eq!(find(&ds, "rolling_back").len(), 1);

@@ -915,7 +915,13 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         .into_response();
     }
     if app.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ready"})).into_response()
+        // Ready either way (alerts must keep arriving); what the rules lack here is said.
+        let missing = app.preflight_lines();
+        if missing.is_empty() {
+            Json(json!({"status": "ready"})).into_response()
+        } else {
+            Json(json!({"status": "ready", "preflight": missing})).into_response()
+        }
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

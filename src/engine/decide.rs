@@ -191,40 +191,61 @@ impl State {
             );
             return;
         }
-        match &rule.approval {
-            None => {
-                self.transition(
-                    tx,
-                    &id,
-                    IncidentState::Approved,
-                    "rollbackd",
-                    "approval: none".to_string(),
-                );
-                self.start_rollback(tx, &id);
-            }
-            Some(p) => {
-                let deadline = add(now, p.timeout);
-                if let Some(inc) = self.incidents.get_mut(&id) {
-                    inc.approvals.deadline = Some(deadline);
-                }
-                self.transition(
-                    tx,
-                    &id,
-                    IncidentState::AwaitingApproval,
-                    "rollbackd",
-                    format!(
-                        "waiting for {} approval(s) covering roles [{}] until {deadline} (then {})",
-                        p.quorum,
-                        p.require_roles.join(", "),
-                        if p.proceed_on_timeout {
-                            "proceed"
-                        } else {
-                            "abort"
-                        }
-                    ),
-                );
-            }
+        // The approval deadline counts from the open; the request goes out once the preflight
+        // has said the plan can run here.
+        let deadline = rule.approval.as_ref().map(|p| add(now, p.timeout));
+        if let Some(inc) = self.incidents.get_mut(&id) {
+            inc.approvals.deadline = deadline;
         }
+        self.save_incident(tx, &id);
+        tx.out.effects.push(Effect::Preflight { incident: id });
+    }
+
+    /// The preflight of a just-opened incident answered: with something missing the incident
+    /// fails before anyone is asked (nothing runs); else its approval is requested, or with
+    /// `approval: none` the rollback starts.
+    pub(super) fn on_preflight(&mut self, tx: &mut Tx, id: &str, missing: Vec<String>) -> Reply {
+        let Some(inc) = self.incidents.get(id) else {
+            return Reply::NotFound(format!("no incident {id}"));
+        };
+        if inc.state != IncidentState::Triggered {
+            return Reply::Ok;
+        }
+        if !missing.is_empty() {
+            self.transition_because(
+                tx,
+                id,
+                IncidentState::RollbackFailed,
+                "rollbackd",
+                format!(
+                    "cannot run: {}; nothing was run and no approval was asked",
+                    missing.join("; ")
+                ),
+                Some(ReasonCode::CannotRun),
+            );
+            return Reply::Ok;
+        }
+        let a = &inc.approvals;
+        if !a.required {
+            self.transition(
+                tx,
+                id,
+                IncidentState::Approved,
+                "rollbackd",
+                "approval: none".to_string(),
+            );
+            self.start_rollback(tx, id);
+            return Reply::Ok;
+        }
+        let why = format!(
+            "waiting for {} approval(s) covering roles [{}] until {} (then {})",
+            a.quorum,
+            a.require_roles.join(", "),
+            a.deadline.map(|d| d.to_string()).unwrap_or_default(),
+            a.on_timeout
+        );
+        self.transition(tx, id, IncidentState::AwaitingApproval, "rollbackd", why);
+        Reply::Ok
     }
 
     /// Which release broke it, and which to go back to; or why this breach is not a release's fault.

@@ -220,7 +220,7 @@ impl State {
             return Reply::Ok;
         }
         let err = r.error.unwrap_or_else(|| "failed".to_string());
-        if attempt <= step.retries {
+        if attempt <= step.retries && !r.permanent {
             step.state = StepState::Intended;
             let delay = backoff(attempt, id, index);
             tx.note_with(

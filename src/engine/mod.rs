@@ -182,6 +182,9 @@ impl State {
                 index,
                 result,
             } => self.on_after_finished(&mut tx, &incident, index, result),
+            Event::PreflightResult { incident, missing } => {
+                self.on_preflight(&mut tx, &incident, missing)
+            }
             Event::Freeze {
                 service,
                 reason,
@@ -234,6 +237,8 @@ impl State {
                 continue;
             };
             match inc.state {
+                // Opened, its preflight not answered yet: ask again.
+                IncidentState::Triggered => tx.out.effects.push(Effect::Preflight { incident: id }),
                 IncidentState::Approved => self.start_rollback(&mut tx, &id),
                 IncidentState::RollingBack => self.resume_steps(&mut tx, &id),
                 IncidentState::Verifying => tx.out.effects.push(Effect::Verify {
@@ -300,6 +305,7 @@ impl State {
             | Event::StepFinished { incident, .. }
             | Event::VerifyFinished { incident, .. }
             | Event::ProbeResult { incident, .. }
+            | Event::PreflightResult { incident, .. }
             | Event::AfterFinished { incident, .. } => Some(incident),
             Event::PagerDuty { input, .. } => match input {
                 PagerDutyInput::Incident { incident_key, .. } => {

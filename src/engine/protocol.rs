@@ -59,6 +59,12 @@ pub enum Event {
         index: usize,
         result: StepResult,
     },
+    /// What a just-opened incident's plan needs and the host lacks (a secret reference that does
+    /// not resolve, a program not found), one line each; empty when it can run.
+    PreflightResult {
+        incident: String,
+        missing: Vec<String>,
+    },
     /// The config and rules were swapped (the context already holds the new set).
     RulesReloaded,
     /// A verified PagerDuty webhook delivery.
@@ -107,6 +113,10 @@ pub struct StepResult {
     pub output: String,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// The step could not be prepared for a reason another attempt would meet again (a secret
+    /// reference that does not resolve): it is not retried.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
 }
 
 /// Side effects the caller performs after the changes are durable.
@@ -123,6 +133,9 @@ pub enum Effect {
     Verify { incident: String, delay: Duration },
     /// Ask a started, non-idempotent step's probe whether its effect is in place.
     Probe { incident: String, index: usize },
+    /// Check that a just-opened incident's plan can run here (its secrets resolve, its programs
+    /// are found) before anyone is asked to approve it; the answer is [`Event::PreflightResult`].
+    Preflight { incident: String },
     /// Run the incident's pending `after` hooks.
     RunAfter { incident: String },
 }

@@ -94,6 +94,10 @@ struct World {
     disk: Option<Memory>,
     /// `limits.max_open_breaches_per_rule`.
     cap: usize,
+    /// What the preflight of every incident that opens finds missing.
+    missing: Vec<String>,
+    /// False: preflights are left unanswered (kept in `effects`), as after a crash.
+    answer_preflight: bool,
 }
 
 impl World {
@@ -107,6 +111,8 @@ impl World {
             timeline: Vec::new(),
             disk: None,
             cap: 10_000,
+            missing: Vec::new(),
+            answer_preflight: true,
         }
     }
 
@@ -135,8 +141,21 @@ impl World {
             }
             None => self.pump.state.handle(&ctx, ev, now),
         };
-        self.effects.extend(out.effects);
         self.timeline.extend(out.timeline);
+        // The preflight answers at once, as the executor would: with `missing`.
+        let mut preflights = Vec::new();
+        for e in out.effects {
+            match e {
+                Effect::Preflight { incident } if self.answer_preflight => {
+                    preflights.push(incident)
+                }
+                other => self.effects.push(other),
+            }
+        }
+        for incident in preflights {
+            let missing = self.missing.clone();
+            self.send(Event::PreflightResult { incident, missing }, now);
+        }
         out.reply
     }
 
@@ -270,6 +289,7 @@ impl World {
                         output: String::new(),
                         error: (!success).then(|| "exited with status 1".into()),
                         duration_ms: 5,
+                        permanent: false,
                     },
                 },
                 now,
@@ -675,8 +695,8 @@ fn steps_run_in_order_then_rolled_back_and_ledger_updated() {
     );
 }
 
-#[test]
-fn step_retries_with_backoff_then_fails_the_incident() {
+/// `rule` whose first step may be retried twice, at its deadline with a step to run.
+fn retrying_at_deadline() -> World {
     let mut w = World::new(&rule("r", "").replace(
         "        idempotent: true",
         "        idempotent: true\n        retries: 2",
@@ -684,6 +704,12 @@ fn step_retries_with_backoff_then_fails_the_incident() {
     with_releases(&mut w);
     w.alert("web", "f1", true, t(0.0), t(0.0));
     w.run_until(t(600.0));
+    w
+}
+
+#[test]
+fn step_retries_with_backoff_then_fails_the_incident() {
+    let mut w = retrying_at_deadline();
     w.run_steps(|name| name != "roll back", t(601.0));
     let inc = w.only_incident();
     assert_eq!(inc.steps[0].attempts, 3);
@@ -700,6 +726,65 @@ fn step_retries_with_backoff_then_fails_the_incident() {
         .filter(|e| e.kind == Kind::StepRetry)
         .collect();
     assert_eq!(retries.len(), 2);
+}
+
+#[test]
+fn an_unanswered_preflight_is_asked_again_after_a_restart() {
+    let mut w = World::new(&rule("r", ""));
+    w.answer_preflight = false;
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(600.0));
+    assert_eq!(w.only_incident().state, IncidentState::Triggered);
+    let id = w.only_incident().id.clone();
+    assert_eq!(
+        w.effects,
+        [Effect::Preflight {
+            incident: id.clone()
+        }]
+    );
+    let (_, out) = w.recovered(t(700.0));
+    assert_eq!(out.effects, [Effect::Preflight { incident: id }]);
+}
+
+#[test]
+fn a_step_whose_secret_does_not_resolve_is_not_retried() {
+    let mut w = retrying_at_deadline();
+    let Some(Effect::RunStep {
+        incident, index, ..
+    }) = w.effects.pop()
+    else {
+        panic!("a step to run: {:?}", w.effects);
+    };
+    let go = w.send(
+        Event::StepStarting {
+            incident: incident.clone(),
+            index,
+            attempt: 1,
+        },
+        t(601.0),
+    );
+    assert_eq!(go, Reply::Go(true));
+    w.send(
+        Event::StepFinished {
+            incident,
+            index,
+            attempt: 1,
+            result: StepResult {
+                ok: false,
+                exit_code: None,
+                output: String::new(),
+                error: Some("env T: environment variable `X` is not set".into()),
+                duration_ms: 0,
+                permanent: true,
+            },
+        },
+        t(601.0),
+    );
+    let inc = w.only_incident();
+    assert_eq!(inc.steps[0].attempts, 1);
+    assert_eq!(inc.state, IncidentState::RollbackFailed);
+    assert!(w.effects.is_empty(), "{:?}", w.effects);
 }
 
 #[test]
@@ -1481,6 +1566,7 @@ fn after_hooks_run_once_the_rollback_ends_and_never_change_it() {
                 output: "rows: 10 != 12".into(),
                 error: Some("exited with status 2".into()),
                 duration_ms: 3,
+                permanent: false,
             },
         },
         t(651.0),
@@ -1502,6 +1588,29 @@ fn after_hooks_run_once_the_rollback_ends_and_never_change_it() {
 }
 
 #[test]
+fn a_plan_that_cannot_run_fails_before_approval_and_runs_nothing() {
+    let mut w = World::new(&rule("r", "    notify: [incidents]\n"));
+    w.missing = vec!["step `a`: env T: environment variable `X` is not set".to_string()];
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(600.0));
+    let inc = w.only_incident();
+    assert_eq!(inc.state, IncidentState::RollbackFailed);
+    let reason = inc.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("cannot run: step `a`: env T: environment variable `X` is not set"),
+        "{reason}"
+    );
+    assert!(inc.rollback_started_at.is_none());
+    assert!(w.effects.is_empty(), "nothing runs: {:?}", w.effects);
+    assert!(
+        w.timeline
+            .iter()
+            .all(|e| e.kind != Kind::AwaitingApproval && e.kind != Kind::Approved)
+    );
+}
+
+#[test]
 fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
     let mut w = World::new(&rule("r", "    notify: [incidents]\n"));
     with_releases(&mut w);
@@ -1515,6 +1624,17 @@ fn transitions_queue_one_announcement_per_target_and_deliveries_settle_them() {
         fencing_token: 7,
     };
     let out = w.pump.state.handle(&ctx, Event::Tick, t(600.0));
+    let [Effect::Preflight { incident }] = out.effects.as_slice() else {
+        panic!("the open asks for a preflight first: {:?}", out.effects);
+    };
+    let out = w.pump.state.handle(
+        &ctx,
+        Event::PreflightResult {
+            incident: incident.clone(),
+            missing: Vec::new(),
+        },
+        t(600.0),
+    );
     let queued: Vec<(String, String)> = out
         .changes
         .iter()

@@ -153,6 +153,7 @@ words! {
         Frozen = "frozen", "the service's releases are frozen";
         OneAtATime = "one_at_a_time", "another incident of the service is active";
         Budget = "budget", "the service's rollback budget is spent";
+        CannotRun = "cannot_run", "a secret or program the plan needs is missing";
     }
 }
 

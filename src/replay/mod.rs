@@ -529,6 +529,17 @@ impl<'a> Replayer<'a> {
                     found,
                 );
             }
+            Effect::Preflight { incident } => {
+                // A backtest judges the rules, not this host: without a recorded answer the
+                // plan is taken as complete, and what follows is no less real for it.
+                let missing = self
+                    .recorded
+                    .preflights
+                    .get(&incident)
+                    .cloned()
+                    .unwrap_or_default();
+                outcome(Event::PreflightResult { incident, missing }, true);
+            }
             Effect::RunAfter { incident } => {
                 let hooks: Vec<(usize, String, Vec<String>, Option<String>)> = self
                     .incident(&incident)
@@ -694,6 +705,12 @@ impl<'a> Replayer<'a> {
                 d.reason = Some(t.message);
             }
             K::Cancelled | K::Expired | K::Rejected | K::RollbackFailed | K::StepFailed => {
+                // A code where the transition has one (an incident whose plan cannot run).
+                d.reason_code = t
+                    .data
+                    .get("code")
+                    .and_then(|c| c.as_str())
+                    .and_then(ReasonCode::parse);
                 d.reason = Some(t.message);
             }
             K::Vote => d.person = Some(t.actor),
@@ -716,6 +733,7 @@ struct Recorded {
     steps: HashMap<(String, usize, u32), StepResult>,
     probes: HashMap<(String, usize), (Option<bool>, String)>,
     afters: HashMap<(String, usize), StepResult>,
+    preflights: HashMap<String, Vec<String>>,
     verifies: HashMap<String, VecDeque<Vec<CheckResult>>>,
 }
 
@@ -748,6 +766,9 @@ impl Recorded {
                     result,
                 } => {
                     r.afters.insert((incident.clone(), *index), result.clone());
+                }
+                Event::PreflightResult { incident, missing } => {
+                    r.preflights.insert(incident.clone(), missing.clone());
                 }
                 Event::VerifyFinished { incident, results } => r
                     .verifies
@@ -820,5 +841,6 @@ fn ok_result() -> StepResult {
         output: String::new(),
         error: None,
         duration_ms: 0,
+        permanent: false,
     }
 }

@@ -59,6 +59,11 @@ impl Setup {
     }
 
     pub fn start_with(&self, extra: &[&str]) -> Daemon {
+        self.start_with_env(extra, &[])
+    }
+
+    /// [`Setup::start_with`], the daemon's environment having `env` in addition.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let n = std::fs::read_dir(self.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -70,6 +75,7 @@ impl Setup {
             .arg(self.path().join("rollbackd.yaml"))
             .args(extra)
             .env("ROLLBACKD_LOG", "info,openraft=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
