@@ -76,13 +76,13 @@ pub fn internal(inc: &Incident) -> String {
     )
 }
 
-/// The external template, for agencies and clients.
+/// The external notice, for whoever relies on the service (a rule's `messages.external` replaces it).
 pub fn external(inc: &Incident) -> String {
     if let Some(text) = inc.messages.get("external") {
         return text.clone();
     }
     format!(
-        "We rolled back today's {} update to maintain reliability. Features remain available; no action required. We will advise when rescheduled.",
+        "We rolled back a recent {} update to keep it reliable. It keeps working; no action is needed. We will say when the change is rescheduled.",
         inc.service
     )
 }

@@ -166,7 +166,7 @@ impl<'a> Report<'a> {
         md +=
             "\n## Root cause\n\n_To be written at the incident review (within 3 business days)._\n";
         md += "\n## Resolution\n\n_What fixed it for good, and when the release is rescheduled._\n";
-        md += "\n## Follow-ups\n\n- [ ] Fix tested and release rescheduled (tell agencies and clients)\n- [ ] Runbooks and test coverage updated where gaps were found\n- [ ] Freeze lifted\n";
+        md += "\n## Follow-ups\n\n- [ ] Fix tested and release rescheduled (tell whoever heard of the rollback)\n- [ ] Runbooks and test coverage updated where gaps were found\n- [ ] Freeze lifted\n";
         md += &format!(
             "\n## Record\n\nTimeline chain: {} entries, {} (head `{}`).\n",
             self.chain.entries,
