@@ -407,19 +407,6 @@ impl Stage {
             fencing_token,
             deposed: false,
         };
-        let mut acting = self.start(executor, notifier, notifier_task, driver, fatal);
-        acting.term = term;
-        Ok(acting)
-    }
-
-    fn start(
-        &self,
-        executor: Executor,
-        notifier: Arc<notify::Notifier>,
-        notifier_task: tokio::task::JoinHandle<()>,
-        driver: Driver,
-        fatal: CancellationToken,
-    ) -> Acting {
         let stop_engine = CancellationToken::new();
         let ex = executor.clone();
         let inbox = self.inbox.clone();
@@ -436,15 +423,15 @@ impl Stage {
                 r
             })
         };
-        Acting {
+        Ok(Acting {
             executor,
             notifier,
             notifier_task,
             stop_engine,
             engine_task,
             ended: None,
-            term: CancellationToken::new(),
-        }
+            term,
+        })
     }
 }
 

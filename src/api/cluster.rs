@@ -55,18 +55,39 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("raft message: {e}")))
 }
 
+/// One Raft message from another node: checked, decoded, handed to the Raft node, its answer
+/// (or Raft's refusal) sent back. `from_leader`: a message only a leader sends, so an accepted
+/// one counts as contact with the leader (for readiness).
+async fn rpc<Req, T, E, F>(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    from_leader: bool,
+    call: impl FnOnce(Arc<Node>, Req) -> F,
+) -> Result<Response, ApiError>
+where
+    Req: DeserializeOwned,
+    T: serde::Serialize,
+    E: serde::Serialize,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let node = peer(app, headers)?;
+    let res = call(node.clone(), decode(body)?).await;
+    if from_leader && res.is_ok() {
+        node.heard_from_leader();
+    }
+    Ok(Json(res).into_response())
+}
+
 pub(super) async fn append(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let node = peer(&app, &headers)?;
-    let req = decode(&body)?;
-    let res = node.raft.append_entries(req).await;
-    if res.is_ok() {
-        node.heard_from_leader();
-    }
-    Ok(Json(res).into_response())
+    rpc(&app, &headers, &body, true, |n, req| async move {
+        n.raft.append_entries(req).await
+    })
+    .await
 }
 
 pub(super) async fn vote(
@@ -74,9 +95,10 @@ pub(super) async fn vote(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let node = peer(&app, &headers)?;
-    let req = decode(&body)?;
-    Ok(Json(node.raft.vote(req).await).into_response())
+    rpc(&app, &headers, &body, false, |n, req| async move {
+        n.raft.vote(req).await
+    })
+    .await
 }
 
 pub(super) async fn snapshot(
@@ -84,13 +106,10 @@ pub(super) async fn snapshot(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let node = peer(&app, &headers)?;
-    let req = decode(&body)?;
-    let res = node.raft.install_snapshot(req).await;
-    if res.is_ok() {
-        node.heard_from_leader();
-    }
-    Ok(Json(res).into_response())
+    rpc(&app, &headers, &body, true, |n, req| async move {
+        n.raft.install_snapshot(req).await
+    })
+    .await
 }
 
 /// This node's rules digest, for the other nodes' `GET /v1/cluster`.

@@ -436,10 +436,7 @@ impl Store {
     /// The last Raft term this node acted in as leader (in the default tree: a node's own,
     /// never replicated).
     pub fn acted_term(&self) -> Result<u64> {
-        Ok(match self.db.get(ACTED_TERM)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-            None => 0,
-        })
+        read_u64(&self.db, ACTED_TERM)
     }
 
     pub async fn set_acted_term(&self, term: u64) -> Result<()> {
