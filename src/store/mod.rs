@@ -397,19 +397,24 @@ impl Store {
     pub(crate) async fn import(&self, blob: &[u8]) -> Result<()> {
         let bad = || StoreError::Sled(sled::Error::Unsupported("snapshot does not decode".into()));
         // Decoded whole first: a blob that does not decode changes nothing.
-        let decoded = decode(blob)?;
+        let trees = self.state_trees();
+        let decoded = decode(blob)?
+            .into_iter()
+            .map(|(name, records)| {
+                let tree = trees
+                    .iter()
+                    .find(|(n, _)| n.as_bytes() == name)
+                    .map(|(_, t)| *t)
+                    .ok_or_else(bad)?;
+                Ok((tree, records))
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.db.insert(IMPORTING, b"1")?;
         self.db.flush_async().await?;
-        for (_, tree) in self.state_trees() {
+        for (_, tree) in &trees {
             tree.clear()?;
         }
-        let trees = self.state_trees();
-        for (name, records) in decoded {
-            let tree = trees
-                .iter()
-                .find(|(n, _)| n.as_bytes() == name)
-                .map(|(_, t)| *t)
-                .ok_or_else(bad)?;
+        for (tree, records) in decoded {
             let mut batch = sled::Batch::default();
             for (k, v) in records {
                 batch.insert(k, v);
