@@ -41,6 +41,7 @@ fn incident(n: u64, at: Timestamp) -> Incident {
     let rel = |v: u64, d: i64| ReleaseRef {
         version: format!("v1.{v}.0"),
         deployment_id: format!("dpl_{n}_{v}"),
+        revision: None,
         deployed_at: at - SignedDuration::from_mins(d),
     };
     let mut labels = BTreeMap::new();
@@ -107,6 +108,9 @@ fn incident(n: u64, at: Timestamp) -> Incident {
         }],
         after: Vec::new(),
         finished_at: Some(at + SignedDuration::from_mins(3)),
+        on_unfreeze: Vec::new(),
+        unfrozen_at: None,
+        on_unfreeze_ended_at: None,
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::driver::EngineHandle;
 use crate::engine::{Effect, Event, Reply, StepResult};
 use crate::metrics::Metrics;
-use crate::model::{Incident, Plan, StepKind, StepState};
+use crate::model::{Incident, Phase, Plan, StepKind, StepState};
 use crate::steps::{self, HttpStep};
 use crate::store::Store;
 
@@ -67,12 +67,17 @@ impl Executor {
             match effect {
                 Effect::RunStep {
                     incident,
+                    phase,
                     index,
                     attempt,
                     delay,
-                } => me.run_step(incident, index, attempt, delay).await,
+                } => me.run_step(incident, phase, index, attempt, delay).await,
                 Effect::Verify { incident, delay } => me.verify(incident, delay).await,
-                Effect::Probe { incident, index } => me.probe(incident, index).await,
+                Effect::Probe {
+                    incident,
+                    phase,
+                    index,
+                } => me.probe(incident, phase, index).await,
                 Effect::RunAfter { incident } => me.run_after(incident).await,
                 Effect::Preflight { incident } => me.preflight(incident).await,
             }
@@ -98,20 +103,28 @@ impl Executor {
         }
     }
 
-    async fn run_step(&self, id: String, index: usize, attempt: u32, delay: Duration) {
+    async fn run_step(
+        &self,
+        id: String,
+        phase: Phase,
+        index: usize,
+        attempt: u32,
+        delay: Duration,
+    ) {
         if !self.wait(delay).await {
             return;
         }
         let Some(inc) = self.incident(&id) else {
             return;
         };
-        let Some(run) = inc.steps.get(index).cloned() else {
+        let Some(run) = inc.journal(phase).get(index).cloned() else {
             return;
         };
         match self
             .engine
             .send(Event::StepStarting {
                 incident: id.clone(),
+                phase,
                 index,
                 attempt,
             })
@@ -138,6 +151,7 @@ impl Executor {
             .engine
             .send(Event::StepFinished {
                 incident: id.clone(),
+                phase,
                 index,
                 attempt,
                 result,
@@ -200,11 +214,12 @@ impl Executor {
         }
     }
 
-    async fn probe(&self, id: String, index: usize) {
+    async fn probe(&self, id: String, phase: Phase, index: usize) {
         let Some(inc) = self.incident(&id) else {
             return;
         };
-        let (in_place, detail) = match inc.steps.get(index).and_then(|s| s.probe.as_ref()) {
+        let (in_place, detail) = match inc.journal(phase).get(index).and_then(|s| s.probe.as_ref())
+        {
             Some(plan) => {
                 let r = self
                     .act(&fenced(plan, self.fencing_token), Duration::from_secs(60))
@@ -224,6 +239,7 @@ impl Executor {
             .engine
             .send(Event::ProbeResult {
                 incident: id,
+                phase,
                 index,
                 in_place,
                 detail,

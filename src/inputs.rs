@@ -213,9 +213,9 @@ pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
         "alertmanager" => Event::Signals(ingest::alertmanager::parse(body).map_err(msg)?),
         "grafana" => Event::Signals(ingest::grafana::parse(body).map_err(msg)?),
         "signal" => Event::Signals(ingest::signals::parse(body).map_err(msg)?),
-        "release" => Event::Release(
+        "release" => Event::Release(Box::new(
             ingest::releases::parse(body, raw.received_at.unwrap_or(at)).map_err(msg)?,
-        ),
+        )),
         "pagerduty" => {
             let e = ingest::pagerduty::parse(body).map_err(msg)?;
             let input = ingest::pagerduty::input(

@@ -24,6 +24,10 @@ pub fn headline(e: &OutboxEntry, inc: &Incident) -> String {
         }
         A::RollbackFailed => format!("ROLLBACK FAILED: {svc} needs a human now"),
         A::FreezeLifted => format!("Releases of {} unfrozen", inc.service),
+        A::UnfreezeStepsDone => format!("After the freeze of {svc}: on_unfreeze steps done"),
+        A::UnfreezeStepFailed => {
+            format!("After the freeze of {svc}: an on_unfreeze step FAILED, a human must finish")
+        }
     }
 }
 

@@ -172,7 +172,11 @@ fn executable(p: &Path) -> bool {
 /// be rendered is left out: it fails with its own reason.
 pub fn incident(inc: &Incident) -> Vec<String> {
     let mut out = Vec::new();
-    for (kind, runs) in [("step", &inc.steps), ("after hook", &inc.after)] {
+    for (kind, runs) in [
+        ("step", &inc.steps),
+        ("after hook", &inc.after),
+        ("on_unfreeze step", &inc.on_unfreeze),
+    ] {
         for s in runs.iter().filter(|s| s.render_error.is_none()) {
             Needs::of_plan(&s.plan).check(&format!("{kind} `{}`", s.name), &mut out);
             if let Some(p) = &s.probe {
@@ -189,7 +193,11 @@ pub fn rules(set: &RuleSet, severity: Severity) -> Vec<(String, Problem)> {
     let mut problems = Vec::new();
     for rule in &set.rules {
         let mut out = Vec::new();
-        for (kind, specs) in [("step", &rule.steps), ("after hook", &rule.after)] {
+        for (kind, specs) in [
+            ("step", &rule.steps),
+            ("after hook", &rule.after),
+            ("on_unfreeze step", &rule.on_unfreeze),
+        ] {
             for s in specs {
                 Needs::of_action(&s.action).check(&format!("{kind} `{}`", s.name), &mut out);
                 if let Some(p) = &s.probe {

@@ -140,6 +140,10 @@ impl<'a> Report<'a> {
             md += "\n## Integrity checks\n\n";
             md += &steps_table(&i.after);
         }
+        if !i.on_unfreeze.is_empty() {
+            md += "\n## Steps after the freeze (`on_unfreeze`)\n\n";
+            md += &steps_table(&i.on_unfreeze);
+        }
         md += "\n## Freeze\n\n";
         md += &match self.freeze {
             Some(f) => format!(
@@ -314,11 +318,13 @@ pub(crate) mod tests {
             release_from: ReleaseRef {
                 version: "v2.4.0".into(),
                 deployment_id: "dpl_new".into(),
+                revision: None,
                 deployed_at: ts("2026-11-24T09:40:00Z"),
             },
             release_to: ReleaseRef {
                 version: "v2.3.9".into(),
                 deployment_id: "dpl_old".into(),
+                revision: None,
                 deployed_at: ts("2026-11-23T16:00:00Z"),
             },
             approvals: Approval {
@@ -399,6 +405,9 @@ pub(crate) mod tests {
                 Some(0),
             )],
             finished_at: Some(ts("2026-11-24T10:19:00Z")),
+            on_unfreeze: Vec::new(),
+            unfrozen_at: None,
+            on_unfreeze_ended_at: None,
         }
     }
 
@@ -409,6 +418,7 @@ pub(crate) mod tests {
             environment: "production".into(),
             version: id.into(),
             deployment_id: id.into(),
+            revision: None,
             deployed_at: ts("2026-11-24T11:00:00Z"),
             received_at: ts("2026-11-24T11:00:00Z"),
             origin: "ci".into(),

@@ -81,8 +81,11 @@ fn keys(schema: &Value) -> BTreeSet<String> {
 /// word: an `after` hook takes a step's keys, and a `probe` a step's `run`/`http`/`env`/`dir`.
 fn documented(doc: &str, key: &str) -> bool {
     let mut k = key.trim_start_matches("rules[].").replace(".*.", ".NAME.");
-    if let Some(rest) = k.strip_prefix("after[]") {
-        k = format!("steps[]{rest}");
+    // `after` hooks and `on_unfreeze` steps take a step's keys, documented once under `steps[]`.
+    for list in ["after[]", "on_unfreeze[]"] {
+        if let Some(rest) = k.strip_prefix(list) {
+            k = format!("steps[]{rest}");
+        }
     }
     k = k.replace("steps[].probe.", "steps[].");
     doc.contains(&format!("`{k}`"))

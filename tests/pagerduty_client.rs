@@ -513,6 +513,7 @@ fn incident() -> Incident {
     let rel = |v: &str| ReleaseRef {
         version: v.into(),
         deployment_id: format!("d-{v}"),
+        revision: None,
         deployed_at: t,
     };
     Incident {
@@ -551,5 +552,8 @@ fn incident() -> Incident {
         checks: vec![],
         after: vec![],
         finished_at: None,
+        on_unfreeze: Vec::new(),
+        unfrozen_at: None,
+        on_unfreeze_ended_at: None,
     }
 }

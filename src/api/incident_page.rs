@@ -296,10 +296,12 @@ fn chart(now: Timestamp, inc: &Incident, timeline: &[TimelineEntry]) -> Markup {
     }
 }
 
-/// The rollback's steps, then its after hooks, each with which of the two it is.
+/// The rollback's steps, its after hooks, then its `on_unfreeze` steps, each with which it is.
 fn runs(inc: &Incident) -> impl Iterator<Item = (&'static str, &StepRun)> {
     let steps = inc.steps.iter().map(|s| ("step", s));
-    steps.chain(inc.after.iter().map(|s| ("after", s)))
+    steps
+        .chain(inc.after.iter().map(|s| ("after", s)))
+        .chain(inc.on_unfreeze.iter().map(|s| ("on_unfreeze", s)))
 }
 
 fn fmt(v: f64) -> String {

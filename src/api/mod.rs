@@ -481,7 +481,7 @@ async fn post_release(
         .map_err(|e| malformed(&app, "release", e))?;
     let release = r.clone();
     match app
-        .send_recorded("release", &body, Event::Release(r))
+        .send_recorded("release", &body, Event::Release(Box::new(r)))
         .await?
     {
         Reply::Duplicate => {

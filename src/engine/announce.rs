@@ -60,6 +60,10 @@ impl State {
         if let Some(kind) = kind {
             self.announce(tx, id, kind, why);
         }
+        if !to.is_active() {
+            // Lifted while the rollback ran: the on_unfreeze steps waited for this.
+            self.start_unfreeze(tx, id);
+        }
     }
 
     /// Queues one announcement per notifier target of the incident's rule (and PagerDuty).

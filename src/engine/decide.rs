@@ -71,6 +71,11 @@ impl State {
             current.deployment_id.clone(),
         );
         vars.insert("release.current.version".into(), current.version.clone());
+        for (name, r) in [("previous", &previous), ("current", &current)] {
+            if let Some(rev) = &r.revision {
+                vars.insert(format!("release.{name}.revision"), rev.clone());
+            }
+        }
 
         let mut messages = BTreeMap::new();
         for (key, t) in &rule.messages {
@@ -91,6 +96,7 @@ impl State {
         let shadow = rule.mode == Mode::Shadow || tx.ctx.dry_run;
         let steps = plan_steps(&rule.steps, &vars, shadow);
         let after = plan_steps(&rule.after, &vars, shadow);
+        let on_unfreeze = plan_steps(&rule.on_unfreeze, &vars, shadow);
         let approval = match &rule.approval {
             None => Approval {
                 required: false,
@@ -148,6 +154,9 @@ impl State {
             checks: Vec::new(),
             after,
             finished_at: None,
+            on_unfreeze,
+            unfrozen_at: None,
+            on_unfreeze_ended_at: None,
         };
         if let Some(b) = self.breaches.get_mut(&breach) {
             b.decision = Some(Decision {

@@ -15,51 +15,49 @@ impl State {
             "rollbackd",
             "running the rollback steps".to_string(),
         );
-        self.advance(tx, id, 0);
+        self.advance(tx, id, Phase::Rollback, 0);
     }
 
-    /// Marks step `from` (or the next one that can run) intended and asks for it; past the last
-    /// step, moves on to verification.
-    pub(super) fn advance(&mut self, tx: &mut Tx, id: &str, from: usize) {
+    /// Marks step `from` of `phase` (or the next one that can run) intended and asks for it;
+    /// past the last step, the phase is complete.
+    pub(super) fn advance(&mut self, tx: &mut Tx, id: &str, phase: Phase, from: usize) {
         let mut index = from;
         loop {
             let Some(inc) = self.incidents.get_mut(id) else {
                 return;
             };
-            let Some(step) = inc.steps.get_mut(index) else {
-                self.start_verify(tx, id);
-                return;
+            let Some(step) = inc.journal_mut(phase).get_mut(index) else {
+                return self.phase_complete(tx, id, phase);
             };
             if let Some(err) = step.render_error.clone() {
                 // Rendering is deterministic: no retry could succeed, and nothing ran.
                 step.state = StepState::Failed;
                 step.error = Some(err.clone());
-                let name = step.name.clone();
+                let name = phase.step(&step.name);
                 let cont = step.continue_on_failure;
                 tx.note(
                     id,
                     Kind::StepFailed,
                     "rollbackd",
-                    format!("step {name} not run: {err}"),
+                    format!("{name} not run: {err}"),
                 );
                 if cont {
                     index += 1;
                     continue;
                 }
-                self.transition(
+                return self.phase_failed(
                     tx,
                     id,
-                    IncidentState::RollbackFailed,
-                    "rollbackd",
-                    format!("step {name} could not be prepared: {err}"),
+                    phase,
+                    format!("{name} could not be prepared: {err}"),
                 );
-                return;
             }
             step.state = StepState::Intended;
             let attempt = step.attempts + 1;
             self.save_incident(tx, id);
             tx.out.effects.push(Effect::RunStep {
                 incident: id.to_string(),
+                phase,
                 index,
                 attempt,
                 delay: Duration::ZERO,
@@ -68,62 +66,142 @@ impl State {
         }
     }
 
-    pub(super) fn resume_steps(&mut self, tx: &mut Tx, id: &str) {
+    /// Every step of `phase` has run (or failed and said to go on).
+    fn phase_complete(&mut self, tx: &mut Tx, id: &str, phase: Phase) {
+        if phase == Phase::Rollback {
+            return self.start_verify(tx, id);
+        }
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return;
+        };
+        let failed: Vec<String> = inc
+            .on_unfreeze
+            .iter()
+            .filter(|s| s.state == StepState::Failed)
+            .map(|s| s.name.clone())
+            .collect();
+        if failed.is_empty() {
+            let n = inc.on_unfreeze.len();
+            self.end_unfreeze(
+                tx,
+                id,
+                Announcement::UnfreezeStepsDone,
+                format!("the {n} on_unfreeze step(s) succeeded"),
+            );
+        } else {
+            let names = failed.join(", ");
+            self.end_unfreeze(
+                tx,
+                id,
+                Announcement::UnfreezeStepFailed,
+                format!("on_unfreeze step(s) failed: {names}; a human must finish them"),
+            );
+        }
+    }
+
+    /// A step of `phase` failed for good: the rollback fails, or the `on_unfreeze` steps end
+    /// (the incident's outcome stays what it was) with the rest of them not run.
+    fn phase_failed(&mut self, tx: &mut Tx, id: &str, phase: Phase, why: String) {
+        match phase {
+            Phase::Rollback => {
+                self.transition(tx, id, IncidentState::RollbackFailed, "rollbackd", why)
+            }
+            Phase::Unfreeze => self.end_unfreeze(
+                tx,
+                id,
+                Announcement::UnfreezeStepFailed,
+                format!(
+                    "{why}; the on_unfreeze steps after it were not run, a human must finish them"
+                ),
+            ),
+        }
+    }
+
+    fn end_unfreeze(&mut self, tx: &mut Tx, id: &str, kind: Announcement, why: String) {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return;
+        };
+        inc.on_unfreeze_ended_at = Some(tx.now);
+        inc.updated_at = tx.now;
+        let ok = kind == Announcement::UnfreezeStepsDone;
+        tx.note_with(
+            id,
+            Kind::UnfreezeStepsEnded,
+            "rollbackd",
+            why.clone(),
+            serde_json::json!({ "ok": ok }),
+        );
+        self.save_incident(tx, id);
+        self.announce(tx, id, kind, why);
+    }
+
+    /// Starts the `on_unfreeze` steps once the freeze is lifted and the incident has ended
+    /// (whichever comes last); nothing when they already started or there are none.
+    pub(super) fn start_unfreeze(&mut self, tx: &mut Tx, id: &str) {
         let Some(inc) = self.incidents.get(id) else {
             return;
         };
-        let Some(index) = inc.steps.iter().position(|s| {
+        let fresh = inc
+            .on_unfreeze
+            .iter()
+            .all(|s| s.state == StepState::Pending);
+        if inc.phase_running(Phase::Unfreeze) && fresh {
+            self.advance(tx, id, Phase::Unfreeze, 0);
+        }
+    }
+
+    pub(super) fn resume_steps(&mut self, tx: &mut Tx, id: &str, phase: Phase) {
+        let Some(inc) = self.incidents.get(id) else {
+            return;
+        };
+        let Some(index) = inc.journal(phase).iter().position(|s| {
             matches!(
                 s.state,
                 StepState::Pending | StepState::Intended | StepState::Started
             )
         }) else {
-            return self.start_verify(tx, id);
+            return self.phase_complete(tx, id, phase);
         };
-        let step = &inc.steps[index];
+        let step = &inc.journal(phase)[index];
+        let name = phase.step(&step.name);
         match step.state {
             StepState::Started if !step.idempotent && step.probe.is_some() => {
-                let name = step.name.clone();
                 tx.note(
                     id,
                     Kind::StepProbe,
                     "rollbackd",
-                    format!("step {name} was running when rollbackd stopped; asking its probe whether it took effect"),
+                    format!("{name} was running when rollbackd stopped; asking its probe whether it took effect"),
                 );
                 tx.out.effects.push(Effect::Probe {
                     incident: id.to_string(),
+                    phase,
                     index,
                 });
             }
             StepState::Started if !step.idempotent => {
-                let name = step.name.clone();
                 tx.note(
                     id,
                     Kind::StepUnknown,
                     "rollbackd",
-                    format!("step {name} was running when rollbackd stopped and is not idempotent"),
+                    format!("{name} was running when rollbackd stopped and is not idempotent"),
                 );
-                self.transition(
+                self.phase_failed(
                     tx,
                     id,
-                    IncidentState::RollbackFailed,
-                    "rollbackd",
-                    format!(
-                        "step state unknown, needs a human: step {name} may or may not have run"
-                    ),
+                    phase,
+                    format!("step state unknown, needs a human: {name} may or may not have run"),
                 );
             }
             StepState::Started => {
-                let name = step.name.clone();
                 tx.note(
                     id,
                     Kind::StepResumed,
                     "rollbackd",
-                    format!("step {name} was running when rollbackd stopped; it is idempotent, running it again"),
+                    format!("{name} was running when rollbackd stopped; it is idempotent, running it again"),
                 );
-                self.advance(tx, id, index);
+                self.advance(tx, id, phase, index);
             }
-            _ => self.advance(tx, id, index),
+            _ => self.advance(tx, id, phase, index),
         }
     }
 
@@ -131,48 +209,44 @@ impl State {
         &mut self,
         tx: &mut Tx,
         id: &str,
+        phase: Phase,
         index: usize,
         attempt: u32,
     ) -> Reply {
         let Some(inc) = self.incidents.get_mut(id) else {
             return Reply::Go(false);
         };
-        let ok_state = inc.state == IncidentState::RollingBack;
-        let Some(step) = inc.steps.get_mut(index) else {
-            return Reply::Go(false);
-        };
-        if !ok_state || step.state != StepState::Intended || step.attempts + 1 != attempt {
+        if !inc.phase_running(phase) {
             return Reply::Go(false);
         }
-        let first_start = inc.steps.iter().all(|s| s.started_at.is_none());
-        let Some(step) = inc.steps.get_mut(index) else {
+        // Freeze when the first rollback step that actually runs starts (the release is suspect
+        // from then).
+        let freeze = phase == Phase::Rollback
+            && inc.freeze
+            && inc.steps.iter().all(|s| s.started_at.is_none());
+        let service = inc.service.clone();
+        let Some(step) = inc.journal_mut(phase).get_mut(index) else {
             return Reply::Go(false);
         };
+        if step.state != StepState::Intended || step.attempts + 1 != attempt {
+            return Reply::Go(false);
+        }
         step.state = StepState::Started;
         step.attempts = attempt;
         step.started_at = Some(tx.now);
         step.fencing_token = Some(tx.ctx.fencing_token);
-        let name = step.name.clone();
+        let name = phase.step(&step.name);
         let argv = step.plan.argv.clone();
-        // Freeze when the first step that actually runs starts (the release is suspect from then).
-        let freeze = inc.freeze && first_start;
-        let service = inc.service.clone();
         tx.note_with(
             id,
             Kind::StepStarted,
             "rollbackd",
-            format!("step {name} attempt {attempt} started"),
-            serde_json::json!({ "index": index, "attempt": attempt, "argv": argv, "fencing_token": tx.ctx.fencing_token }),
+            format!("{name} attempt {attempt} started"),
+            phased(phase, serde_json::json!({ "index": index, "attempt": attempt, "argv": argv, "fencing_token": tx.ctx.fencing_token })),
         );
         self.save_incident(tx, id);
-        if freeze && !self.freezes.contains_key(&service) {
-            self.freeze(
-                tx,
-                &service,
-                format!("rollback by incident {id} started"),
-                Some(id.to_string()),
-                "rollbackd",
-            );
+        if freeze {
+            self.hold_freeze(tx, &service, id);
         }
         Reply::Go(true)
     }
@@ -181,6 +255,7 @@ impl State {
         &mut self,
         tx: &mut Tx,
         id: &str,
+        phase: Phase,
         index: usize,
         attempt: u32,
         r: StepResult,
@@ -188,13 +263,11 @@ impl State {
         let Some(inc) = self.incidents.get_mut(id) else {
             return Reply::NotFound(format!("no incident {id}"));
         };
-        let Some(step) = inc.steps.get_mut(index) else {
+        let running = inc.phase_running(phase);
+        let Some(step) = inc.journal_mut(phase).get_mut(index) else {
             return Reply::NotFound(format!("incident {id} has no step {index}"));
         };
-        if inc.state != IncidentState::RollingBack
-            || step.state != StepState::Started
-            || step.attempts != attempt
-        {
+        if !running || step.state != StepState::Started || step.attempts != attempt {
             return Reply::Conflict(format!("step {index} of {id} is not running"));
         }
         step.finished_at = Some(tx.now);
@@ -202,21 +275,24 @@ impl State {
         step.output = Some(r.output.clone());
         step.error = r.error.clone();
         step.duration_ms = Some(r.duration_ms);
-        let name = step.name.clone();
-        let data = serde_json::json!({
-            "index": index, "attempt": attempt, "exit_code": r.exit_code,
-            "duration_ms": r.duration_ms, "output": r.output,
-        });
+        let name = phase.step(&step.name);
+        let data = phased(
+            phase,
+            serde_json::json!({
+                "index": index, "attempt": attempt, "exit_code": r.exit_code,
+                "duration_ms": r.duration_ms, "output": r.output,
+            }),
+        );
         if r.ok {
             step.state = StepState::Done;
             tx.note_with(
                 id,
                 Kind::StepDone,
                 "rollbackd",
-                format!("step {name} succeeded"),
+                format!("{name} succeeded"),
                 data,
             );
-            self.advance(tx, id, index + 1);
+            self.advance(tx, id, phase, index + 1);
             return Reply::Ok;
         }
         let err = r.error.unwrap_or_else(|| "failed".to_string());
@@ -228,7 +304,7 @@ impl State {
                 Kind::StepRetry,
                 "rollbackd",
                 format!(
-                    "step {name} attempt {attempt} failed ({err}); retrying in {}",
+                    "{name} attempt {attempt} failed ({err}); retrying in {}",
                     humantime::format_duration(delay)
                 ),
                 data,
@@ -236,6 +312,7 @@ impl State {
             self.save_incident(tx, id);
             tx.out.effects.push(Effect::RunStep {
                 incident: id.to_string(),
+                phase,
                 index,
                 attempt: attempt + 1,
                 delay,
@@ -248,25 +325,21 @@ impl State {
             id,
             Kind::StepFailed,
             "rollbackd",
-            format!("step {name} failed: {err}"),
+            format!("{name} failed: {err}"),
             data,
         );
-        self.announce(
-            tx,
-            id,
-            Announcement::StepFailed,
-            format!("step {name} failed: {err}"),
-        );
-        if cont {
-            self.advance(tx, id, index + 1);
-        } else {
-            self.transition(
+        if phase == Phase::Rollback {
+            self.announce(
                 tx,
                 id,
-                IncidentState::RollbackFailed,
-                "rollbackd",
-                format!("step {name} failed: {err}"),
+                Announcement::StepFailed,
+                format!("{name} failed: {err}"),
             );
+        }
+        if cont {
+            self.advance(tx, id, phase, index + 1);
+        } else {
+            self.phase_failed(tx, id, phase, format!("{name} failed: {err}"));
         }
         Reply::Ok
     }
@@ -275,6 +348,7 @@ impl State {
         &mut self,
         tx: &mut Tx,
         id: &str,
+        phase: Phase,
         index: usize,
         in_place: Option<bool>,
         detail: String,
@@ -282,13 +356,14 @@ impl State {
         let Some(inc) = self.incidents.get_mut(id) else {
             return Reply::NotFound(format!("no incident {id}"));
         };
-        let Some(step) = inc.steps.get_mut(index) else {
+        let running = inc.phase_running(phase);
+        let Some(step) = inc.journal_mut(phase).get_mut(index) else {
             return Reply::NotFound(format!("incident {id} has no step {index}"));
         };
-        if inc.state != IncidentState::RollingBack || step.state != StepState::Started {
+        if !running || step.state != StepState::Started {
             return Reply::Conflict(format!("step {index} of {id} is not waiting for a probe"));
         }
-        let name = step.name.clone();
+        let name = phase.step(&step.name);
         match in_place {
             Some(true) => {
                 step.state = StepState::Done;
@@ -297,9 +372,9 @@ impl State {
                     id,
                     Kind::StepDone,
                     "rollbackd",
-                    format!("step {name}: its probe says the effect is in place ({detail}); not running it again"),
+                    format!("{name}: its probe says the effect is in place ({detail}); not running it again"),
                 );
-                self.advance(tx, id, index + 1);
+                self.advance(tx, id, phase, index + 1);
             }
             Some(false) => {
                 step.state = StepState::Intended;
@@ -307,19 +382,16 @@ impl State {
                     id,
                     Kind::StepResumed,
                     "rollbackd",
-                    format!("step {name}: its probe says the effect is absent ({detail}); running it again"),
+                    format!("{name}: its probe says the effect is absent ({detail}); running it again"),
                 );
-                self.advance(tx, id, index);
+                self.advance(tx, id, phase, index);
             }
-            None => {
-                self.transition(
-                    tx,
-                    id,
-                    IncidentState::RollbackFailed,
-                    "rollbackd",
-                    format!("step state unknown, needs a human: step {name} may or may not have run and its probe could not tell ({detail})"),
-                );
-            }
+            None => self.phase_failed(
+                tx,
+                id,
+                phase,
+                format!("step state unknown, needs a human: {name} may or may not have run and its probe could not tell ({detail})"),
+            ),
         }
         Reply::Ok
     }
@@ -462,6 +534,7 @@ impl State {
             environment: inc.environment.clone(),
             version: inc.release_to.version.clone(),
             deployment_id: inc.release_to.deployment_id.clone(),
+            revision: inc.release_to.revision.clone(),
             deployed_at: tx.now,
             received_at: tx.now,
             origin: "rollback".to_string(),
@@ -470,6 +543,15 @@ impl State {
         };
         self.insert_release(tx, release);
     }
+}
+
+/// A step's timeline data, with `"phase": "on_unfreeze"` for an `on_unfreeze` step (a rollback
+/// step's data is as it always was).
+fn phased(phase: Phase, mut data: serde_json::Value) -> serde_json::Value {
+    if phase == Phase::Unfreeze {
+        data["phase"] = serde_json::json!(phase);
+    }
+    data
 }
 
 /// Exponential backoff with deterministic jitter (so replays agree): 1s, 2s, 4s … capped at 60s,

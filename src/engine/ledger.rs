@@ -7,15 +7,18 @@ impl State {
     pub(super) fn on_release(&mut self, tx: &mut Tx, mut r: Release) -> Reply {
         let frozen = self.freezes.get(&r.service).cloned();
         let ledger = self.releases.entry(r.service.clone()).or_default();
-        // The same deployment at the same time is a repeat; at a later time it is a redeploy
-        // (a rollback by hand, say) and a new ledger entry.
+        // From CI, the same deployment at the same time is a repeat; at a later time it is a
+        // redeploy (a rollback by hand, say) and a new ledger entry. A deploy tool names each
+        // deployment once (GitHub's deployment id, Argo CD's history id, ...), so from a tool the
+        // same deployment id is a redelivery, whatever else it says.
+        let from_ci = r.origin == "ci";
         if let Some(existing) = ledger.iter().find(|x| {
-            x.environment == r.environment
+            x.origin == r.origin
+                && x.environment == r.environment
                 && x.deployment_id == r.deployment_id
-                && x.deployed_at == r.deployed_at
-                && x.origin == "ci"
+                && (!from_ci || x.deployed_at == r.deployed_at)
         }) {
-            return if existing.version == r.version {
+            return if !from_ci || existing.version == r.version {
                 Reply::Duplicate
             } else {
                 Reply::Conflict(format!(
@@ -29,7 +32,7 @@ impl State {
             tx.note(
                 &format!("freeze:{}", r.service),
                 Kind::ReleaseDuringFreeze,
-                "ci",
+                &r.origin,
                 format!(
                     "release {} ({}) of {} posted while the service is frozen ({})",
                     r.version, r.deployment_id, r.service, f.reason
@@ -77,6 +80,56 @@ impl State {
         Reply::Ok
     }
 
+    /// The incident's first rollback step started: freeze the service's releases for it. A
+    /// service frozen by hand is now held for this incident too, so lifting that freeze runs its
+    /// `on_unfreeze` steps; a service another incident froze keeps that incident's freeze.
+    pub(super) fn hold_freeze(&mut self, tx: &mut Tx, service: &str, id: &str) {
+        let waits = self
+            .incidents
+            .get(id)
+            .is_some_and(|i| !i.on_unfreeze.is_empty());
+        let Some(f) = self.freezes.get_mut(service) else {
+            self.freeze(
+                tx,
+                service,
+                format!("rollback by incident {id} started"),
+                Some(id.to_string()),
+                "rollbackd",
+            );
+            return;
+        };
+        if !waits {
+            return;
+        }
+        match f.incident.clone() {
+            None => {
+                f.incident = Some(id.to_string());
+                let f = f.clone();
+                tx.out
+                    .changes
+                    .push(Change::Freeze(service.to_string(), Some(f.clone())));
+                tx.note(
+                    id,
+                    Kind::Frozen,
+                    "rollbackd",
+                    format!(
+                        "releases of {service} were already frozen ({}); lifting that freeze now also runs this incident's on_unfreeze steps",
+                        f.reason
+                    ),
+                );
+            }
+            Some(other) if other != id => tx.note(
+                id,
+                Kind::Frozen,
+                "rollbackd",
+                format!(
+                    "releases of {service} were already frozen by incident {other}: lifting that freeze runs {other}'s on_unfreeze steps, not this incident's; a human must run these"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
     pub(super) fn on_unfreeze(
         &mut self,
         tx: &mut Tx,
@@ -95,9 +148,35 @@ impl State {
             Some(id) => {
                 tx.note(id, Kind::Unfrozen, by, message.clone());
                 self.announce(tx, id, Announcement::FreezeLifted, message);
+                self.unfrozen(tx, id);
             }
             None => tx.note(&format!("freeze:{service}"), Kind::Unfrozen, by, message),
         }
         Reply::Ok
+    }
+
+    /// The freeze incident `id` set was lifted: its `on_unfreeze` steps run now, or when the
+    /// incident ends if it has not yet.
+    fn unfrozen(&mut self, tx: &mut Tx, id: &str) {
+        let Some(inc) = self.incidents.get_mut(id) else {
+            return;
+        };
+        if inc.on_unfreeze.is_empty() || inc.unfrozen_at.is_some() {
+            return;
+        }
+        inc.unfrozen_at = Some(tx.now);
+        if inc.state.is_active() {
+            let state = inc.state;
+            tx.note(
+                id,
+                Kind::Unfrozen,
+                "rollbackd",
+                format!("the on_unfreeze steps run once the incident ends (it is {state})"),
+            );
+            self.save_incident(tx, id);
+        } else {
+            self.save_incident(tx, id);
+            self.start_unfreeze(tx, id);
+        }
     }
 }

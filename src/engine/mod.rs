@@ -139,7 +139,7 @@ impl State {
                 }
                 Reply::Ok
             }
-            Event::Release(r) => self.on_release(&mut tx, r),
+            Event::Release(r) => self.on_release(&mut tx, *r),
             Event::Tick => Reply::Ok,
             Event::Vote {
                 incident,
@@ -159,24 +159,27 @@ impl State {
             ),
             Event::StepStarting {
                 incident,
+                phase,
                 index,
                 attempt,
-            } => self.on_step_starting(&mut tx, &incident, index, attempt),
+            } => self.on_step_starting(&mut tx, &incident, phase, index, attempt),
             Event::StepFinished {
                 incident,
+                phase,
                 index,
                 attempt,
                 result,
-            } => self.on_step_finished(&mut tx, &incident, index, attempt, result),
+            } => self.on_step_finished(&mut tx, &incident, phase, index, attempt, result),
             Event::VerifyFinished { incident, results } => {
                 self.on_verify_finished(&mut tx, &incident, results)
             }
             Event::ProbeResult {
                 incident,
+                phase,
                 index,
                 in_place,
                 detail,
-            } => self.on_probe_result(&mut tx, &incident, index, in_place, detail),
+            } => self.on_probe_result(&mut tx, &incident, phase, index, in_place, detail),
             Event::AfterFinished {
                 incident,
                 index,
@@ -226,6 +229,15 @@ impl State {
                 });
             }
         }
+        let unfreezing: Vec<String> = self
+            .incidents
+            .values()
+            .filter(|i| i.phase_running(Phase::Unfreeze))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in unfreezing {
+            self.resume_steps(&mut tx, &id, Phase::Unfreeze);
+        }
         let ids: Vec<String> = self
             .incidents
             .values()
@@ -240,7 +252,7 @@ impl State {
                 // Opened, its preflight not answered yet: ask again.
                 IncidentState::Triggered => tx.out.effects.push(Effect::Preflight { incident: id }),
                 IncidentState::Approved => self.start_rollback(&mut tx, &id),
-                IncidentState::RollingBack => self.resume_steps(&mut tx, &id),
+                IncidentState::RollingBack => self.resume_steps(&mut tx, &id, Phase::Rollback),
                 IncidentState::Verifying => tx.out.effects.push(Effect::Verify {
                     incident: id,
                     delay: Duration::ZERO,

@@ -19,7 +19,7 @@ pub enum Event {
     /// Alerts applied together: a webhook's, or one chunk of at most [`MAX_SIGNALS_PER_EVENT`]
     /// of a larger one.
     Signals(Vec<Signal>),
-    Release(Release),
+    Release(Box<Release>),
     /// Time passed: deadlines may be due.
     Tick,
     Vote {
@@ -32,11 +32,17 @@ pub enum Event {
     /// The executor asks to start a step it was told to run; the answer is [`Reply::Go`].
     StepStarting {
         incident: String,
+        /// Which journal: absent (the rollback's `steps`) in logs written before `on_unfreeze`.
+        #[serde(default, skip_serializing_if = "Phase::is_rollback")]
+        phase: Phase,
         index: usize,
         attempt: u32,
     },
     StepFinished {
         incident: String,
+        /// Which journal: absent (the rollback's `steps`) in logs written before `on_unfreeze`.
+        #[serde(default, skip_serializing_if = "Phase::is_rollback")]
+        phase: Phase,
         index: usize,
         attempt: u32,
         result: StepResult,
@@ -50,6 +56,9 @@ pub enum Event {
     /// `Some(false)` it is not, `None` the probe could not tell.
     ProbeResult {
         incident: String,
+        /// Which journal: absent (the rollback's `steps`) in logs written before `on_unfreeze`.
+        #[serde(default, skip_serializing_if = "Phase::is_rollback")]
+        phase: Phase,
         index: usize,
         in_place: Option<bool>,
         detail: String,
@@ -124,6 +133,7 @@ pub struct StepResult {
 pub enum Effect {
     RunStep {
         incident: String,
+        phase: Phase,
         index: usize,
         attempt: u32,
         /// Backoff before a retry.
@@ -132,7 +142,11 @@ pub enum Effect {
     /// Run one round of the incident's verify checks after `delay`.
     Verify { incident: String, delay: Duration },
     /// Ask a started, non-idempotent step's probe whether its effect is in place.
-    Probe { incident: String, index: usize },
+    Probe {
+        incident: String,
+        phase: Phase,
+        index: usize,
+    },
     /// Check that a just-opened incident's plan can run here (its secrets resolve, its programs
     /// are found) before anyone is asked to approve it; the answer is [`Event::PreflightResult`].
     Preflight { incident: String },

@@ -161,17 +161,18 @@ impl World {
 
     fn release(&mut self, service: &str, id: &str, at: Timestamp, now: Timestamp) -> Reply {
         self.send(
-            Event::Release(Release {
+            Event::Release(Box::new(Release {
                 service: service.into(),
                 environment: "production".into(),
                 version: format!("v-{id}"),
                 deployment_id: id.into(),
+                revision: None,
                 deployed_at: at,
                 received_at: now,
                 origin: "ci".into(),
                 incident: None,
                 posted_during_freeze: None,
-            }),
+            })),
             now,
         )
     }
@@ -256,6 +257,7 @@ impl World {
         {
             let Effect::RunStep {
                 incident,
+                phase,
                 index,
                 attempt,
                 ..
@@ -266,6 +268,7 @@ impl World {
             let go = self.send(
                 Event::StepStarting {
                     incident: incident.clone(),
+                    phase,
                     index,
                     attempt,
                 },
@@ -274,13 +277,14 @@ impl World {
             if go != Reply::Go(true) {
                 continue;
             }
-            let name = self.pump.state.incidents[&incident].steps[index]
+            let name = self.pump.state.incidents[&incident].journal(phase)[index]
                 .name
                 .clone();
             let success = ok(&name);
             self.send(
                 Event::StepFinished {
                     incident,
+                    phase,
                     index,
                     attempt,
                     result: StepResult {
@@ -433,6 +437,7 @@ fn acts_exactly_at_start_plus_sustained() {
         w.effects,
         [Effect::RunStep {
             incident: inc.id.clone(),
+            phase: Phase::Rollback,
             index: 0,
             attempt: 1,
             delay: Duration::ZERO
@@ -759,6 +764,7 @@ fn a_step_whose_secret_does_not_resolve_is_not_retried() {
     let go = w.send(
         Event::StepStarting {
             incident: incident.clone(),
+            phase: Phase::Rollback,
             index,
             attempt: 1,
         },
@@ -768,6 +774,7 @@ fn a_step_whose_secret_does_not_resolve_is_not_retried() {
     w.send(
         Event::StepFinished {
             incident,
+            phase: Phase::Rollback,
             index,
             attempt: 1,
             result: StepResult {
@@ -858,6 +865,7 @@ fn recovery_never_runs_a_non_idempotent_step_twice() {
         w.send(
             Event::StepStarting {
                 incident: id.clone(),
+                phase: Phase::Rollback,
                 index: 0,
                 attempt: 1
             },
@@ -889,6 +897,7 @@ fn recovery_never_runs_a_non_idempotent_step_twice() {
         &ctx,
         Event::StepStarting {
             incident: id.clone(),
+            phase: Phase::Rollback,
             index: 0,
             attempt: 1,
         },
@@ -918,6 +927,7 @@ fn recovery_reruns_idempotent_and_intended_steps() {
     w.send(
         Event::StepStarting {
             incident: id.clone(),
+            phase: Phase::Rollback,
             index: 0,
             attempt: 1,
         },
@@ -1404,7 +1414,7 @@ proptest! {
         let id = w.only_incident().id.clone();
         let mut go = 0;
         for _ in 0..n {
-            if w.send(Event::StepStarting { incident: id.clone(), index: 0, attempt: 1 }, t(601.0)) == Reply::Go(true) {
+            if w.send(Event::StepStarting { incident: id.clone(), phase: Phase::Rollback, index: 0, attempt: 1 }, t(601.0)) == Reply::Go(true) {
                 go += 1;
             }
         }
@@ -1445,6 +1455,7 @@ fn probe_world() -> (World, String) {
     w.send(
         Event::StepStarting {
             incident: id.clone(),
+            phase: Phase::Rollback,
             index: 0,
             attempt: 1,
         },
@@ -1467,6 +1478,7 @@ fn probe_decides_a_started_non_idempotent_step_after_a_crash() {
             out.effects,
             [Effect::Probe {
                 incident: id.clone(),
+                phase: Phase::Rollback,
                 index: 0
             }]
         );
@@ -1482,6 +1494,7 @@ fn probe_decides_a_started_non_idempotent_step_after_a_crash() {
             &ctx,
             Event::ProbeResult {
                 incident: id.clone(),
+                phase: Phase::Rollback,
                 index: 0,
                 in_place: answer,
                 detail: "test".into(),

@@ -17,6 +17,8 @@ struct Raw {
     environment: String,
     version: String,
     deployment_id: String,
+    #[serde(default)]
+    revision: Option<String>,
     deployed_at: Option<String>,
 }
 
@@ -26,10 +28,11 @@ const MAX_SKEW_SECONDS: i64 = 300;
 pub fn parse(body: &[u8], now: Timestamp) -> Result<Release, IngestError> {
     let r: Raw = json(body, "release")?;
     for (field, v, required) in [
-        ("service", &r.service, true),
+        ("service", r.service.as_str(), true),
         ("environment", &r.environment, false),
         ("version", &r.version, true),
         ("deployment_id", &r.deployment_id, true),
+        ("revision", r.revision.as_deref().unwrap_or(""), false),
     ] {
         if required && v.is_empty() {
             return Err(IngestError::new(format!("{field}: must not be empty")));
@@ -64,6 +67,7 @@ pub fn parse(body: &[u8], now: Timestamp) -> Result<Release, IngestError> {
         environment: r.environment,
         version: r.version,
         deployment_id: r.deployment_id,
+        revision: r.revision.filter(|v| !v.is_empty()),
         deployed_at,
         received_at: now,
         origin: "ci".to_string(),

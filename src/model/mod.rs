@@ -81,9 +81,13 @@ pub struct Release {
     pub environment: String,
     pub version: String,
     pub deployment_id: String,
+    /// The git commit the deployment runs, when the source says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     pub deployed_at: Timestamp,
     pub received_at: Timestamp,
-    /// `ci` for posted releases, `rollback` for the redeploy of a previous release by an incident.
+    /// Who reported it: `ci` (`POST /v1/releases`), a deploy tool's webhook (`github`, `gitlab`,
+    /// `flux`, `argocd`), or `rollback` for the redeploy of a previous release by an incident.
     #[serde(default = "origin_ci")]
     pub origin: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +106,8 @@ fn origin_ci() -> String {
 pub struct ReleaseRef {
     pub version: String,
     pub deployment_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     pub deployed_at: Timestamp,
 }
 
@@ -110,6 +116,7 @@ impl From<&Release> for ReleaseRef {
         ReleaseRef {
             version: r.version.clone(),
             deployment_id: r.deployment_id.clone(),
+            revision: r.revision.clone(),
             deployed_at: r.deployed_at,
         }
     }
@@ -422,6 +429,31 @@ impl VerifyPlan {
     }
 }
 
+/// Which of an incident's step journals a step is in: the rollback's `steps`, or the
+/// `on_unfreeze` steps run when the freeze is lifted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Rollback,
+    #[serde(rename = "on_unfreeze")]
+    Unfreeze,
+}
+
+impl Phase {
+    pub fn is_rollback(&self) -> bool {
+        *self == Phase::Rollback
+    }
+
+    /// How the timeline names one of its steps: `step NAME` or `on_unfreeze step NAME`.
+    pub fn step(self, name: &str) -> String {
+        match self {
+            Phase::Rollback => format!("step {name}"),
+            Phase::Unfreeze => format!("on_unfreeze step {name}"),
+        }
+    }
+}
+
 /// The plan and journal of one rollback step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
@@ -527,6 +559,16 @@ pub struct Incident {
     pub after: Vec<StepRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// The rule's `on_unfreeze` steps, planned at open and journaled like `steps`: they run once
+    /// the freeze this incident set is lifted and the incident has ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_unfreeze: Vec<StepRun>,
+    /// When the freeze this incident set was lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfrozen_at: Option<Timestamp>,
+    /// When its `on_unfreeze` steps ended (all done, or one failed and the rest were not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_unfreeze_ended_at: Option<Timestamp>,
 }
 
 impl Incident {
@@ -541,9 +583,41 @@ impl Incident {
             })
     }
 
-    /// The engine still needs the whole record in memory: it is active, or hooks are to run.
+    /// The freeze is lifted and the `on_unfreeze` steps have not ended.
+    pub fn unfreeze_pending(&self) -> bool {
+        self.unfrozen_at.is_some()
+            && self.on_unfreeze_ended_at.is_none()
+            && !self.on_unfreeze.is_empty()
+    }
+
+    /// The step journal of a phase.
+    pub fn journal(&self, phase: Phase) -> &[StepRun] {
+        match phase {
+            Phase::Rollback => &self.steps,
+            Phase::Unfreeze => &self.on_unfreeze,
+        }
+    }
+
+    pub fn journal_mut(&mut self, phase: Phase) -> &mut Vec<StepRun> {
+        match phase {
+            Phase::Rollback => &mut self.steps,
+            Phase::Unfreeze => &mut self.on_unfreeze,
+        }
+    }
+
+    /// Whether the steps of `phase` may run now: the rollback's while rolling back, the
+    /// `on_unfreeze` steps once the freeze is lifted and the incident has ended.
+    pub fn phase_running(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::Rollback => self.state == IncidentState::RollingBack,
+            Phase::Unfreeze => !self.state.is_active() && self.unfreeze_pending(),
+        }
+    }
+
+    /// The engine still needs the whole record in memory: it is active, or hooks or
+    /// `on_unfreeze` steps are to run.
     pub fn resident(&self) -> bool {
-        self.state.is_active() || self.after_pending()
+        self.state.is_active() || self.after_pending() || self.unfreeze_pending()
     }
 }
 

@@ -105,6 +105,7 @@ words! {
         PagerdutyLinked = "pagerduty_linked", "linked to a PagerDuty incident";
         Frozen = "frozen", "releases frozen";
         Unfrozen = "unfrozen", "releases unfrozen";
+        UnfreezeStepsEnded = "unfreeze_steps_ended", "the on_unfreeze steps ended";
         ReleaseDuringFreeze = "release_during_freeze", "a release was posted during a freeze";
     }
 }
@@ -122,6 +123,8 @@ words! {
         RolledBack = "rolled_back", "rolled back";
         RollbackFailed = "rollback_failed", "rollback failed";
         FreezeLifted = "freeze_lifted", "releases unfrozen";
+        UnfreezeStepsDone = "unfreeze_steps_done", "the on_unfreeze steps succeeded";
+        UnfreezeStepFailed = "unfreeze_step_failed", "an on_unfreeze step failed";
     }
 }
 

@@ -61,7 +61,7 @@ pub fn read_releases(text: &str, file: &str) -> Result<Vec<Input>, InputError> {
             ));
         };
         let r = ingest::releases::parse(t.as_bytes(), at).map_err(|e| err(e.message))?;
-        out.push(Input::outside(at, Event::Release(r)));
+        out.push(Input::outside(at, Event::Release(Box::new(r))));
     }
     Ok(out)
 }

@@ -20,6 +20,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
+use crate::model::Phase;
+
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -471,21 +473,26 @@ impl<'a> Replayer<'a> {
         match e {
             Effect::RunStep {
                 incident,
+                phase,
                 index,
                 attempt,
                 ..
             } => {
                 let mut d = self.about_incident(at, "would_run", &incident);
-                if let Some(step) = self.incident(&incident).and_then(|i| i.steps.get(index)) {
+                if let Some(step) = self
+                    .incident(&incident)
+                    .and_then(|i| i.journal(phase).get(index))
+                {
                     d.step = Some(step.name.clone());
                     d.argv = Some(step.plan.argv.clone());
                 }
-                let recorded = self.recorded.step(&incident, index, attempt);
+                let recorded = self.recorded.step(&incident, phase, index, attempt);
                 d.simulated = !exact && (simulated || recorded.is_none());
                 self.decisions.push(d);
                 outcome(
                     Event::StepStarting {
                         incident: incident.clone(),
+                        phase,
                         index,
                         attempt,
                     },
@@ -496,6 +503,7 @@ impl<'a> Replayer<'a> {
                 outcome(
                     Event::StepFinished {
                         incident,
+                        phase,
                         index,
                         attempt,
                         result,
@@ -514,14 +522,19 @@ impl<'a> Replayer<'a> {
                 });
                 outcome(Event::VerifyFinished { incident, results }, found);
             }
-            Effect::Probe { incident, index } => {
-                let recorded = self.recorded.probe(&incident, index);
+            Effect::Probe {
+                incident,
+                phase,
+                index,
+            } => {
+                let recorded = self.recorded.probe(&incident, phase, index);
                 let found = recorded.is_some();
                 let (in_place, detail) = recorded
                     .unwrap_or_else(|| (Some(true), "replay: assumed in place".to_string()));
                 outcome(
                     Event::ProbeResult {
                         incident,
+                        phase,
                         index,
                         in_place,
                         detail,
@@ -730,8 +743,8 @@ impl<'a> Replayer<'a> {
 /// same step of the same incident, the recorded outcome stands in for a simulated one.
 #[derive(Default)]
 struct Recorded {
-    steps: HashMap<(String, usize, u32), StepResult>,
-    probes: HashMap<(String, usize), (Option<bool>, String)>,
+    steps: HashMap<(String, Phase, usize, u32), StepResult>,
+    probes: HashMap<(String, Phase, usize), (Option<bool>, String)>,
     afters: HashMap<(String, usize), StepResult>,
     preflights: HashMap<String, Vec<String>>,
     verifies: HashMap<String, VecDeque<Vec<CheckResult>>>,
@@ -744,21 +757,25 @@ impl Recorded {
             match &i.event {
                 Event::StepFinished {
                     incident,
+                    phase,
                     index,
                     attempt,
                     result,
                 } => {
                     r.steps
-                        .insert((incident.clone(), *index, *attempt), result.clone());
+                        .insert((incident.clone(), *phase, *index, *attempt), result.clone());
                 }
                 Event::ProbeResult {
                     incident,
+                    phase,
                     index,
                     in_place,
                     detail,
                 } => {
-                    r.probes
-                        .insert((incident.clone(), *index), (*in_place, detail.clone()));
+                    r.probes.insert(
+                        (incident.clone(), *phase, *index),
+                        (*in_place, detail.clone()),
+                    );
                 }
                 Event::AfterFinished {
                     incident,
@@ -781,12 +798,12 @@ impl Recorded {
         r
     }
 
-    fn step(&mut self, id: &str, index: usize, attempt: u32) -> Option<StepResult> {
-        self.steps.remove(&(id.to_string(), index, attempt))
+    fn step(&mut self, id: &str, phase: Phase, index: usize, attempt: u32) -> Option<StepResult> {
+        self.steps.remove(&(id.to_string(), phase, index, attempt))
     }
 
-    fn probe(&mut self, id: &str, index: usize) -> Option<(Option<bool>, String)> {
-        self.probes.remove(&(id.to_string(), index))
+    fn probe(&mut self, id: &str, phase: Phase, index: usize) -> Option<(Option<bool>, String)> {
+        self.probes.remove(&(id.to_string(), phase, index))
     }
 
     fn after(&mut self, id: &str, index: usize) -> Option<StepResult> {

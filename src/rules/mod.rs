@@ -100,6 +100,9 @@ pub struct Rule {
     /// Integrity hooks after verification (row counts, token validity, …): recorded, never
     /// changing the outcome; they may run again after a crash, so they must be read-only.
     pub after: Vec<StepSpec>,
+    /// Run once when the freeze this rule's incident set is lifted (Argo CD auto-sync back on,
+    /// `flux resume`), journaled like `steps`.
+    pub on_unfreeze: Vec<StepSpec>,
     pub budget: Option<Budget>,
     pub freeze: bool,
     pub notify: Vec<String>,
@@ -368,6 +371,9 @@ struct RawRule {
     #[serde(default)]
     #[schemars(with = "Vec<RawStep>")]
     after: Vec<Spanned<RawStep>>,
+    #[serde(default)]
+    #[schemars(with = "Vec<RawStep>")]
+    on_unfreeze: Vec<Spanned<RawStep>>,
     #[schemars(with = "Option<RawBudget>")]
     budget: Option<Spanned<RawBudget>>,
     #[serde(default)]
@@ -843,6 +849,17 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
         .iter()
         .filter_map(|s| compile_step(lint, s))
         .collect();
+    let on_unfreeze: Vec<StepSpec> = r
+        .on_unfreeze
+        .iter()
+        .filter_map(|s| compile_step(lint, s))
+        .collect();
+    if let (Some(first), false) = (r.on_unfreeze.first(), r.freeze) {
+        lint.at(
+            &first.referenced,
+            "`on_unfreeze` needs `freeze: true`: its steps run when the rule's freeze is lifted, and without `freeze` there is none",
+        );
+    }
     let budget = r.budget.as_ref().and_then(|b| {
         let per = lint.duration(
             &Spanned::new(b.value.per.clone(), b.referenced, b.defined),
@@ -904,6 +921,7 @@ fn compile(lint: &mut Lint, raw: Spanned<RawRule>, ctx: &Context) -> Option<Rule
         steps,
         verify,
         after,
+        on_unfreeze,
         budget,
         freeze: r.freeze,
         notify: r.notify.into_iter().map(|n| n.value).collect(),

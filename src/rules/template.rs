@@ -52,8 +52,10 @@ const STEP_VARS: &[&str] = &[
     "incident.id",
     "release.previous.deployment_id",
     "release.previous.version",
+    "release.previous.revision",
     "release.current.deployment_id",
     "release.current.version",
+    "release.current.revision",
     FENCING_TOKEN,
 ];
 

@@ -56,7 +56,7 @@ fn every_problem_has_file_line_and_column() {
         "r.yaml:5:9: matcher `severity=~\"(\"`: invalid regular expression: unclosed group",
         "r.yaml:7:26: breach.sustained: `tenminutes` is not a duration (expected number at 0); write e.g. 30s, 10m, 2h",
         "r.yaml:8:15: approval: `maybe` is not `none` or a policy (require_roles, quorum, timeout, on_timeout)",
-        "r.yaml:11:25: template `{{ nope }}`: unknown name `nope` (known: labels.<name>, service, environment, rule, incident.id, release.previous.deployment_id, release.previous.version, release.current.deployment_id, release.current.version, fencing_token)",
+        "r.yaml:11:25: template `{{ nope }}`: unknown name `nope` (known: labels.<name>, service, environment, rule, incident.id, release.previous.deployment_id, release.previous.version, release.previous.revision, release.current.deployment_id, release.current.version, release.current.revision, fencing_token)",
         "r.yaml:12:9: step `y` needs exactly one of `run` or `http`",
         "r.yaml:13:14: warning: notifier `pager` is not defined under `notifiers:` in the config",
     ];

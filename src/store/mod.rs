@@ -746,6 +746,7 @@ mod tests {
             environment: "prod".into(),
             version: id.into(),
             deployment_id: id.into(),
+            revision: None,
             deployed_at: at.parse().unwrap(),
             received_at: at.parse().unwrap(),
             origin: "ci".into(),
