@@ -1987,3 +1987,388 @@ fn a_reload_that_removes_the_rule_of_a_running_rollback_lets_it_finish_its_plan(
         "announced to the targets fixed at open"
     );
 }
+
+/// `rule` with a freeze and two `on_unfreeze` steps (the first idempotent, the second not).
+fn unfreeze_world() -> (World, String) {
+    let mut w = World::new(&rule(
+        "r",
+        concat!(
+            "    freeze: true\n",
+            "    on_unfreeze:\n",
+            "      - name: auto-sync on\n",
+            "        run: [argocd-sync, on, \"{{ service }}\", \"{{ release.current.deployment_id }}\"]\n",
+            "        idempotent: true\n",
+            "      - name: resume\n",
+            "        run: [flux-resume, \"{{ service }}\"]\n",
+        ),
+    ));
+    with_releases(&mut w);
+    w.alert("web", "f1", true, t(0.0), t(0.0));
+    w.run_until(t(600.0));
+    let id = w.only_incident().id.clone();
+    (w, id)
+}
+
+fn succeeded() -> StepResult {
+    StepResult {
+        ok: true,
+        exit_code: Some(0),
+        output: String::new(),
+        error: None,
+        duration_ms: 1,
+        permanent: false,
+    }
+}
+
+fn unfreeze(w: &mut World, at: f64) -> Reply {
+    w.send(
+        Event::Unfreeze {
+            service: "web".into(),
+            reason: "cause found".into(),
+            by: "ada".into(),
+        },
+        t(at),
+    )
+}
+
+fn unfreeze_effects(w: &World) -> Vec<(usize, u32)> {
+    unfreeze_runs(&w.effects)
+}
+
+/// The (index, attempt) of every on_unfreeze step `effects` ask to run.
+fn unfreeze_runs(effects: &[Effect]) -> Vec<(usize, u32)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RunStep {
+                phase: Phase::Unfreeze,
+                index,
+                attempt,
+                ..
+            } => Some((*index, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn on_unfreeze_steps_run_once_when_the_freeze_is_lifted() {
+    let (mut w, _) = unfreeze_world();
+    w.run_steps(|_| true, t(601.0));
+    assert_eq!(w.only_incident().state, IncidentState::RolledBack);
+    assert!(w.pump.state.freezes.contains_key("web"));
+    assert!(unfreeze_effects(&w).is_empty(), "nothing runs while frozen");
+    assert_eq!(
+        w.only_incident().on_unfreeze[0].plan.argv,
+        ["argocd-sync", "on", "web", "dpl-b"],
+        "planned at open, from the incident's releases"
+    );
+    let (_, out) = w.recovered(t(650.0));
+    assert!(out.effects.is_empty(), "{:?}", out.effects);
+
+    assert_eq!(unfreeze(&mut w, 700.0), Reply::Ok);
+    assert_eq!(unfreeze_effects(&w), [(0, 1)]);
+    assert_eq!(w.only_incident().on_unfreeze[0].state, StepState::Intended);
+    w.run_steps(|_| true, t(701.0));
+    let inc = w.only_incident();
+    assert!(
+        inc.on_unfreeze
+            .iter()
+            .all(|s| s.state == StepState::Done && s.attempts == 1),
+        "{:#?}",
+        inc.on_unfreeze
+    );
+    assert_eq!(inc.unfrozen_at, Some(t(700.0)));
+    assert_eq!(inc.on_unfreeze_ended_at, Some(t(701.0)));
+    assert_eq!(inc.state, IncidentState::RolledBack, "the outcome stays");
+    let ended: Vec<_> = w
+        .timeline
+        .iter()
+        .filter(|e| e.kind == Kind::UnfreezeStepsEnded)
+        .collect();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].data["ok"], true);
+    let started: Vec<_> = w
+        .timeline
+        .iter()
+        .filter(|e| e.kind == Kind::StepStarted && e.data["phase"] == "on_unfreeze")
+        .map(|e| e.message.clone())
+        .collect();
+    assert_eq!(
+        started,
+        [
+            "on_unfreeze step auto-sync on attempt 1 started",
+            "on_unfreeze step resume attempt 1 started"
+        ]
+    );
+    // Done: a restart runs nothing, the record can be let go of, and a second unfreeze of a
+    // service no longer frozen is refused.
+    let (_, out) = w.recovered(t(800.0));
+    assert!(out.effects.is_empty(), "{:?}", out.effects);
+    assert!(!w.only_incident().resident());
+    assert!(matches!(unfreeze(&mut w, 801.0), Reply::NotFound(_)));
+}
+
+#[test]
+fn on_unfreeze_steps_wait_for_a_rollback_still_running() {
+    let (mut w, id) = unfreeze_world();
+    // The first step starts (and freezes); a human lifts the freeze mid-rollback.
+    let Some(Effect::RunStep { attempt, .. }) = w.effects.first().cloned() else {
+        panic!("{:?}", w.effects)
+    };
+    let go = w.send(
+        Event::StepStarting {
+            incident: id.clone(),
+            phase: Phase::Rollback,
+            index: 0,
+            attempt,
+        },
+        t(601.0),
+    );
+    assert_eq!(go, Reply::Go(true));
+    assert_eq!(unfreeze(&mut w, 602.0), Reply::Ok);
+    assert!(
+        unfreeze_effects(&w).is_empty(),
+        "the rollback is still running"
+    );
+    // An unfreeze step asked for now would be refused.
+    assert_eq!(
+        w.send(
+            Event::StepStarting {
+                incident: id.clone(),
+                phase: Phase::Unfreeze,
+                index: 0,
+                attempt: 1,
+            },
+            t(603.0)
+        ),
+        Reply::Go(false)
+    );
+    w.send(
+        Event::StepFinished {
+            incident: id.clone(),
+            phase: Phase::Rollback,
+            index: 0,
+            attempt,
+            result: succeeded(),
+        },
+        t(604.0),
+    );
+    w.effects.retain(|e| {
+        !matches!(
+            e,
+            Effect::RunStep {
+                phase: Phase::Rollback,
+                index: 0,
+                ..
+            }
+        )
+    });
+    w.run_steps(|_| true, t(605.0));
+    let inc = w.only_incident();
+    assert_eq!(inc.state, IncidentState::RolledBack);
+    assert!(
+        inc.on_unfreeze.iter().all(|s| s.state == StepState::Done),
+        "they ran once the rollback ended: {:#?}",
+        inc.on_unfreeze
+    );
+}
+
+#[test]
+fn a_finished_incident_let_go_of_is_read_back_for_its_on_unfreeze_steps() {
+    let (mut w, id) = unfreeze_world();
+    w.disk = Some(Memory::default());
+    w.run_steps(|_| true, t(601.0));
+    assert!(
+        !w.pump.state.incidents.contains_key(&id),
+        "a finished incident is let go of"
+    );
+    unfreeze(&mut w, 700.0);
+    assert_eq!(unfreeze_effects(&w), [(0, 1)]);
+    w.run_steps(|_| true, t(701.0));
+    let inc = w.only_incident();
+    assert!(inc.on_unfreeze.iter().all(|s| s.state == StepState::Done));
+    assert!(inc.on_unfreeze_ended_at.is_some());
+}
+
+#[test]
+fn a_failed_on_unfreeze_step_stops_the_rest_and_never_changes_the_outcome() {
+    let (mut w, _) = unfreeze_world();
+    w.run_steps(|_| true, t(601.0));
+    unfreeze(&mut w, 700.0);
+    w.run_steps(|name| name != "auto-sync on", t(701.0));
+    let inc = w.only_incident();
+    assert_eq!(inc.state, IncidentState::RolledBack);
+    assert_eq!(inc.on_unfreeze[0].state, StepState::Failed);
+    assert_eq!(
+        inc.on_unfreeze[1].state,
+        StepState::Pending,
+        "not run after a failure"
+    );
+    assert!(inc.on_unfreeze_ended_at.is_some());
+    let ended = w
+        .timeline
+        .iter()
+        .find(|e| e.kind == Kind::UnfreezeStepsEnded)
+        .unwrap();
+    assert_eq!(ended.data["ok"], false);
+    assert!(
+        ended.message.contains("a human must finish"),
+        "{}",
+        ended.message
+    );
+    let (_, out) = w.recovered(t(800.0));
+    assert!(out.effects.is_empty(), "{:?}", out.effects);
+}
+
+#[test]
+fn recovery_of_on_unfreeze_steps_reruns_the_idempotent_and_stops_at_the_other() {
+    let (mut w, id) = unfreeze_world();
+    w.run_steps(|_| true, t(601.0));
+    unfreeze(&mut w, 700.0);
+    let start = |w: &mut World, index: usize, attempt: u32, at: f64| {
+        w.send(
+            Event::StepStarting {
+                incident: id.clone(),
+                phase: Phase::Unfreeze,
+                index,
+                attempt,
+            },
+            t(at),
+        )
+    };
+    // Intended, never started: a restart asks for the same attempt.
+    let (_, out) = w.recovered(t(701.0));
+    assert_eq!(out.effects.len(), 1, "{:?}", out.effects);
+    assert_eq!(unfreeze_runs(&out.effects), [(0, 1)]);
+    // Started and idempotent: runs again as attempt 2.
+    assert_eq!(start(&mut w, 0, 1, 702.0), Reply::Go(true));
+    let (_, out) = w.recovered(t(703.0));
+    assert_eq!(out.effects.len(), 1, "{:?}", out.effects);
+    assert_eq!(unfreeze_runs(&out.effects), [(0, 2)]);
+    // Finish it; the second (not idempotent, no probe) starts and the process dies.
+    w.send(
+        Event::StepFinished {
+            incident: id.clone(),
+            phase: Phase::Unfreeze,
+            index: 0,
+            attempt: 1,
+            result: succeeded(),
+        },
+        t(704.0),
+    );
+    assert_eq!(start(&mut w, 1, 1, 705.0), Reply::Go(true));
+    let (st, out) = w.recovered(t(706.0));
+    assert!(out.effects.is_empty(), "never twice: {:?}", out.effects);
+    let inc = &st.incidents[&id];
+    assert_eq!(inc.state, IncidentState::RolledBack, "the outcome stays");
+    assert!(inc.on_unfreeze_ended_at.is_some());
+    assert_eq!(inc.on_unfreeze[1].state, StepState::Started);
+}
+
+#[test]
+fn a_deploy_tools_redelivery_is_one_ledger_entry_and_ci_may_redeploy() {
+    let mut w = World::new(&rule("r", ""));
+    let release = |origin: &str, id: &str, at: f64| {
+        Event::Release(Box::new(Release {
+            service: "web".into(),
+            environment: "production".into(),
+            version: format!("v-{id}"),
+            deployment_id: id.into(),
+            revision: Some("0123abcd".into()),
+            deployed_at: t(at),
+            received_at: t(at),
+            origin: origin.into(),
+            incident: None,
+            posted_during_freeze: None,
+        }))
+    };
+    assert!(matches!(
+        w.send(release("github", "42", -60.0), t(0.0)),
+        Reply::Release { .. }
+    ));
+    // Redelivered later (GitHub's "Redeliver", a retry): the same deployment.
+    assert_eq!(
+        w.send(release("github", "42", -30.0), t(1.0)),
+        Reply::Duplicate
+    );
+    // Another source may use the same id for its own deployment.
+    assert!(matches!(
+        w.send(release("gitlab", "42", -20.0), t(2.0)),
+        Reply::Release { .. }
+    ));
+    // From CI the same id later is a redeploy.
+    assert!(matches!(
+        w.send(release("ci", "42", -10.0), t(3.0)),
+        Reply::Release { .. }
+    ));
+    assert!(matches!(
+        w.send(release("ci", "42", -5.0), t(4.0)),
+        Reply::Release { .. }
+    ));
+    assert_eq!(w.pump.state.releases["web"].len(), 4);
+}
+
+#[test]
+fn revisions_reach_the_steps_and_a_release_without_one_fails_the_step_unrun() {
+    let yaml = rule("r", "").replace(
+        "run: [purge, \"{{ labels.region }}\"]",
+        "run: [git-revert, \"{{ release.current.revision }}\", \"{{ release.previous.revision }}\"]",
+    );
+    for (revisions, expect) in [
+        (true, IncidentState::RolledBack),
+        (false, IncidentState::RollbackFailed),
+    ] {
+        let mut w = World::new(&yaml);
+        for (id, at, rev) in [
+            ("dpl-a", -3600.0, "aaaa1111"),
+            ("dpl-b", -1800.0, "bbbb2222"),
+        ] {
+            w.send(
+                Event::Release(Box::new(Release {
+                    service: "web".into(),
+                    environment: "production".into(),
+                    version: format!("v-{id}"),
+                    deployment_id: id.into(),
+                    revision: revisions.then(|| rev.to_string()),
+                    deployed_at: t(at),
+                    received_at: t(at),
+                    origin: "github".into(),
+                    incident: None,
+                    posted_during_freeze: None,
+                })),
+                t(at),
+            );
+        }
+        w.alert("web", "f1", true, t(0.0), t(0.0));
+        w.run_until(t(600.0));
+        w.run_steps(|_| true, t(601.0));
+        let inc = w.only_incident();
+        assert_eq!(inc.state, expect, "revisions: {revisions}");
+        if revisions {
+            assert_eq!(
+                inc.steps[1].plan.argv,
+                ["git-revert", "bbbb2222", "aaaa1111"]
+            );
+            assert_eq!(inc.release_to.revision.as_deref(), Some("aaaa1111"));
+            let latest = w.pump.state.releases["web"].last().unwrap();
+            assert_eq!(
+                (latest.origin.as_str(), latest.revision.as_deref()),
+                ("rollback", Some("aaaa1111")),
+                "the redeploy names the revision it went back to"
+            );
+        } else {
+            assert_eq!(inc.steps[1].state, StepState::Failed);
+            assert!(inc.steps[1].attempts == 0, "never run");
+            assert!(
+                inc.steps[1]
+                    .error
+                    .as_deref()
+                    .unwrap()
+                    .contains("release.current.revision"),
+                "{:?}",
+                inc.steps[1].error
+            );
+        }
+    }
+}

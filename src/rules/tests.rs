@@ -280,3 +280,43 @@ fn without_a_config_an_unknown_role_is_a_warning() {
     assert_eq!(p[0].severity, Severity::Warning);
     assert!(p[0].message.contains("without --config"), "{p:?}");
 }
+
+#[test]
+fn on_unfreeze_needs_a_freeze_and_takes_a_steps_keys() {
+    let base = r#"rules:
+  - name: gitops
+    match: ['alertname="X"']
+    service: web
+    breach: { sustained: 10m }
+    steps:
+      - name: auto-sync off
+        run: [argocd-patch, off]
+    on_unfreeze:
+      - name: auto-sync on
+        run: [argocd-patch, "{{ release.current.revision }}"]
+        idempotent: true
+"#;
+    assert_eq!(
+        lint(base),
+        [
+            "r.yaml:10:9: `on_unfreeze` needs `freeze: true`: its steps run when the rule's freeze is lifted, and without `freeze` there is none"
+        ]
+    );
+    let with_freeze = format!("{base}    freeze: true\n");
+    let (set, problems) = load_str("r.yaml", &with_freeze, &ctx());
+    assert!(problems.is_empty(), "{problems:#?}");
+    let set = set.unwrap();
+    let rule = set.get("gitops").unwrap();
+    assert_eq!(rule.on_unfreeze.len(), 1);
+    assert!(rule.on_unfreeze[0].idempotent);
+    let bad = base.replace(
+        "run: [argocd-patch, \"{{ release.current.revision }}\"]",
+        "run: [\"{{ nope }}\"]",
+    );
+    assert!(
+        lint(&format!("{bad}    freeze: true\n"))
+            .iter()
+            .any(|p| p.starts_with("r.yaml:11:") && p.contains("unknown name `nope`")),
+        "an on_unfreeze step's templates are checked like a step's"
+    );
+}
