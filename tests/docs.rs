@@ -208,3 +208,58 @@ fn the_shipped_configs_and_rules_fit_the_schemas() {
     assert!(!v.is_valid(&serde_json::json!({"lisen": "127.0.0.1:1"})));
     assert!(!v.is_valid(&serde_json::json!({"limits": {"ingest_burst": "many"}})));
 }
+
+/// Every fenced `yaml` block in `docs/` and the README that holds `rules:` loads without an error
+/// against the example config's people: a rule shown in the docs is a rule that works.
+#[test]
+fn the_rules_shown_in_the_docs_load() {
+    use rollbackd::rules::{self, Context, Severity};
+    let ctx = Context::with_people(
+        [
+            ("ada", &["founder"][..]),
+            ("cy", &["client-success-lead"][..]),
+        ],
+        [],
+    );
+    let r = root();
+    let mut pages = vec![r.join("README.md")];
+    for e in std::fs::read_dir(r.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|e| e.to_str()) == Some("md") {
+            pages.push(p);
+        }
+    }
+    let mut checked = 0;
+    for page in &pages {
+        let text = read(page);
+        let mut block: Option<String> = None;
+        for line in text.lines() {
+            match (&mut block, line.trim_start()) {
+                (None, l) if l.starts_with("```yaml") => block = Some(String::new()),
+                (Some(b), l) if l.starts_with("```") => {
+                    if b.starts_with("rules:") {
+                        let (set, problems) = rules::load_str("doc.yaml", b, &ctx);
+                        let errors: Vec<String> = problems
+                            .iter()
+                            .filter(|p| p.severity == Severity::Error)
+                            .map(|p| p.to_string())
+                            .collect();
+                        assert!(
+                            set.is_some() && errors.is_empty(),
+                            "{}: a rules block does not load: {errors:#?}\n{b}",
+                            page.display()
+                        );
+                        checked += 1;
+                    }
+                    block = None;
+                }
+                (Some(b), _) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+    }
+    assert!(checked >= 2, "only {checked} rules blocks found");
+}
