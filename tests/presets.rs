@@ -39,6 +39,8 @@ const LD_TOKEN: &str = "api-00000000-preset-test-token";
 const CF_TOKEN: &str = "cf-preset-test-token-0000";
 const CF_ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 const UPSTASH_TOKEN: &str = "AX-preset-test-token-0000";
+const ARGOCD_TOKEN: &str = "argocd-preset-test-token-0000";
+const GITHUB_TOKEN: &str = "github_pat_preset_test_token_0000";
 
 static ENV: Once = Once::new();
 
@@ -51,6 +53,8 @@ fn set_env() {
             ("CLOUDFLARE_API_TOKEN", CF_TOKEN),
             ("CLOUDFLARE_ZONE_ID", CF_ZONE),
             ("UPSTASH_REDIS_REST_TOKEN", UPSTASH_TOKEN),
+            ("ARGOCD_TOKEN", ARGOCD_TOKEN),
+            ("GITHUB_TOKEN", GITHUB_TOKEN),
         ] {
             // SAFETY: `set_var` is unsound only while another thread reads or writes the
             // environment. Every test in this binary calls `set_env` first, and `Once` runs this
@@ -103,6 +107,8 @@ fn vars(rule: &Rule, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
         ("release.previous.version", "v1.4.0"),
         ("release.current.deployment_id", "dpl_9Zx1aBcDe"),
         ("release.current.version", "v1.5.0"),
+        ("release.previous.revision", PREVIOUS_SHA),
+        ("release.current.revision", CURRENT_SHA),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -114,11 +120,22 @@ fn vars(rule: &Rule, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     v
 }
 
+/// The git commits of the release pair: the good one and the bad one.
+const PREVIOUS_SHA: &str = "3f2a1c9e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39";
+const CURRENT_SHA: &str = "9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b";
+
 fn step<'a>(rule: &'a Rule, name: &str) -> &'a StepSpec {
     rule.steps
         .iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("{} has no step {name:?}", rule.name))
+}
+
+fn unfreeze_step<'a>(rule: &'a Rule, name: &str) -> &'a StepSpec {
+    rule.on_unfreeze
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("{} has no on_unfreeze step {name:?}", rule.name))
 }
 
 /// The argv of a `run` step, rendered as the engine renders it (one element at a time).
@@ -134,6 +151,48 @@ fn run_env(step: &StepSpec) -> &BTreeMap<String, String> {
     match &step.action {
         Action::Run { env, .. } => env,
         Action::Http { .. } => panic!("step {:?} is not a run step", step.name),
+    }
+}
+
+/// Renders a `run` step like the engine and runs it with the daemon's step runner: a real child
+/// process, its `env` expanded, `extra` added to its environment (a fake server's address,
+/// a kubeconfig).
+async fn run_run_step(
+    step: &StepSpec,
+    vars: &BTreeMap<String, String>,
+    extra: &[(&str, &str)],
+) -> StepResult {
+    let argv = render_argv(step, vars).expect("argv renders");
+    let mut env = run_env(step).clone();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    steps::run_command(&argv, &env, None, step.timeout, 16 * 1024).await
+}
+
+/// Where the presets' helper program is installed, and where the tests find it in the repository.
+const GITOPS_PROGRAM: (&str, &str) = (
+    "/usr/local/bin/rollbackd-gitops",
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/bin/rollbackd-gitops"),
+);
+
+/// RFC 7386 JSON merge patch, as Argo CD's `patchType: merge` and Kubernetes'
+/// `application/merge-patch+json` apply it.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
     }
 }
 
@@ -609,6 +668,368 @@ async fn upstash_bad_token_fails_the_step() {
     assert_eq!(r.output, r#"{"error":"Unauthorized"}"#);
 }
 
+// ---- Argo CD ----
+
+/// An Application that syncs automatically, with two history entries: 6 (the good revision) and
+/// 7 (the bad one).
+fn argocd_app() -> Arc<Mutex<Value>> {
+    Arc::new(Mutex::new(json!({
+        "metadata": {"name": "web", "namespace": "argocd"},
+        "spec": {
+            "source": {"repoURL": "https://github.com/acme/web-deploy", "targetRevision": "main"},
+            "syncPolicy": {"automated": {"prune": true, "selfHeal": true}},
+        },
+        "status": {
+            "sync": {"revision": CURRENT_SHA},
+            "history": [
+                {"id": 6, "revision": PREVIOUS_SHA},
+                {"id": 7, "revision": CURRENT_SHA},
+            ],
+        },
+    })))
+}
+
+/// Argo CD's application API as its grpc-gateway serves it
+/// (https://argo-cd.readthedocs.io/en/stable/developer-guide/api-docs/; messages and routes of
+/// `server/application/application.proto`, `assets/swagger.json` and the checks of
+/// `server/application/application.go` in github.com/argoproj/argo-cd): a bearer token, request
+/// bodies per ApplicationPatchRequest / ApplicationRollbackRequest / ApplicationSyncRequest (an
+/// int64 as a JSON number or a decimal string, as protobuf's JSON mapping allows), the
+/// Application on 200, and gRPC errors mapped to HTTP as `{"error", "code", "message"}`:
+/// Unauthenticated 401, PermissionDenied 403 (an unknown application too), InvalidArgument and
+/// FailedPrecondition 400, NotFound 404.
+fn fake_argocd(app: Arc<Mutex<Value>>, token: &'static str) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let error = |status: u16, code: u32, message: &str| {
+            Reply::json(
+                status,
+                json!({"error": message, "code": code, "message": message}),
+            )
+        };
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return error(401, 16, "invalid session: token signature is invalid");
+        }
+        let Some(rest) = r.path.strip_prefix("/api/v1/applications/") else {
+            return error(404, 5, "Not Found");
+        };
+        let (name, action) = match rest.split_once('/') {
+            Some((n, a)) => (n, Some(a)),
+            None => (rest, None),
+        };
+        let mut app = app.lock().expect("lock");
+        if name != app["metadata"]["name"] {
+            return error(403, 7, "permission denied");
+        }
+        let Some(body) = r.json() else {
+            return error(400, 3, "invalid character looking for beginning of value");
+        };
+        if body["name"] != name {
+            return error(400, 3, "name is required");
+        }
+        let automated = !app["spec"]["syncPolicy"]["automated"].is_null();
+        match (r.method.as_str(), action) {
+            ("PATCH", None) => {
+                if body["patchType"] != "merge" {
+                    return error(400, 3, "Patch type is not supported");
+                }
+                let Some(patch) = body["patch"]
+                    .as_str()
+                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                else {
+                    return error(400, 3, "error unmarshaling patch");
+                };
+                merge_patch(&mut app, &patch);
+                Reply::json(200, app.clone())
+            }
+            ("POST", Some("rollback")) => {
+                if automated {
+                    return error(
+                        400,
+                        9,
+                        "rollback cannot be initiated when auto-sync is enabled",
+                    );
+                }
+                let id = match &body["id"] {
+                    Value::Number(n) => n.as_i64(),
+                    Value::String(s) => s.parse::<i64>().ok(),
+                    _ => None,
+                };
+                let entry = app["status"]["history"]
+                    .as_array()
+                    .and_then(|h| h.iter().find(|e| e["id"].as_i64() == id))
+                    .cloned();
+                let Some(entry) = entry else {
+                    return error(
+                        400,
+                        3,
+                        &format!("application web does not have deployment with id {id:?}"),
+                    );
+                };
+                argocd_synced(&mut app, &entry["revision"]);
+                Reply::json(200, app.clone())
+            }
+            ("POST", Some("sync")) => {
+                let revision = body["revision"].as_str().unwrap_or("");
+                let target = app["spec"]["source"]["targetRevision"].clone();
+                if automated && !revision.is_empty() && target != revision {
+                    return error(
+                        400,
+                        9,
+                        &format!(
+                            "Cannot sync to {revision}: auto-sync currently set to {}",
+                            target.as_str().unwrap_or("HEAD")
+                        ),
+                    );
+                }
+                argocd_synced(&mut app, &json!(revision));
+                Reply::json(200, app.clone())
+            }
+            _ => error(404, 5, "Not Found"),
+        }
+    }
+}
+
+/// What a finished sync leaves: the live revision and a new history entry (ids only grow; the
+/// entry rolled back to stays).
+fn argocd_synced(app: &mut Value, revision: &Value) {
+    app["status"]["sync"]["revision"] = revision.clone();
+    app["operation"] = json!({"sync": {"revision": revision}});
+    let history = app["status"]["history"].as_array_mut().expect("history");
+    let next = history
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    history.push(json!({"id": next, "revision": revision}));
+}
+
+/// The Application, a fake Argo CD serving it, and the preset pointed at the fake.
+async fn argocd_setup(file: &str) -> (Arc<Mutex<Value>>, Fake, Rule) {
+    set_env();
+    let app = argocd_app();
+    let fake = Fake::start(fake_argocd(app.clone(), ARGOCD_TOKEN)).await;
+    let rule = argocd_preset(file, &fake);
+    (app, fake, rule)
+}
+
+fn argocd_preset(file: &str, fake: &Fake) -> Rule {
+    load_preset(
+        file,
+        &[("https://argocd.example.com", &fake.base), GITOPS_PROGRAM],
+    )
+}
+
+/// The step failed, and what the program wrote names the reason.
+#[track_caller]
+fn assert_refused(r: &StepResult, says: &str) {
+    assert!(!r.ok, "{r:?}");
+    assert!(r.output.contains(says), "{says:?} not in {}", r.output);
+}
+
+fn assert_argocd_request(req: &Seen, method: &str, path: &str) {
+    assert_eq!((req.method.as_str(), req.path.as_str()), (method, path));
+    assert_eq!(req.query, None);
+    assert_eq!(
+        req.header("authorization").map(str::to_string),
+        Some(format!("Bearer {ARGOCD_TOKEN}"))
+    );
+    assert_eq!(req.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_when_unfrozen() {
+    set_env();
+    let (app, fake, rule) = argocd_setup("argocd.yaml").await;
+    assert!(rule.freeze, "on_unfreeze needs the freeze");
+    // Argo CD's notifications webhook posts the history id as the release's deployment_id.
+    let v = vars(&rule, &[("release.previous.deployment_id", "6")]);
+
+    let off = step(&rule, "turn off argo cd auto-sync");
+    let rollback = step(&rule, "argo cd rollback to the previous history entry");
+    assert!(off.idempotent && rollback.idempotent);
+    assert_eq!(
+        rule.steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        [off.name.as_str(), rollback.name.as_str()],
+        "auto-sync goes off before the rollback: Argo CD refuses one while it is on"
+    );
+
+    let r = run_http_step(off, &v).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.exit_code, Some(200));
+    assert!(app.lock().expect("lock")["spec"]["syncPolicy"]["automated"].is_null());
+
+    let r = run_run_step(rollback, &v, &[]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        PREVIOUS_SHA
+    );
+    // Idempotent: rolling back to entry 6 again syncs the same revision (entry 6 is still there).
+    let r = run_run_step(rollback, &v, &[]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        PREVIOUS_SHA
+    );
+
+    let on = unfreeze_step(&rule, "turn argo cd auto-sync back on");
+    assert!(on.idempotent);
+    let r = run_http_step(on, &v).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["spec"]["syncPolicy"]["automated"],
+        json!({"prune": true, "selfHeal": true})
+    );
+
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 4, "{seen:#?}");
+    let path = "/api/v1/applications/web";
+    assert_argocd_request(&seen[0], "PATCH", path);
+    assert_eq!(
+        seen[0].json(),
+        Some(json!({
+            "name": "web",
+            "patch": r#"{"spec":{"syncPolicy":{"automated":null}}}"#,
+            "patchType": "merge",
+        }))
+    );
+    for req in &seen[1..3] {
+        assert_argocd_request(req, "POST", "/api/v1/applications/web/rollback");
+        assert_eq!(
+            req.json(),
+            Some(json!({"name": "web", "id": 6, "prune": false, "dryRun": false}))
+        );
+    }
+    assert_argocd_request(&seen[3], "PATCH", path);
+    assert_eq!(
+        seen[3].json(),
+        Some(json!({
+            "name": "web",
+            "patch": r#"{"spec":{"syncPolicy":{"automated":{"prune":true,"selfHeal":true}}}}"#,
+            "patchType": "merge",
+        }))
+    );
+}
+
+#[tokio::test]
+async fn argocd_refusals_fail_the_step() {
+    set_env();
+    let (app, fake, rule) = argocd_setup("argocd.yaml").await;
+    let rollback = step(&rule, "argo cd rollback to the previous history entry");
+
+    // Auto-sync still on: FailedPrecondition, 400.
+    let v = vars(&rule, &[("release.previous.deployment_id", "6")]);
+    let r = run_run_step(rollback, &v, &[]).await;
+    assert_eq!(r.exit_code, Some(1));
+    assert_refused(
+        &r,
+        "HTTP 400: {\"code\":9,\"error\":\"rollback cannot be initiated when auto-sync is enabled\"",
+    );
+
+    // A history id Argo CD does not have (pruned by revisionHistoryLimit): InvalidArgument, 400.
+    assert!(
+        run_http_step(step(&rule, "turn off argo cd auto-sync"), &v)
+            .await
+            .ok
+    );
+    let gone = vars(&rule, &[("release.previous.deployment_id", "2")]);
+    assert_refused(
+        &run_run_step(rollback, &gone, &[]).await,
+        "does not have deployment",
+    );
+    // A history id that is not a number never reaches Argo CD.
+    let before = fake.requests().len();
+    let r = run_run_step(rollback, &vars(&rule, &[]), &[]).await;
+    assert!(!r.ok);
+    assert_eq!(fake.requests().len(), before);
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        CURRENT_SHA
+    );
+
+    // A token Argo CD does not accept: Unauthenticated, 401, on both kinds of step.
+    let fake = Fake::start(fake_argocd(argocd_app(), "another-token")).await;
+    let rule = argocd_preset("argocd.yaml", &fake);
+    let r = run_http_step(step(&rule, "turn off argo cd auto-sync"), &v).await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(401));
+    let r = run_run_step(
+        step(&rule, "argo cd rollback to the previous history entry"),
+        &v,
+        &[],
+    )
+    .await;
+    assert!(!r.ok);
+    assert!(r.output.contains("HTTP 401"), "{}", r.output);
+    assert!(!r.output.contains(ARGOCD_TOKEN));
+
+    // An application the token cannot see (or that does not exist): PermissionDenied, 403.
+    let fake = Fake::start(fake_argocd(argocd_app(), ARGOCD_TOKEN)).await;
+    let rule = load_preset(
+        "argocd.yaml",
+        &[
+            ("https://argocd.example.com", &fake.base),
+            ("/applications/web", "/applications/webb"),
+        ],
+    );
+    let off = step(&rule, "turn off argo cd auto-sync");
+    let r = run_http_step(off, &v).await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(403));
+    assert!(r.output.contains("permission denied"), "{}", r.output);
+}
+
+#[tokio::test]
+async fn argocd_sync_variant_syncs_to_the_previous_git_revision() {
+    set_env();
+    let (app, fake, rule) = argocd_setup("argocd-sync-revision.yaml").await;
+    assert!(rule.freeze);
+    let v = vars(&rule, &[]);
+    let sync = step(&rule, "argo cd sync to the previous revision");
+    assert!(sync.idempotent);
+
+    // Before auto-sync is off, Argo CD refuses a sync to another revision.
+    assert_refused(
+        &run_run_step(sync, &v, &[]).await,
+        "auto-sync currently set to main",
+    );
+
+    assert!(
+        run_http_step(step(&rule, "turn off argo cd auto-sync"), &v)
+            .await
+            .ok
+    );
+    let r = run_run_step(sync, &v, &[]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        PREVIOUS_SHA
+    );
+    let seen = fake.requests();
+    let last = seen.last().expect("a request");
+    assert_argocd_request(last, "POST", "/api/v1/applications/web/sync");
+    assert_eq!(
+        last.json(),
+        Some(json!({"name": "web", "revision": PREVIOUS_SHA, "prune": true}))
+    );
+
+    assert!(
+        run_http_step(unfreeze_step(&rule, "turn argo cd auto-sync back on"), &v)
+            .await
+            .ok
+    );
+    assert!(!app.lock().expect("lock")["spec"]["syncPolicy"]["automated"].is_null());
+
+    // A release without a revision: the step does not render, nothing runs.
+    let mut none = vars(&rule, &[]);
+    none.remove("release.previous.revision");
+    assert!(render_argv(sync, &none).is_err());
+}
+
 // ---- CLI presets: rendered argv, nothing run ----
 
 #[test]
@@ -823,7 +1244,11 @@ fn presets_lint_clean_and_are_not_loaded_from_the_rules_dir() {
     assert_eq!(
         names,
         [
+            "preset-argocd-sync-to-previous-revision",
+            "preset-argocd-rollback",
             "preset-cloudflare-purge-everything",
+            "preset-flux-suspend",
+            "preset-github-revert-pull-request",
             "preset-helm-rollback",
             "preset-kubernetes-set-image",
             "preset-kubernetes-rollout-undo",
@@ -851,7 +1276,7 @@ fn presets_hold_secrets_only_as_references() {
     let set = set.expect("presets load");
     let is_ref = |v: &str| v.starts_with("${env:") || v.starts_with("${file:");
     for rule in &set.rules {
-        for s in &rule.steps {
+        for s in rule.steps.iter().chain(&rule.on_unfreeze) {
             match &s.action {
                 Action::Http { headers, body, .. } => {
                     for (k, v) in headers {
