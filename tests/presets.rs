@@ -1,7 +1,11 @@
 //! The step presets under `rules/presets/`: every file lints clean and stays in shadow mode, each
 //! HTTP preset sends exactly the request its vendor documents (checked against a fake vendor
 //! server on loopback that answers the way the vendor documents, errors included), and each CLI
-//! preset renders to the documented argv. No real CLI or vendor API is ever called.
+//! preset renders to the documented argv. No vendor API is ever called. The GitOps presets run
+//! their `run` steps as real child processes against fakes: `deploy/bin/rollbackd-gitops` (curl,
+//! jq) against a fake Argo CD and a fake GitHub, and the real `kubectl` against a fake Kubernetes
+//! API server over TLS (a certificate made with `openssl`); a test whose program is not installed
+//! says so and passes without running.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -170,6 +174,26 @@ async fn run_run_step(
     steps::run_command(&argv, &env, None, step.timeout, 16 * 1024).await
 }
 
+/// Whether every program a test runs is installed; when one is not, the test says so and skips.
+fn installed(programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_err()
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("skipped: {} not installed", missing.join(", "));
+    }
+    missing.is_empty()
+}
+
 /// Where the presets' helper program is installed, and where the tests find it in the repository.
 const GITOPS_PROGRAM: (&str, &str) = (
     "/usr/local/bin/rollbackd-gitops",
@@ -301,12 +325,7 @@ struct Fake {
 
 impl Fake {
     async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Fake {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let state = FakeState {
-            seen: seen.clone(),
-            handler: Arc::new(handler),
-        };
-        let app = Router::new().fallback(record).with_state(state);
+        let (app, seen) = Fake::router(handler);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake vendor");
@@ -320,6 +339,66 @@ impl Fake {
             base: format!("http://{addr}"),
             seen,
         }
+    }
+
+    /// The same over HTTPS with the certificate and key of `tls` (PEM files): for clients that
+    /// send credentials only over TLS, as kubectl does (kubernetes/kubectl#744).
+    async fn start_tls(
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        tls: &TestCert,
+    ) -> Fake {
+        use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+        let (app, seen) = Fake::router(handler);
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&tls.cert)
+            .expect("read certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&tls.key).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake vendor");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Fake {
+            base: format!("https://{addr}"),
+            seen,
+        }
+    }
+
+    fn router(
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> (Router, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = FakeState {
+            seen: seen.clone(),
+            handler: Arc::new(handler),
+        };
+        (Router::new().fallback(record).with_state(state), seen)
     }
 
     fn requests(&self) -> Vec<Seen> {
@@ -805,12 +884,15 @@ fn argocd_synced(app: &mut Value, revision: &Value) {
 }
 
 /// The Application, a fake Argo CD serving it, and the preset pointed at the fake.
-async fn argocd_setup(file: &str) -> (Arc<Mutex<Value>>, Fake, Rule) {
+async fn argocd_setup(file: &str) -> Option<(Arc<Mutex<Value>>, Fake, Rule)> {
     set_env();
+    if !installed(&["curl", "jq"]) {
+        return None;
+    }
     let app = argocd_app();
     let fake = Fake::start(fake_argocd(app.clone(), ARGOCD_TOKEN)).await;
     let rule = argocd_preset(file, &fake);
-    (app, fake, rule)
+    Some((app, fake, rule))
 }
 
 fn argocd_preset(file: &str, fake: &Fake) -> Rule {
@@ -840,7 +922,9 @@ fn assert_argocd_request(req: &Seen, method: &str, path: &str) {
 #[tokio::test]
 async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_when_unfrozen() {
     set_env();
-    let (app, fake, rule) = argocd_setup("argocd.yaml").await;
+    let Some((app, fake, rule)) = argocd_setup("argocd.yaml").await else {
+        return;
+    };
     assert!(rule.freeze, "on_unfreeze needs the freeze");
     // Argo CD's notifications webhook posts the history id as the release's deployment_id.
     let v = vars(&rule, &[("release.previous.deployment_id", "6")]);
@@ -918,7 +1002,9 @@ async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_whe
 #[tokio::test]
 async fn argocd_refusals_fail_the_step() {
     set_env();
-    let (app, fake, rule) = argocd_setup("argocd.yaml").await;
+    let Some((app, fake, rule)) = argocd_setup("argocd.yaml").await else {
+        return;
+    };
     let rollback = step(&rule, "argo cd rollback to the previous history entry");
 
     // Auto-sync still on: FailedPrecondition, 400.
@@ -986,7 +1072,9 @@ async fn argocd_refusals_fail_the_step() {
 #[tokio::test]
 async fn argocd_sync_variant_syncs_to_the_previous_git_revision() {
     set_env();
-    let (app, fake, rule) = argocd_setup("argocd-sync-revision.yaml").await;
+    let Some((app, fake, rule)) = argocd_setup("argocd-sync-revision.yaml").await else {
+        return;
+    };
     assert!(rule.freeze);
     let v = vars(&rule, &[]);
     let sync = step(&rule, "argo cd sync to the previous revision");
@@ -1028,6 +1116,412 @@ async fn argocd_sync_variant_syncs_to_the_previous_git_revision() {
     let mut none = vars(&rule, &[]);
     none.remove("release.previous.revision");
     assert!(render_argv(sync, &none).is_err());
+}
+
+// ---- Flux, through kubectl against a fake Kubernetes API server ----
+
+const KUBE_TOKEN: &str = "kube-preset-test-token-0000";
+
+/// The custom resources the fake serves: group, version, plural, kind.
+const FLUX_RESOURCES: [(&str, &str, &str, &str); 3] = [
+    (
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "kustomizations",
+        "Kustomization",
+    ),
+    (
+        "helm.toolkit.fluxcd.io",
+        "v2",
+        "helmreleases",
+        "HelmRelease",
+    ),
+    (
+        "image.toolkit.fluxcd.io",
+        "v1beta2",
+        "imageupdateautomations",
+        "ImageUpdateAutomation",
+    ),
+];
+
+/// Stored objects by API path (`/apis/<group>/<version>/namespaces/<ns>/<plural>/<name>`).
+type KubeObjects = Arc<Mutex<BTreeMap<String, Value>>>;
+
+fn flux_objects() -> KubeObjects {
+    let mut objects = BTreeMap::new();
+    for (group, version, plural, kind, name) in [
+        (
+            "kustomize.toolkit.fluxcd.io",
+            "v1",
+            "kustomizations",
+            "Kustomization",
+            "web",
+        ),
+        (
+            "image.toolkit.fluxcd.io",
+            "v1beta2",
+            "imageupdateautomations",
+            "ImageUpdateAutomation",
+            "flux-system",
+        ),
+    ] {
+        objects.insert(
+            format!("/apis/{group}/{version}/namespaces/flux-system/{plural}/{name}"),
+            json!({
+                "apiVersion": format!("{group}/{version}"),
+                "kind": kind,
+                "metadata": {"name": name, "namespace": "flux-system", "resourceVersion": "1"},
+                "spec": {"interval": "10m", "suspend": false},
+            }),
+        );
+    }
+    Arc::new(Mutex::new(objects))
+}
+
+/// A `Status` object, how the API server reports a failure
+/// (https://kubernetes.io/docs/reference/using-api/api-concepts/#response-status-kind).
+fn kube_status(code: u16, reason: &str, message: &str) -> Reply {
+    Reply::json(
+        code,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code,
+        }),
+    )
+}
+
+/// A Kubernetes API server as kubectl meets it, per the API conventions
+/// (https://kubernetes.io/docs/reference/using-api/api-concepts/,
+/// https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/status/,
+/// https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md):
+/// bearer-token authentication (401 `Status` with reason `Unauthorized` otherwise); discovery
+/// (https://kubernetes.io/docs/concepts/overview/kubernetes-api/#discovery-api) answered in the
+/// unaggregated form only, `APIVersions` at `/api`, `APIGroupList` at `/apis`, `APIResourceList`
+/// at `/api/v1` and `/apis/<group>/<version>`, all as `application/json`, which makes a client
+/// that asked for the aggregated `APIGroupDiscoveryList` fall back to them; `/version` without
+/// credentials; `GET` of a stored object and of its namespace; `PATCH` of a
+/// namespaced object with `application/merge-patch+json` (RFC 7386) answering 200 with the
+/// object and a new `resourceVersion` (415 for another content type, 404 `Status` with reason
+/// `NotFound` for an object it does not hold).
+fn fake_kube(objects: KubeObjects, token: &'static str) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let path = r.path.trim_end_matches('/');
+        // Everyone may read the version (the `system:public-info-viewer` role).
+        if r.method == "GET" && path == "/version" {
+            return Reply::json(
+                200,
+                json!({"major": "1", "minor": "32", "gitVersion": "v1.32.4", "platform": "linux/amd64"}),
+            );
+        }
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return kube_status(401, "Unauthorized", "Unauthorized");
+        }
+        if r.method == "GET" {
+            let groups = || {
+                FLUX_RESOURCES.iter().map(|(g, v, _, _)| {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv], "preferredVersion": gv})
+                })
+            };
+            match path {
+                "/api" => {
+                    return Reply::json(
+                        200,
+                        json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}
+                        ]}),
+                    );
+                }
+                "/apis" => {
+                    return Reply::json(
+                        200,
+                        json!({"kind": "APIGroupList", "apiVersion": "v1",
+                               "groups": groups().collect::<Vec<_>>()}),
+                    );
+                }
+                "/api/v1" => {
+                    return Reply::json(
+                        200,
+                        json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                            {"name": "namespaces", "singularName": "namespace", "namespaced": false,
+                             "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]}
+                        ]}),
+                    );
+                }
+                _ => {}
+            }
+            if let Some((g, v, plural, kind)) = FLUX_RESOURCES
+                .iter()
+                .find(|(g, v, _, _)| path == format!("/apis/{g}/{v}"))
+            {
+                let singular = kind.to_ascii_lowercase();
+                return Reply::json(
+                    200,
+                    json!({"kind": "APIResourceList", "apiVersion": "v1",
+                           "groupVersion": format!("{g}/{v}"), "resources": [
+                        {"name": plural, "singularName": singular, "namespaced": true, "kind": kind,
+                         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+                        {"name": format!("{plural}/status"), "singularName": "", "namespaced": true,
+                         "kind": kind, "verbs": ["get", "patch", "update"]}
+                    ]}),
+                );
+            }
+        }
+        if path == "/api/v1/namespaces/flux-system" && r.method == "GET" {
+            return Reply::json(
+                200,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+            );
+        }
+        if matches!(r.method.as_str(), "GET" | "PATCH") {
+            let mut objects = objects.lock().expect("lock");
+            let Some(object) = objects.get_mut(path) else {
+                let mut parts = path.rsplit('/');
+                let (name, plural) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let group = path.split('/').nth(2).unwrap_or("");
+                return kube_status(
+                    404,
+                    "NotFound",
+                    &format!("{plural}.{group} \"{name}\" not found"),
+                );
+            };
+            if r.method == "GET" {
+                return Reply::json(200, object.clone());
+            }
+            if r.header("content-type") != Some("application/merge-patch+json") {
+                return kube_status(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format",
+                );
+            }
+            let Some(patch) = r.json() else {
+                return kube_status(400, "BadRequest", "error decoding patch");
+            };
+            merge_patch(object, &patch);
+            let version = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            object["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+            return Reply::json(200, object.clone());
+        }
+        kube_status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1, made with the `openssl` CLI, and its key (PEM files).
+struct TestCert {
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "{out:?}");
+        TestCert {
+            _dir: dir,
+            cert,
+            key,
+        }
+    }
+}
+
+/// A kubeconfig for the fake (its certificate as the CA, a bearer token) and a HOME for
+/// kubectl's cache, both in a temporary directory; the child environment that uses them.
+struct Kubectl {
+    dir: tempfile::TempDir,
+    kubeconfig: String,
+}
+
+impl Kubectl {
+    fn new(fake: &Fake, tls: &TestCert, token: &str) -> Kubectl {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+                 users:\n- name: rollbackd\n  user:\n    token: {token}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: rollbackd\n\
+                 current-context: fake\n",
+                fake.base,
+                tls.cert.display(),
+            ),
+        )
+        .expect("write kubeconfig");
+        Kubectl {
+            kubeconfig: kubeconfig.to_string_lossy().into_owned(),
+            dir,
+        }
+    }
+
+    fn env(&self) -> [(&str, &str); 3] {
+        let home = self.dir.path().to_str().expect("utf-8 temp dir");
+        [
+            ("KUBECONFIG", self.kubeconfig.as_str()),
+            ("HOME", home),
+            ("KUBECACHEDIR", home),
+        ]
+    }
+}
+
+fn suspended(objects: &KubeObjects) -> Vec<Value> {
+    objects
+        .lock()
+        .expect("lock")
+        .values()
+        .map(|o| o["spec"]["suspend"].clone())
+        .collect()
+}
+
+/// The Flux objects, a certificate, and a fake API server holding the objects over TLS.
+async fn flux_cluster() -> Option<(KubeObjects, TestCert, Fake)> {
+    set_env();
+    if !installed(&["kubectl", "openssl"]) {
+        return None;
+    }
+    let objects = flux_objects();
+    let tls = TestCert::new();
+    let fake = Fake::start_tls(fake_kube(objects.clone(), KUBE_TOKEN), &tls).await;
+    Some((objects, tls, fake))
+}
+
+#[tokio::test]
+async fn flux_suspends_and_resumes_through_kubectl() {
+    let Some((objects, tls, fake)) = flux_cluster().await else {
+        return;
+    };
+    let kubectl = Kubectl::new(&fake, &tls, KUBE_TOKEN);
+    let rule = load_preset("flux.yaml", &[]);
+    assert!(rule.freeze);
+    let v = vars(&rule, &[]);
+
+    for s in &rule.steps {
+        assert!(s.idempotent, "{}", s.name);
+        let r = run_run_step(s, &v, &kubectl.env()).await;
+        assert!(r.ok, "{}: {r:?}", s.name);
+        assert!(r.output.contains("patched"), "{}", r.output);
+    }
+    assert_eq!(suspended(&objects), [json!(true), json!(true)]);
+    // Suspending again changes nothing and succeeds.
+    let again = run_run_step(&rule.steps[1], &v, &kubectl.env()).await;
+    assert!(again.ok, "{again:?}");
+    assert_eq!(suspended(&objects), [json!(true), json!(true)]);
+
+    for s in &rule.on_unfreeze {
+        assert!(s.idempotent, "{}", s.name);
+        let r = run_run_step(s, &v, &kubectl.env()).await;
+        assert!(r.ok, "{}: {r:?}", s.name);
+    }
+    assert_eq!(suspended(&objects), [json!(false), json!(false)]);
+
+    let seen = fake.requests();
+    // kubectl asks for aggregated discovery first and takes the plain lists it gets.
+    let first = seen.iter().find(|r| r.path == "/api").expect("discovery");
+    assert!(
+        first.header("accept").is_some_and(|a| a
+            .starts_with("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,")
+            && a.ends_with(",application/json")),
+        "{first:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r.path == "/apis/kustomize.toolkit.fluxcd.io/v1"),
+        "kubectl read the group's resource list"
+    );
+    for req in &seen {
+        assert_eq!(
+            req.header("authorization").map(str::to_string),
+            Some(format!("Bearer {KUBE_TOKEN}")),
+            "{req:?}"
+        );
+    }
+    let patches: Vec<(&str, Option<Value>)> = seen
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| (r.path.as_str(), r.json()))
+        .collect();
+    let ks = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/web";
+    let iua = "/apis/image.toolkit.fluxcd.io/v1beta2/namespaces/flux-system/imageupdateautomations/flux-system";
+    let suspend = |s: bool| Some(json!({"spec": {"suspend": s}}));
+    assert_eq!(
+        patches,
+        [
+            (iua, suspend(true)),
+            (ks, suspend(true)),
+            (ks, suspend(true)),
+            (ks, suspend(false)),
+            (iua, suspend(false)),
+        ]
+    );
+    assert!(
+        seen.iter()
+            .filter(|r| r.method == "PATCH")
+            .all(|r| r.header("content-type") == Some("application/merge-patch+json"))
+    );
+}
+
+#[tokio::test]
+async fn flux_steps_fail_for_a_missing_object_or_a_bad_token() {
+    let Some((objects, tls, fake)) = flux_cluster().await else {
+        return;
+    };
+    let kubectl = Kubectl::new(&fake, &tls, KUBE_TOKEN);
+    // A Kustomization the cluster does not have: 404 NotFound, kubectl exits non-zero.
+    let rule = load_preset(
+        "flux.yaml",
+        &[(
+            "kustomization.kustomize.toolkit.fluxcd.io/web",
+            "kustomization.kustomize.toolkit.fluxcd.io/nope",
+        )],
+    );
+    let r = run_run_step(
+        step(&rule, "suspend flux kustomization"),
+        &vars(&rule, &[]),
+        &kubectl.env(),
+    )
+    .await;
+    assert_ne!(r.exit_code, Some(0));
+    assert_refused(
+        &r,
+        r#"kustomizations.kustomize.toolkit.fluxcd.io "nope" not found"#,
+    );
+    assert_eq!(suspended(&objects), [json!(false), json!(false)]);
+
+    // A token the API server does not accept: 401.
+    let kubectl = Kubectl::new(&fake, &tls, "another-token");
+    let rule = load_preset("flux.yaml", &[]);
+    let s = step(&rule, "suspend flux kustomization");
+    assert_refused(
+        &run_run_step(s, &vars(&rule, &[]), &kubectl.env()).await,
+        "error: You must be logged in to the server",
+    );
+    assert_eq!(suspended(&objects), [json!(false), json!(false)]);
 }
 
 // ---- CLI presets: rendered argv, nothing run ----
