@@ -1524,6 +1524,357 @@ async fn flux_steps_fail_for_a_missing_object_or_a_bad_token() {
     assert_eq!(suspended(&objects), [json!(false), json!(false)]);
 }
 
+// ---- GitHub: a revert opened as a pull request ----
+
+const GITHUB_REPO: &str = "/repos/acme/web-deploy";
+const PREVIOUS_TREE: &str = "1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e";
+const CURRENT_TREE: &str = "aa11bb22cc33dd44ee55ff6677889900aabbccdd";
+
+/// What the fake GitHub repository holds: commits (sha → object), branches (name → sha), pull
+/// requests.
+#[derive(Default)]
+struct GitHubRepo {
+    commits: BTreeMap<String, Value>,
+    branches: BTreeMap<String, String>,
+    pulls: Vec<Value>,
+}
+
+fn github_repo() -> Arc<Mutex<GitHubRepo>> {
+    let mut repo = GitHubRepo::default();
+    for (sha, tree, parent) in [
+        (PREVIOUS_SHA, PREVIOUS_TREE, None),
+        (CURRENT_SHA, CURRENT_TREE, Some(PREVIOUS_SHA)),
+    ] {
+        repo.commits.insert(
+            sha.into(),
+            json!({"sha": sha, "tree": {"sha": tree}, "parents": parent.map(|p| vec![json!({"sha": p})]).unwrap_or_default(), "message": "deploy"}),
+        );
+    }
+    repo.branches.insert("main".into(), CURRENT_SHA.into());
+    Arc::new(Mutex::new(repo))
+}
+
+/// GitHub's REST API for git objects and pull requests as documented
+/// (https://docs.github.com/en/rest/using-the-rest-api/getting-started-with-the-rest-api,
+/// https://docs.github.com/en/rest/git/commits, https://docs.github.com/en/rest/git/refs,
+/// https://docs.github.com/en/rest/pulls/pulls,
+/// https://docs.github.com/en/rest/using-the-rest-api/troubleshooting-the-rest-api):
+/// `Authorization: Bearer <token>` (401 "Bad credentials"), a `User-Agent` (403 without one),
+/// `X-GitHub-Api-Version` (400 for a version it does not know); `GET git/commits/{sha}` 200 or
+/// 404 "Not Found"; `POST git/commits` 201 (422 for a tree or parent it does not have);
+/// `POST git/refs` 201 (422 "Reference already exists"); `PATCH git/refs/heads/{branch}` 200
+/// (422 "Reference does not exist"); `POST pulls` 201 (422 "Validation Failed" with "A pull
+/// request already exists for OWNER:BRANCH." or an unknown head); `GET pulls?head=&state=` 200.
+/// Errors are `{"message", "documentation_url", "status"}`.
+fn fake_github(repo: Arc<Mutex<GitHubRepo>>, token: &'static str) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let error = |status: u16, message: &str| {
+            Reply::json(
+                status,
+                json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()}),
+            )
+        };
+        if r.header("user-agent").is_none() {
+            return error(
+                403,
+                "Request forbidden by administrative rules. Please make sure your request has a User-Agent header",
+            );
+        }
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return error(401, "Bad credentials");
+        }
+        if r.header("x-github-api-version")
+            .is_some_and(|v| v != "2022-11-28")
+        {
+            return error(400, "API version is not supported");
+        }
+        let Some(rest) = r.path.strip_prefix(GITHUB_REPO) else {
+            return error(404, "Not Found");
+        };
+        let mut repo = repo.lock().expect("lock");
+        let body = r.json().unwrap_or(Value::Null);
+        match (r.method.as_str(), rest) {
+            ("GET", p) if p.starts_with("/git/commits/") => {
+                match repo.commits.get(&p["/git/commits/".len()..]) {
+                    Some(c) => Reply::json(200, c.clone()),
+                    None => error(404, "Not Found"),
+                }
+            }
+            ("POST", "/git/commits") => {
+                let tree = body["tree"].as_str().unwrap_or("");
+                let known_tree = repo.commits.values().any(|c| c["tree"]["sha"] == tree);
+                let parents: Vec<&str> = body["parents"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if !body["message"].is_string()
+                    || !known_tree
+                    || parents.iter().any(|p| !repo.commits.contains_key(*p))
+                {
+                    return error(422, "Tree SHA does not exist");
+                }
+                let sha = format!("{:040x}", 0xc0ffee_u64 + repo.commits.len() as u64);
+                let commit = json!({
+                    "sha": sha, "tree": {"sha": tree}, "message": body["message"],
+                    "parents": parents.iter().map(|p| json!({"sha": p})).collect::<Vec<_>>(),
+                });
+                repo.commits.insert(sha, commit.clone());
+                Reply::json(201, commit)
+            }
+            ("POST", "/git/refs") => {
+                let (Some(name), Some(sha)) = (
+                    body["ref"]
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("refs/heads/")),
+                    body["sha"].as_str(),
+                ) else {
+                    return error(422, "Reference name is invalid");
+                };
+                if repo.branches.contains_key(name) {
+                    return error(422, "Reference already exists");
+                }
+                if !repo.commits.contains_key(sha) {
+                    return error(422, "Object does not exist");
+                }
+                repo.branches.insert(name.into(), sha.into());
+                Reply::json(
+                    201,
+                    json!({"ref": body["ref"], "object": {"type": "commit", "sha": sha}}),
+                )
+            }
+            ("PATCH", p) if p.starts_with("/git/refs/heads/") => {
+                let name = &p["/git/refs/heads/".len()..];
+                let sha = body["sha"].as_str().unwrap_or("").to_string();
+                if !repo.branches.contains_key(name) {
+                    return error(422, "Reference does not exist");
+                }
+                if !repo.commits.contains_key(&sha) {
+                    return error(422, "Object does not exist");
+                }
+                repo.branches.insert(name.into(), sha.clone());
+                Reply::json(
+                    200,
+                    json!({"ref": format!("refs/heads/{name}"), "object": {"type": "commit", "sha": sha}}),
+                )
+            }
+            ("POST", "/pulls") => {
+                let head = body["head"].as_str().unwrap_or("");
+                let base = body["base"].as_str().unwrap_or("");
+                if !body["title"].is_string()
+                    || !repo.branches.contains_key(head)
+                    || !repo.branches.contains_key(base)
+                {
+                    return Reply::json(
+                        422,
+                        json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}], "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request", "status": "422"}),
+                    );
+                }
+                if repo.pulls.iter().any(|p| p["head"]["ref"] == head) {
+                    return Reply::json(
+                        422,
+                        json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "code": "custom", "message": format!("A pull request already exists for acme:{head}.")}], "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request", "status": "422"}),
+                    );
+                }
+                let number = repo.pulls.len() + 1;
+                let pull = json!({
+                    "number": number, "state": "open", "title": body["title"], "body": body["body"],
+                    "html_url": format!("https://github.com/acme/web-deploy/pull/{number}"),
+                    "head": {"ref": head, "label": format!("acme:{head}")}, "base": {"ref": base},
+                });
+                repo.pulls.push(pull.clone());
+                Reply::json(201, pull)
+            }
+            ("GET", "/pulls") => {
+                let query = r.query.clone().unwrap_or_default();
+                let open: Vec<Value> = repo
+                    .pulls
+                    .iter()
+                    .filter(|p| {
+                        query.contains("state=open")
+                            && p["head"]["label"]
+                                .as_str()
+                                .is_some_and(|l| query.contains(&format!("head={l}")))
+                    })
+                    .cloned()
+                    .collect();
+                Reply::json(200, Value::Array(open))
+            }
+            _ => error(404, "Not Found"),
+        }
+    }
+}
+
+/// The repository, a fake GitHub serving it, the preset, and the child environment that points
+/// the program at the fake.
+async fn github_setup(token: &'static str) -> Option<(Arc<Mutex<GitHubRepo>>, Fake, Rule)> {
+    set_env();
+    if !installed(&["curl", "jq"]) {
+        return None;
+    }
+    let repo = github_repo();
+    let fake = Fake::start(fake_github(repo.clone(), token)).await;
+    let rule = load_preset("github-revert.yaml", &[GITOPS_PROGRAM]);
+    Some((repo, fake, rule))
+}
+
+#[tokio::test]
+async fn github_revert_opens_a_pull_request_with_the_previous_tree_on_the_bad_commit() {
+    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
+        return;
+    };
+    assert!(rule.freeze);
+    assert!(
+        rule.on_unfreeze.is_empty(),
+        "a person merges the pull request"
+    );
+    let s = step(&rule, "open a revert pull request on github");
+    assert!(s.idempotent);
+    let v = vars(&rule, &[]);
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+
+    let r = run_run_step(s, &v, &api).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.output.trim(), "https://github.com/acme/web-deploy/pull/1");
+
+    let seen = fake.requests();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    let commit_path = format!("{GITHUB_REPO}/git/commits/{PREVIOUS_SHA}");
+    let commits = format!("{GITHUB_REPO}/git/commits");
+    let refs = format!("{GITHUB_REPO}/git/refs");
+    let pulls = format!("{GITHUB_REPO}/pulls");
+    assert_eq!(
+        calls,
+        [
+            ("GET", commit_path.as_str()),
+            ("POST", commits.as_str()),
+            ("POST", refs.as_str()),
+            ("POST", pulls.as_str()),
+        ]
+    );
+    for req in &seen {
+        assert_eq!(
+            req.header("authorization").map(str::to_string),
+            Some(format!("Bearer {GITHUB_TOKEN}"))
+        );
+        assert_eq!(req.header("accept"), Some("application/vnd.github+json"));
+        assert_eq!(req.header("x-github-api-version"), Some("2022-11-28"));
+        assert_eq!(req.header("user-agent"), Some("rollbackd-gitops"));
+    }
+    for req in &seen[1..] {
+        assert_eq!(req.header("content-type"), Some("application/json"));
+    }
+
+    let commit = seen[1].json().expect("commit body");
+    assert_eq!(
+        commit["tree"], PREVIOUS_TREE,
+        "the previous revision's tree"
+    );
+    assert_eq!(
+        commit["parents"],
+        json!([CURRENT_SHA]),
+        "on top of the bad commit"
+    );
+    assert!(
+        commit["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("inc-000042"))
+    );
+
+    let repo = repo.lock().expect("lock");
+    let branch = repo
+        .branches
+        .get("rollbackd/revert-inc-000042")
+        .expect("branch created");
+    assert_eq!(repo.commits[branch]["tree"]["sha"], PREVIOUS_TREE);
+    assert_eq!(
+        seen[2].json(),
+        Some(json!({"ref": "refs/heads/rollbackd/revert-inc-000042", "sha": branch}))
+    );
+    let pull = seen[3].json().expect("pull body");
+    assert_eq!(pull["head"], "rollbackd/revert-inc-000042");
+    assert_eq!(pull["base"], "main");
+    for field in ["title", "body"] {
+        let text = pull[field].as_str().unwrap_or_default();
+        assert!(
+            text.contains("inc-000042"),
+            "the {field} names the incident: {pull}"
+        );
+    }
+    assert_eq!(
+        repo.branches["main"], CURRENT_SHA,
+        "main is left to the person who merges"
+    );
+}
+
+#[tokio::test]
+async fn github_revert_run_twice_keeps_one_branch_and_one_pull_request() {
+    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
+        return;
+    };
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    for _ in 0..2 {
+        let r = run_run_step(s, &vars(&rule, &[]), &api).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.output.trim(), "https://github.com/acme/web-deploy/pull/1");
+    }
+    let repo = repo.lock().expect("lock");
+    assert_eq!(repo.pulls.len(), 1);
+    let branch = &repo.branches["rollbackd/revert-inc-000042"];
+    assert_eq!(repo.commits[branch]["tree"]["sha"], PREVIOUS_TREE);
+    let seen = fake.requests();
+    let second: Vec<(&str, &str)> = seen[4..]
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    let moved = format!("{GITHUB_REPO}/git/refs/heads/rollbackd/revert-inc-000042");
+    let pulls = format!("{GITHUB_REPO}/pulls");
+    assert_eq!(second[3], ("PATCH", moved.as_str()), "{second:?}");
+    assert_eq!(second[5], ("GET", pulls.as_str()), "{second:?}");
+}
+
+#[tokio::test]
+async fn github_revert_refusals_fail_the_step() {
+    // A token GitHub does not accept: 401 "Bad credentials", nothing created.
+    let Some((repo, fake, rule)) = github_setup("ghp_another_token").await else {
+        return;
+    };
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    let r = run_run_step(s, &vars(&rule, &[]), &api).await;
+    assert_eq!(r.exit_code, Some(1));
+    assert_refused(&r, "HTTP 401");
+    assert_refused(&r, "Bad credentials");
+    assert!(!r.output.contains(GITHUB_TOKEN));
+    assert_eq!(fake.requests().len(), 1);
+    assert!(repo.lock().expect("lock").branches.len() == 1);
+
+    // A previous revision the repository does not have: 404, nothing created.
+    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
+        return;
+    };
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    let unknown = vars(
+        &rule,
+        &[(
+            "release.previous.revision",
+            "0123456789abcdef0123456789abcdef01234567",
+        )],
+    );
+    assert_refused(&run_run_step(s, &unknown, &api).await, "HTTP 404");
+    assert_eq!(repo.lock().expect("lock").branches.len(), 1);
+
+    // A revision that is not a commit sha never reaches GitHub.
+    let odd = vars(&rule, &[("release.previous.revision", "main")]);
+    let before = fake.requests().len();
+    assert_refused(&run_run_step(s, &odd, &api).await, "refusing commit main");
+    assert_eq!(fake.requests().len(), before);
+}
+
 // ---- CLI presets: rendered argv, nothing run ----
 
 #[test]
