@@ -1,7 +1,11 @@
 //! The step presets under `rules/presets/`: every file lints clean and stays in shadow mode, each
 //! HTTP preset sends exactly the request its vendor documents (checked against a fake vendor
 //! server on loopback that answers the way the vendor documents, errors included), and each CLI
-//! preset renders to the documented argv. No real CLI or vendor API is ever called.
+//! preset renders to the documented argv. No vendor API is ever called. The GitOps presets run
+//! their `run` steps as real child processes against fakes: `deploy/bin/rollbackd-gitops` (curl,
+//! jq) against a fake Argo CD and a fake GitHub, and the real `kubectl` against a fake Kubernetes
+//! API server over TLS (a certificate made with `openssl`); a test whose program is not installed
+//! says so and passes without running.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,6 +43,8 @@ const LD_TOKEN: &str = "api-00000000-preset-test-token";
 const CF_TOKEN: &str = "cf-preset-test-token-0000";
 const CF_ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 const UPSTASH_TOKEN: &str = "AX-preset-test-token-0000";
+const ARGOCD_TOKEN: &str = "argocd-preset-test-token-0000";
+const GITHUB_TOKEN: &str = "github_pat_preset_test_token_0000";
 
 static ENV: Once = Once::new();
 
@@ -51,6 +57,8 @@ fn set_env() {
             ("CLOUDFLARE_API_TOKEN", CF_TOKEN),
             ("CLOUDFLARE_ZONE_ID", CF_ZONE),
             ("UPSTASH_REDIS_REST_TOKEN", UPSTASH_TOKEN),
+            ("ARGOCD_TOKEN", ARGOCD_TOKEN),
+            ("GITHUB_TOKEN", GITHUB_TOKEN),
         ] {
             // SAFETY: `set_var` is unsound only while another thread reads or writes the
             // environment. Every test in this binary calls `set_env` first, and `Once` runs this
@@ -103,6 +111,8 @@ fn vars(rule: &Rule, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
         ("release.previous.version", "v1.4.0"),
         ("release.current.deployment_id", "dpl_9Zx1aBcDe"),
         ("release.current.version", "v1.5.0"),
+        ("release.previous.revision", PREVIOUS_SHA),
+        ("release.current.revision", CURRENT_SHA),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -114,11 +124,22 @@ fn vars(rule: &Rule, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     v
 }
 
+/// The git commits of the release pair: the good one and the bad one.
+const PREVIOUS_SHA: &str = "3f2a1c9e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39";
+const CURRENT_SHA: &str = "9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b";
+
 fn step<'a>(rule: &'a Rule, name: &str) -> &'a StepSpec {
     rule.steps
         .iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("{} has no step {name:?}", rule.name))
+}
+
+fn unfreeze_step<'a>(rule: &'a Rule, name: &str) -> &'a StepSpec {
+    rule.on_unfreeze
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("{} has no on_unfreeze step {name:?}", rule.name))
 }
 
 /// The argv of a `run` step, rendered as the engine renders it (one element at a time).
@@ -134,6 +155,68 @@ fn run_env(step: &StepSpec) -> &BTreeMap<String, String> {
     match &step.action {
         Action::Run { env, .. } => env,
         Action::Http { .. } => panic!("step {:?} is not a run step", step.name),
+    }
+}
+
+/// Renders a `run` step like the engine and runs it with the daemon's step runner: a real child
+/// process, its `env` expanded, `extra` added to its environment (a fake server's address,
+/// a kubeconfig).
+async fn run_run_step(
+    step: &StepSpec,
+    vars: &BTreeMap<String, String>,
+    extra: &[(&str, &str)],
+) -> StepResult {
+    let argv = render_argv(step, vars).expect("argv renders");
+    let mut env = run_env(step).clone();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    steps::run_command(&argv, &env, None, step.timeout, 16 * 1024).await
+}
+
+/// Whether every program a test runs is installed; when one is not, the test says so and skips.
+fn installed(programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_err()
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("skipped: {} not installed", missing.join(", "));
+    }
+    missing.is_empty()
+}
+
+/// Where the presets' helper program is installed, and where the tests find it in the repository.
+const GITOPS_PROGRAM: (&str, &str) = (
+    "/usr/local/bin/rollbackd-gitops",
+    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/bin/rollbackd-gitops"),
+);
+
+/// RFC 7386 JSON merge patch, as Argo CD's `patchType: merge` and Kubernetes'
+/// `application/merge-patch+json` apply it.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
     }
 }
 
@@ -242,12 +325,7 @@ struct Fake {
 
 impl Fake {
     async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Fake {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let state = FakeState {
-            seen: seen.clone(),
-            handler: Arc::new(handler),
-        };
-        let app = Router::new().fallback(record).with_state(state);
+        let (app, seen) = Fake::router(handler);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake vendor");
@@ -261,6 +339,66 @@ impl Fake {
             base: format!("http://{addr}"),
             seen,
         }
+    }
+
+    /// The same over HTTPS with the certificate and key of `tls` (PEM files): for clients that
+    /// send credentials only over TLS, as kubectl does (kubernetes/kubectl#744).
+    async fn start_tls(
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+        tls: &TestCert,
+    ) -> Fake {
+        use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+        let (app, seen) = Fake::router(handler);
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&tls.cert)
+            .expect("read certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&tls.key).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake vendor");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Fake {
+            base: format!("https://{addr}"),
+            seen,
+        }
+    }
+
+    fn router(
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> (Router, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = FakeState {
+            seen: seen.clone(),
+            handler: Arc::new(handler),
+        };
+        (Router::new().fallback(record).with_state(state), seen)
     }
 
     fn requests(&self) -> Vec<Seen> {
@@ -609,6 +747,1134 @@ async fn upstash_bad_token_fails_the_step() {
     assert_eq!(r.output, r#"{"error":"Unauthorized"}"#);
 }
 
+// ---- Argo CD ----
+
+/// An Application that syncs automatically, with two history entries: 6 (the good revision) and
+/// 7 (the bad one).
+fn argocd_app() -> Arc<Mutex<Value>> {
+    Arc::new(Mutex::new(json!({
+        "metadata": {"name": "web", "namespace": "argocd"},
+        "spec": {
+            "source": {"repoURL": "https://github.com/acme/web-deploy", "targetRevision": "main"},
+            "syncPolicy": {"automated": {"prune": true, "selfHeal": true}},
+        },
+        "status": {
+            "sync": {"revision": CURRENT_SHA},
+            "history": [
+                {"id": 6, "revision": PREVIOUS_SHA},
+                {"id": 7, "revision": CURRENT_SHA},
+            ],
+        },
+    })))
+}
+
+/// Argo CD's application API as its grpc-gateway serves it
+/// (https://argo-cd.readthedocs.io/en/stable/developer-guide/api-docs/; messages and routes of
+/// `server/application/application.proto`, `assets/swagger.json` and the checks of
+/// `server/application/application.go` in github.com/argoproj/argo-cd): a bearer token, request
+/// bodies per ApplicationPatchRequest / ApplicationRollbackRequest / ApplicationSyncRequest (an
+/// int64 as a JSON number or a decimal string, as protobuf's JSON mapping allows), the
+/// Application on 200, and gRPC errors mapped to HTTP as `{"error", "code", "message"}`:
+/// Unauthenticated 401, PermissionDenied 403 (an unknown application too), InvalidArgument and
+/// FailedPrecondition 400, NotFound 404.
+fn fake_argocd(app: Arc<Mutex<Value>>, token: &'static str) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let error = |status: u16, code: u32, message: &str| {
+            Reply::json(
+                status,
+                json!({"error": message, "code": code, "message": message}),
+            )
+        };
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return error(401, 16, "invalid session: token signature is invalid");
+        }
+        let Some(rest) = r.path.strip_prefix("/api/v1/applications/") else {
+            return error(404, 5, "Not Found");
+        };
+        let (name, action) = match rest.split_once('/') {
+            Some((n, a)) => (n, Some(a)),
+            None => (rest, None),
+        };
+        let mut app = app.lock().expect("lock");
+        if name != app["metadata"]["name"] {
+            return error(403, 7, "permission denied");
+        }
+        let Some(body) = r.json() else {
+            return error(400, 3, "invalid character looking for beginning of value");
+        };
+        if body["name"] != name {
+            return error(400, 3, "name is required");
+        }
+        let automated = !app["spec"]["syncPolicy"]["automated"].is_null();
+        match (r.method.as_str(), action) {
+            ("PATCH", None) => {
+                if body["patchType"] != "merge" {
+                    return error(400, 3, "Patch type is not supported");
+                }
+                let Some(patch) = body["patch"]
+                    .as_str()
+                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                else {
+                    return error(400, 3, "error unmarshaling patch");
+                };
+                merge_patch(&mut app, &patch);
+                Reply::json(200, app.clone())
+            }
+            ("POST", Some("rollback")) => {
+                if automated {
+                    return error(
+                        400,
+                        9,
+                        "rollback cannot be initiated when auto-sync is enabled",
+                    );
+                }
+                let id = match &body["id"] {
+                    Value::Number(n) => n.as_i64(),
+                    Value::String(s) => s.parse::<i64>().ok(),
+                    _ => None,
+                };
+                let entry = app["status"]["history"]
+                    .as_array()
+                    .and_then(|h| h.iter().find(|e| e["id"].as_i64() == id))
+                    .cloned();
+                let Some(entry) = entry else {
+                    return error(
+                        400,
+                        3,
+                        &format!("application web does not have deployment with id {id:?}"),
+                    );
+                };
+                argocd_synced(&mut app, &entry["revision"]);
+                Reply::json(200, app.clone())
+            }
+            ("POST", Some("sync")) => {
+                let revision = body["revision"].as_str().unwrap_or("");
+                let target = app["spec"]["source"]["targetRevision"].clone();
+                if automated && !revision.is_empty() && target != revision {
+                    return error(
+                        400,
+                        9,
+                        &format!(
+                            "Cannot sync to {revision}: auto-sync currently set to {}",
+                            target.as_str().unwrap_or("HEAD")
+                        ),
+                    );
+                }
+                argocd_synced(&mut app, &json!(revision));
+                Reply::json(200, app.clone())
+            }
+            _ => error(404, 5, "Not Found"),
+        }
+    }
+}
+
+/// What a finished sync leaves: the live revision and a new history entry (ids only grow; the
+/// entry rolled back to stays).
+fn argocd_synced(app: &mut Value, revision: &Value) {
+    app["status"]["sync"]["revision"] = revision.clone();
+    app["operation"] = json!({"sync": {"revision": revision}});
+    let history = app["status"]["history"].as_array_mut().expect("history");
+    let next = history
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    history.push(json!({"id": next, "revision": revision}));
+}
+
+/// The Application, a fake Argo CD serving it, and the preset pointed at the fake.
+async fn argocd_setup(file: &str) -> Option<(Arc<Mutex<Value>>, Fake, Rule)> {
+    set_env();
+    if !installed(&["curl", "jq"]) {
+        return None;
+    }
+    let app = argocd_app();
+    let fake = Fake::start(fake_argocd(app.clone(), ARGOCD_TOKEN)).await;
+    let rule = argocd_preset(file, &fake);
+    Some((app, fake, rule))
+}
+
+fn argocd_preset(file: &str, fake: &Fake) -> Rule {
+    load_preset(
+        file,
+        &[("https://argocd.example.com", &fake.base), GITOPS_PROGRAM],
+    )
+}
+
+/// The step failed, and what the program wrote names the reason.
+#[track_caller]
+fn assert_refused(r: &StepResult, says: &str) {
+    assert!(!r.ok, "{r:?}");
+    assert!(r.output.contains(says), "{says:?} not in {}", r.output);
+}
+
+fn assert_argocd_request(req: &Seen, method: &str, path: &str) {
+    assert_eq!((req.method.as_str(), req.path.as_str()), (method, path));
+    assert_eq!(req.query, None);
+    assert_eq!(
+        req.header("authorization").map(str::to_string),
+        Some(format!("Bearer {ARGOCD_TOKEN}"))
+    );
+    assert_eq!(req.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_when_unfrozen() {
+    set_env();
+    let Some((app, fake, rule)) = argocd_setup("argocd.yaml").await else {
+        return;
+    };
+    assert!(rule.freeze, "on_unfreeze needs the freeze");
+    // Argo CD's notifications webhook posts the history id as the release's deployment_id.
+    let v = vars(&rule, &[("release.previous.deployment_id", "6")]);
+
+    let off = step(&rule, "turn off argo cd auto-sync");
+    let rollback = step(&rule, "argo cd rollback to the previous history entry");
+    assert!(off.idempotent && rollback.idempotent);
+    assert_eq!(
+        rule.steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        [off.name.as_str(), rollback.name.as_str()],
+        "auto-sync goes off before the rollback: Argo CD refuses one while it is on"
+    );
+
+    let r = run_http_step(off, &v).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.exit_code, Some(200));
+    assert!(app.lock().expect("lock")["spec"]["syncPolicy"]["automated"].is_null());
+
+    let r = run_run_step(rollback, &v, &[]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        PREVIOUS_SHA
+    );
+    // Idempotent: rolling back to entry 6 again syncs the same revision (entry 6 is still there).
+    let r = run_run_step(rollback, &v, &[]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        PREVIOUS_SHA
+    );
+
+    let on = unfreeze_step(&rule, "turn argo cd auto-sync back on");
+    assert!(on.idempotent);
+    let r = run_http_step(on, &v).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["spec"]["syncPolicy"]["automated"],
+        json!({"prune": true, "selfHeal": true})
+    );
+
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 4, "{seen:#?}");
+    let path = "/api/v1/applications/web";
+    assert_argocd_request(&seen[0], "PATCH", path);
+    assert_eq!(
+        seen[0].json(),
+        Some(json!({
+            "name": "web",
+            "patch": r#"{"spec":{"syncPolicy":{"automated":null}}}"#,
+            "patchType": "merge",
+        }))
+    );
+    for req in &seen[1..3] {
+        assert_argocd_request(req, "POST", "/api/v1/applications/web/rollback");
+        assert_eq!(
+            req.json(),
+            Some(json!({"name": "web", "id": 6, "prune": false, "dryRun": false}))
+        );
+    }
+    assert_argocd_request(&seen[3], "PATCH", path);
+    assert_eq!(
+        seen[3].json(),
+        Some(json!({
+            "name": "web",
+            "patch": r#"{"spec":{"syncPolicy":{"automated":{"prune":true,"selfHeal":true}}}}"#,
+            "patchType": "merge",
+        }))
+    );
+}
+
+#[tokio::test]
+async fn argocd_refusals_fail_the_step() {
+    set_env();
+    let Some((app, fake, rule)) = argocd_setup("argocd.yaml").await else {
+        return;
+    };
+    let rollback = step(&rule, "argo cd rollback to the previous history entry");
+
+    // Auto-sync still on: FailedPrecondition, 400.
+    let v = vars(&rule, &[("release.previous.deployment_id", "6")]);
+    let r = run_run_step(rollback, &v, &[]).await;
+    assert_eq!(r.exit_code, Some(1));
+    assert_refused(
+        &r,
+        "HTTP 400: {\"code\":9,\"error\":\"rollback cannot be initiated when auto-sync is enabled\"",
+    );
+
+    // A history id Argo CD does not have (pruned by revisionHistoryLimit): InvalidArgument, 400.
+    assert!(
+        run_http_step(step(&rule, "turn off argo cd auto-sync"), &v)
+            .await
+            .ok
+    );
+    let gone = vars(&rule, &[("release.previous.deployment_id", "2")]);
+    assert_refused(
+        &run_run_step(rollback, &gone, &[]).await,
+        "does not have deployment",
+    );
+    // A history id that is not a number never reaches Argo CD.
+    let before = fake.requests().len();
+    let r = run_run_step(rollback, &vars(&rule, &[]), &[]).await;
+    assert!(!r.ok);
+    assert_eq!(fake.requests().len(), before);
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        CURRENT_SHA
+    );
+
+    // A token Argo CD does not accept: Unauthenticated, 401, on both kinds of step.
+    let fake = Fake::start(fake_argocd(argocd_app(), "another-token")).await;
+    let rule = argocd_preset("argocd.yaml", &fake);
+    let r = run_http_step(step(&rule, "turn off argo cd auto-sync"), &v).await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(401));
+    let r = run_run_step(
+        step(&rule, "argo cd rollback to the previous history entry"),
+        &v,
+        &[],
+    )
+    .await;
+    assert!(!r.ok);
+    assert!(r.output.contains("HTTP 401"), "{}", r.output);
+    assert!(!r.output.contains(ARGOCD_TOKEN));
+
+    // An application the token cannot see (or that does not exist): PermissionDenied, 403.
+    let fake = Fake::start(fake_argocd(argocd_app(), ARGOCD_TOKEN)).await;
+    let rule = load_preset(
+        "argocd.yaml",
+        &[
+            ("https://argocd.example.com", &fake.base),
+            ("/applications/web", "/applications/webb"),
+        ],
+    );
+    let off = step(&rule, "turn off argo cd auto-sync");
+    let r = run_http_step(off, &v).await;
+    assert!(!r.ok);
+    assert_eq!(r.exit_code, Some(403));
+    assert!(r.output.contains("permission denied"), "{}", r.output);
+}
+
+#[tokio::test]
+async fn argocd_sync_variant_syncs_to_the_previous_git_revision() {
+    set_env();
+    let Some((app, fake, rule)) = argocd_setup("argocd-sync-revision.yaml").await else {
+        return;
+    };
+    assert!(rule.freeze);
+    let v = vars(&rule, &[]);
+    let sync = step(&rule, "argo cd sync to the previous revision");
+    assert!(sync.idempotent);
+
+    // Before auto-sync is off, Argo CD refuses a sync to another revision.
+    assert_refused(
+        &run_run_step(sync, &v, &[]).await,
+        "auto-sync currently set to main",
+    );
+
+    assert!(
+        run_http_step(step(&rule, "turn off argo cd auto-sync"), &v)
+            .await
+            .ok
+    );
+    let r = run_run_step(sync, &v, &[]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        PREVIOUS_SHA
+    );
+    let seen = fake.requests();
+    let last = seen.last().expect("a request");
+    assert_argocd_request(last, "POST", "/api/v1/applications/web/sync");
+    assert_eq!(
+        last.json(),
+        Some(json!({"name": "web", "revision": PREVIOUS_SHA, "prune": true}))
+    );
+
+    assert!(
+        run_http_step(unfreeze_step(&rule, "turn argo cd auto-sync back on"), &v)
+            .await
+            .ok
+    );
+    assert!(!app.lock().expect("lock")["spec"]["syncPolicy"]["automated"].is_null());
+
+    // A release without a revision: the step does not render, nothing runs.
+    let mut none = vars(&rule, &[]);
+    none.remove("release.previous.revision");
+    assert!(render_argv(sync, &none).is_err());
+}
+
+// ---- Flux, through kubectl against a fake Kubernetes API server ----
+
+const KUBE_TOKEN: &str = "kube-preset-test-token-0000";
+
+/// The custom resources the fake serves: group, version, plural, kind.
+const FLUX_RESOURCES: [(&str, &str, &str, &str); 3] = [
+    (
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "kustomizations",
+        "Kustomization",
+    ),
+    (
+        "helm.toolkit.fluxcd.io",
+        "v2",
+        "helmreleases",
+        "HelmRelease",
+    ),
+    (
+        "image.toolkit.fluxcd.io",
+        "v1beta2",
+        "imageupdateautomations",
+        "ImageUpdateAutomation",
+    ),
+];
+
+/// Stored objects by API path (`/apis/<group>/<version>/namespaces/<ns>/<plural>/<name>`).
+type KubeObjects = Arc<Mutex<BTreeMap<String, Value>>>;
+
+fn flux_objects() -> KubeObjects {
+    let mut objects = BTreeMap::new();
+    for (group, version, plural, kind, name) in [
+        (
+            "kustomize.toolkit.fluxcd.io",
+            "v1",
+            "kustomizations",
+            "Kustomization",
+            "web",
+        ),
+        (
+            "image.toolkit.fluxcd.io",
+            "v1beta2",
+            "imageupdateautomations",
+            "ImageUpdateAutomation",
+            "flux-system",
+        ),
+    ] {
+        objects.insert(
+            format!("/apis/{group}/{version}/namespaces/flux-system/{plural}/{name}"),
+            json!({
+                "apiVersion": format!("{group}/{version}"),
+                "kind": kind,
+                "metadata": {"name": name, "namespace": "flux-system", "resourceVersion": "1"},
+                "spec": {"interval": "10m", "suspend": false},
+            }),
+        );
+    }
+    Arc::new(Mutex::new(objects))
+}
+
+/// A `Status` object, how the API server reports a failure
+/// (https://kubernetes.io/docs/reference/using-api/api-concepts/#response-status-kind).
+fn kube_status(code: u16, reason: &str, message: &str) -> Reply {
+    Reply::json(
+        code,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code,
+        }),
+    )
+}
+
+/// A Kubernetes API server as kubectl meets it, per the API conventions
+/// (https://kubernetes.io/docs/reference/using-api/api-concepts/,
+/// https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/status/,
+/// https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md):
+/// bearer-token authentication (401 `Status` with reason `Unauthorized` otherwise); discovery
+/// (https://kubernetes.io/docs/concepts/overview/kubernetes-api/#discovery-api) answered in the
+/// unaggregated form only, `APIVersions` at `/api`, `APIGroupList` at `/apis`, `APIResourceList`
+/// at `/api/v1` and `/apis/<group>/<version>`, all as `application/json`, which makes a client
+/// that asked for the aggregated `APIGroupDiscoveryList` fall back to them; `/version` without
+/// credentials; `GET` of a stored object and of its namespace; `PATCH` of a
+/// namespaced object with `application/merge-patch+json` (RFC 7386) answering 200 with the
+/// object and a new `resourceVersion` (415 for another content type, 404 `Status` with reason
+/// `NotFound` for an object it does not hold).
+fn fake_kube(objects: KubeObjects, token: &'static str) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let path = r.path.trim_end_matches('/');
+        // Everyone may read the version (the `system:public-info-viewer` role).
+        if r.method == "GET" && path == "/version" {
+            return Reply::json(
+                200,
+                json!({"major": "1", "minor": "32", "gitVersion": "v1.32.4", "platform": "linux/amd64"}),
+            );
+        }
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return kube_status(401, "Unauthorized", "Unauthorized");
+        }
+        if r.method == "GET" {
+            let groups = || {
+                FLUX_RESOURCES.iter().map(|(g, v, _, _)| {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv], "preferredVersion": gv})
+                })
+            };
+            match path {
+                "/api" => {
+                    return Reply::json(
+                        200,
+                        json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}
+                        ]}),
+                    );
+                }
+                "/apis" => {
+                    return Reply::json(
+                        200,
+                        json!({"kind": "APIGroupList", "apiVersion": "v1",
+                               "groups": groups().collect::<Vec<_>>()}),
+                    );
+                }
+                "/api/v1" => {
+                    return Reply::json(
+                        200,
+                        json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                            {"name": "namespaces", "singularName": "namespace", "namespaced": false,
+                             "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]}
+                        ]}),
+                    );
+                }
+                _ => {}
+            }
+            if let Some((g, v, plural, kind)) = FLUX_RESOURCES
+                .iter()
+                .find(|(g, v, _, _)| path == format!("/apis/{g}/{v}"))
+            {
+                let singular = kind.to_ascii_lowercase();
+                return Reply::json(
+                    200,
+                    json!({"kind": "APIResourceList", "apiVersion": "v1",
+                           "groupVersion": format!("{g}/{v}"), "resources": [
+                        {"name": plural, "singularName": singular, "namespaced": true, "kind": kind,
+                         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+                        {"name": format!("{plural}/status"), "singularName": "", "namespaced": true,
+                         "kind": kind, "verbs": ["get", "patch", "update"]}
+                    ]}),
+                );
+            }
+        }
+        if path == "/api/v1/namespaces/flux-system" && r.method == "GET" {
+            return Reply::json(
+                200,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "flux-system"}}),
+            );
+        }
+        if matches!(r.method.as_str(), "GET" | "PATCH") {
+            let mut objects = objects.lock().expect("lock");
+            let Some(object) = objects.get_mut(path) else {
+                let mut parts = path.rsplit('/');
+                let (name, plural) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let group = path.split('/').nth(2).unwrap_or("");
+                return kube_status(
+                    404,
+                    "NotFound",
+                    &format!("{plural}.{group} \"{name}\" not found"),
+                );
+            };
+            if r.method == "GET" {
+                return Reply::json(200, object.clone());
+            }
+            if r.header("content-type") != Some("application/merge-patch+json") {
+                return kube_status(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format",
+                );
+            }
+            let Some(patch) = r.json() else {
+                return kube_status(400, "BadRequest", "error decoding patch");
+            };
+            merge_patch(object, &patch);
+            let version = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            object["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+            return Reply::json(200, object.clone());
+        }
+        kube_status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1, made with the `openssl` CLI, and its key (PEM files).
+struct TestCert {
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "{out:?}");
+        TestCert {
+            _dir: dir,
+            cert,
+            key,
+        }
+    }
+}
+
+/// A kubeconfig for the fake (its certificate as the CA, a bearer token) and a HOME for
+/// kubectl's cache, both in a temporary directory; the child environment that uses them.
+struct Kubectl {
+    dir: tempfile::TempDir,
+    kubeconfig: String,
+}
+
+impl Kubectl {
+    fn new(fake: &Fake, tls: &TestCert, token: &str) -> Kubectl {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+                 users:\n- name: rollbackd\n  user:\n    token: {token}\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: rollbackd\n\
+                 current-context: fake\n",
+                fake.base,
+                tls.cert.display(),
+            ),
+        )
+        .expect("write kubeconfig");
+        Kubectl {
+            kubeconfig: kubeconfig.to_string_lossy().into_owned(),
+            dir,
+        }
+    }
+
+    fn env(&self) -> [(&str, &str); 3] {
+        let home = self.dir.path().to_str().expect("utf-8 temp dir");
+        [
+            ("KUBECONFIG", self.kubeconfig.as_str()),
+            ("HOME", home),
+            ("KUBECACHEDIR", home),
+        ]
+    }
+}
+
+fn suspended(objects: &KubeObjects) -> Vec<Value> {
+    objects
+        .lock()
+        .expect("lock")
+        .values()
+        .map(|o| o["spec"]["suspend"].clone())
+        .collect()
+}
+
+/// The Flux objects, a certificate, and a fake API server holding the objects over TLS.
+async fn flux_cluster() -> Option<(KubeObjects, TestCert, Fake)> {
+    set_env();
+    if !installed(&["kubectl", "openssl"]) {
+        return None;
+    }
+    let objects = flux_objects();
+    let tls = TestCert::new();
+    let fake = Fake::start_tls(fake_kube(objects.clone(), KUBE_TOKEN), &tls).await;
+    Some((objects, tls, fake))
+}
+
+#[tokio::test]
+async fn flux_suspends_and_resumes_through_kubectl() {
+    let Some((objects, tls, fake)) = flux_cluster().await else {
+        return;
+    };
+    let kubectl = Kubectl::new(&fake, &tls, KUBE_TOKEN);
+    let rule = load_preset("flux.yaml", &[]);
+    assert!(rule.freeze);
+    let v = vars(&rule, &[]);
+
+    for s in &rule.steps {
+        assert!(s.idempotent, "{}", s.name);
+        let r = run_run_step(s, &v, &kubectl.env()).await;
+        assert!(r.ok, "{}: {r:?}", s.name);
+        assert!(r.output.contains("patched"), "{}", r.output);
+    }
+    assert_eq!(suspended(&objects), [json!(true), json!(true)]);
+    // Suspending again changes nothing and succeeds.
+    let again = run_run_step(&rule.steps[1], &v, &kubectl.env()).await;
+    assert!(again.ok, "{again:?}");
+    assert_eq!(suspended(&objects), [json!(true), json!(true)]);
+
+    for s in &rule.on_unfreeze {
+        assert!(s.idempotent, "{}", s.name);
+        let r = run_run_step(s, &v, &kubectl.env()).await;
+        assert!(r.ok, "{}: {r:?}", s.name);
+    }
+    assert_eq!(suspended(&objects), [json!(false), json!(false)]);
+
+    let seen = fake.requests();
+    // kubectl asks for aggregated discovery first and takes the plain lists it gets.
+    let first = seen.iter().find(|r| r.path == "/api").expect("discovery");
+    assert!(
+        first.header("accept").is_some_and(|a| a
+            .starts_with("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,")
+            && a.ends_with(",application/json")),
+        "{first:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r.path == "/apis/kustomize.toolkit.fluxcd.io/v1"),
+        "kubectl read the group's resource list"
+    );
+    for req in &seen {
+        assert_eq!(
+            req.header("authorization").map(str::to_string),
+            Some(format!("Bearer {KUBE_TOKEN}")),
+            "{req:?}"
+        );
+    }
+    let patches: Vec<(&str, Option<Value>)> = seen
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| (r.path.as_str(), r.json()))
+        .collect();
+    let ks = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/web";
+    let iua = "/apis/image.toolkit.fluxcd.io/v1beta2/namespaces/flux-system/imageupdateautomations/flux-system";
+    let suspend = |s: bool| Some(json!({"spec": {"suspend": s}}));
+    assert_eq!(
+        patches,
+        [
+            (iua, suspend(true)),
+            (ks, suspend(true)),
+            (ks, suspend(true)),
+            (ks, suspend(false)),
+            (iua, suspend(false)),
+        ]
+    );
+    assert!(
+        seen.iter()
+            .filter(|r| r.method == "PATCH")
+            .all(|r| r.header("content-type") == Some("application/merge-patch+json"))
+    );
+}
+
+#[tokio::test]
+async fn flux_steps_fail_for_a_missing_object_or_a_bad_token() {
+    let Some((objects, tls, fake)) = flux_cluster().await else {
+        return;
+    };
+    let kubectl = Kubectl::new(&fake, &tls, KUBE_TOKEN);
+    // A Kustomization the cluster does not have: 404 NotFound, kubectl exits non-zero.
+    let rule = load_preset(
+        "flux.yaml",
+        &[(
+            "kustomization.kustomize.toolkit.fluxcd.io/web",
+            "kustomization.kustomize.toolkit.fluxcd.io/nope",
+        )],
+    );
+    let r = run_run_step(
+        step(&rule, "suspend flux kustomization"),
+        &vars(&rule, &[]),
+        &kubectl.env(),
+    )
+    .await;
+    assert_ne!(r.exit_code, Some(0));
+    assert_refused(
+        &r,
+        r#"kustomizations.kustomize.toolkit.fluxcd.io "nope" not found"#,
+    );
+    assert_eq!(suspended(&objects), [json!(false), json!(false)]);
+
+    // A token the API server does not accept: 401.
+    let kubectl = Kubectl::new(&fake, &tls, "another-token");
+    let rule = load_preset("flux.yaml", &[]);
+    let s = step(&rule, "suspend flux kustomization");
+    assert_refused(
+        &run_run_step(s, &vars(&rule, &[]), &kubectl.env()).await,
+        "error: You must be logged in to the server",
+    );
+    assert_eq!(suspended(&objects), [json!(false), json!(false)]);
+}
+
+// ---- GitHub: a revert opened as a pull request ----
+
+const GITHUB_REPO: &str = "/repos/acme/web-deploy";
+const PREVIOUS_TREE: &str = "1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e";
+const CURRENT_TREE: &str = "aa11bb22cc33dd44ee55ff6677889900aabbccdd";
+
+/// What the fake GitHub repository holds: commits (sha → object), branches (name → sha), pull
+/// requests.
+#[derive(Default)]
+struct GitHubRepo {
+    commits: BTreeMap<String, Value>,
+    branches: BTreeMap<String, String>,
+    pulls: Vec<Value>,
+}
+
+fn github_repo() -> Arc<Mutex<GitHubRepo>> {
+    let mut repo = GitHubRepo::default();
+    for (sha, tree, parent) in [
+        (PREVIOUS_SHA, PREVIOUS_TREE, None),
+        (CURRENT_SHA, CURRENT_TREE, Some(PREVIOUS_SHA)),
+    ] {
+        repo.commits.insert(
+            sha.into(),
+            json!({"sha": sha, "tree": {"sha": tree}, "parents": parent.map(|p| vec![json!({"sha": p})]).unwrap_or_default(), "message": "deploy"}),
+        );
+    }
+    repo.branches.insert("main".into(), CURRENT_SHA.into());
+    Arc::new(Mutex::new(repo))
+}
+
+/// GitHub's REST API for git objects and pull requests as documented
+/// (https://docs.github.com/en/rest/using-the-rest-api/getting-started-with-the-rest-api,
+/// https://docs.github.com/en/rest/git/commits, https://docs.github.com/en/rest/git/refs,
+/// https://docs.github.com/en/rest/pulls/pulls,
+/// https://docs.github.com/en/rest/using-the-rest-api/troubleshooting-the-rest-api):
+/// `Authorization: Bearer <token>` (401 "Bad credentials"), a `User-Agent` (403 without one),
+/// `X-GitHub-Api-Version` (400 for a version it does not know); `GET git/commits/{sha}` 200 or
+/// 404 "Not Found"; `POST git/commits` 201 (422 for a tree or parent it does not have);
+/// `POST git/refs` 201 (422 "Reference already exists"); `PATCH git/refs/heads/{branch}` 200
+/// (422 "Reference does not exist"); `POST pulls` 201 (422 "Validation Failed" with "A pull
+/// request already exists for OWNER:BRANCH." or an unknown head); `GET pulls?head=&state=` 200.
+/// Errors are `{"message", "documentation_url", "status"}`.
+fn fake_github(repo: Arc<Mutex<GitHubRepo>>, token: &'static str) -> impl Fn(&Seen) -> Reply {
+    move |r: &Seen| {
+        let error = |status: u16, message: &str| {
+            Reply::json(
+                status,
+                json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()}),
+            )
+        };
+        if r.header("user-agent").is_none() {
+            return error(
+                403,
+                "Request forbidden by administrative rules. Please make sure your request has a User-Agent header",
+            );
+        }
+        if r.header("authorization") != Some(&format!("Bearer {token}")) {
+            return error(401, "Bad credentials");
+        }
+        if r.header("x-github-api-version")
+            .is_some_and(|v| v != "2022-11-28")
+        {
+            return error(400, "API version is not supported");
+        }
+        let Some(rest) = r.path.strip_prefix(GITHUB_REPO) else {
+            return error(404, "Not Found");
+        };
+        let mut repo = repo.lock().expect("lock");
+        let body = r.json().unwrap_or(Value::Null);
+        match (r.method.as_str(), rest) {
+            ("GET", p) if p.starts_with("/git/commits/") => {
+                match repo.commits.get(&p["/git/commits/".len()..]) {
+                    Some(c) => Reply::json(200, c.clone()),
+                    None => error(404, "Not Found"),
+                }
+            }
+            ("POST", "/git/commits") => {
+                let tree = body["tree"].as_str().unwrap_or("");
+                let known_tree = repo.commits.values().any(|c| c["tree"]["sha"] == tree);
+                let parents: Vec<&str> = body["parents"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if !body["message"].is_string()
+                    || !known_tree
+                    || parents.iter().any(|p| !repo.commits.contains_key(*p))
+                {
+                    return error(422, "Tree SHA does not exist");
+                }
+                let sha = format!("{:040x}", 0xc0ffee_u64 + repo.commits.len() as u64);
+                let commit = json!({
+                    "sha": sha, "tree": {"sha": tree}, "message": body["message"],
+                    "parents": parents.iter().map(|p| json!({"sha": p})).collect::<Vec<_>>(),
+                });
+                repo.commits.insert(sha, commit.clone());
+                Reply::json(201, commit)
+            }
+            ("POST", "/git/refs") => {
+                let (Some(name), Some(sha)) = (
+                    body["ref"]
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("refs/heads/")),
+                    body["sha"].as_str(),
+                ) else {
+                    return error(422, "Reference name is invalid");
+                };
+                if repo.branches.contains_key(name) {
+                    return error(422, "Reference already exists");
+                }
+                if !repo.commits.contains_key(sha) {
+                    return error(422, "Object does not exist");
+                }
+                repo.branches.insert(name.into(), sha.into());
+                Reply::json(
+                    201,
+                    json!({"ref": body["ref"], "object": {"type": "commit", "sha": sha}}),
+                )
+            }
+            ("PATCH", p) if p.starts_with("/git/refs/heads/") => {
+                let name = &p["/git/refs/heads/".len()..];
+                let sha = body["sha"].as_str().unwrap_or("").to_string();
+                if !repo.branches.contains_key(name) {
+                    return error(422, "Reference does not exist");
+                }
+                if !repo.commits.contains_key(&sha) {
+                    return error(422, "Object does not exist");
+                }
+                repo.branches.insert(name.into(), sha.clone());
+                Reply::json(
+                    200,
+                    json!({"ref": format!("refs/heads/{name}"), "object": {"type": "commit", "sha": sha}}),
+                )
+            }
+            ("POST", "/pulls") => {
+                let head = body["head"].as_str().unwrap_or("");
+                let base = body["base"].as_str().unwrap_or("");
+                if !body["title"].is_string()
+                    || !repo.branches.contains_key(head)
+                    || !repo.branches.contains_key(base)
+                {
+                    return Reply::json(
+                        422,
+                        json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}], "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request", "status": "422"}),
+                    );
+                }
+                if repo.pulls.iter().any(|p| p["head"]["ref"] == head) {
+                    return Reply::json(
+                        422,
+                        json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "code": "custom", "message": format!("A pull request already exists for acme:{head}.")}], "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request", "status": "422"}),
+                    );
+                }
+                let number = repo.pulls.len() + 1;
+                let pull = json!({
+                    "number": number, "state": "open", "title": body["title"], "body": body["body"],
+                    "html_url": format!("https://github.com/acme/web-deploy/pull/{number}"),
+                    "head": {"ref": head, "label": format!("acme:{head}")}, "base": {"ref": base},
+                });
+                repo.pulls.push(pull.clone());
+                Reply::json(201, pull)
+            }
+            ("GET", "/pulls") => {
+                let query = r.query.clone().unwrap_or_default();
+                let open: Vec<Value> = repo
+                    .pulls
+                    .iter()
+                    .filter(|p| {
+                        query.contains("state=open")
+                            && p["head"]["label"]
+                                .as_str()
+                                .is_some_and(|l| query.contains(&format!("head={l}")))
+                    })
+                    .cloned()
+                    .collect();
+                Reply::json(200, Value::Array(open))
+            }
+            _ => error(404, "Not Found"),
+        }
+    }
+}
+
+/// The repository, a fake GitHub serving it, the preset, and the child environment that points
+/// the program at the fake.
+async fn github_setup(token: &'static str) -> Option<(Arc<Mutex<GitHubRepo>>, Fake, Rule)> {
+    set_env();
+    if !installed(&["curl", "jq"]) {
+        return None;
+    }
+    let repo = github_repo();
+    let fake = Fake::start(fake_github(repo.clone(), token)).await;
+    let rule = load_preset("github-revert.yaml", &[GITOPS_PROGRAM]);
+    Some((repo, fake, rule))
+}
+
+#[tokio::test]
+async fn github_revert_opens_a_pull_request_with_the_previous_tree_on_the_bad_commit() {
+    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
+        return;
+    };
+    assert!(rule.freeze);
+    assert!(
+        rule.on_unfreeze.is_empty(),
+        "a person merges the pull request"
+    );
+    let s = step(&rule, "open a revert pull request on github");
+    assert!(s.idempotent);
+    let v = vars(&rule, &[]);
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+
+    let r = run_run_step(s, &v, &api).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.output.trim(), "https://github.com/acme/web-deploy/pull/1");
+
+    let seen = fake.requests();
+    let calls: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    let commit_path = format!("{GITHUB_REPO}/git/commits/{PREVIOUS_SHA}");
+    let commits = format!("{GITHUB_REPO}/git/commits");
+    let refs = format!("{GITHUB_REPO}/git/refs");
+    let pulls = format!("{GITHUB_REPO}/pulls");
+    assert_eq!(
+        calls,
+        [
+            ("GET", commit_path.as_str()),
+            ("POST", commits.as_str()),
+            ("POST", refs.as_str()),
+            ("POST", pulls.as_str()),
+        ]
+    );
+    for req in &seen {
+        assert_eq!(
+            req.header("authorization").map(str::to_string),
+            Some(format!("Bearer {GITHUB_TOKEN}"))
+        );
+        assert_eq!(req.header("accept"), Some("application/vnd.github+json"));
+        assert_eq!(req.header("x-github-api-version"), Some("2022-11-28"));
+        assert_eq!(req.header("user-agent"), Some("rollbackd-gitops"));
+    }
+    for req in &seen[1..] {
+        assert_eq!(req.header("content-type"), Some("application/json"));
+    }
+
+    let commit = seen[1].json().expect("commit body");
+    assert_eq!(
+        commit["tree"], PREVIOUS_TREE,
+        "the previous revision's tree"
+    );
+    assert_eq!(
+        commit["parents"],
+        json!([CURRENT_SHA]),
+        "on top of the bad commit"
+    );
+    assert!(
+        commit["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("inc-000042"))
+    );
+
+    let repo = repo.lock().expect("lock");
+    let branch = repo
+        .branches
+        .get("rollbackd/revert-inc-000042")
+        .expect("branch created");
+    assert_eq!(repo.commits[branch]["tree"]["sha"], PREVIOUS_TREE);
+    assert_eq!(
+        seen[2].json(),
+        Some(json!({"ref": "refs/heads/rollbackd/revert-inc-000042", "sha": branch}))
+    );
+    let pull = seen[3].json().expect("pull body");
+    assert_eq!(pull["head"], "rollbackd/revert-inc-000042");
+    assert_eq!(pull["base"], "main");
+    for field in ["title", "body"] {
+        let text = pull[field].as_str().unwrap_or_default();
+        assert!(
+            text.contains("inc-000042"),
+            "the {field} names the incident: {pull}"
+        );
+    }
+    assert_eq!(
+        repo.branches["main"], CURRENT_SHA,
+        "main is left to the person who merges"
+    );
+}
+
+#[tokio::test]
+async fn github_revert_run_twice_keeps_one_branch_and_one_pull_request() {
+    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
+        return;
+    };
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    for _ in 0..2 {
+        let r = run_run_step(s, &vars(&rule, &[]), &api).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.output.trim(), "https://github.com/acme/web-deploy/pull/1");
+    }
+    let repo = repo.lock().expect("lock");
+    assert_eq!(repo.pulls.len(), 1);
+    let branch = &repo.branches["rollbackd/revert-inc-000042"];
+    assert_eq!(repo.commits[branch]["tree"]["sha"], PREVIOUS_TREE);
+    let seen = fake.requests();
+    let second: Vec<(&str, &str)> = seen[4..]
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    let moved = format!("{GITHUB_REPO}/git/refs/heads/rollbackd/revert-inc-000042");
+    let pulls = format!("{GITHUB_REPO}/pulls");
+    assert_eq!(second[3], ("PATCH", moved.as_str()), "{second:?}");
+    assert_eq!(second[5], ("GET", pulls.as_str()), "{second:?}");
+}
+
+#[tokio::test]
+async fn github_revert_refusals_fail_the_step() {
+    // A token GitHub does not accept: 401 "Bad credentials", nothing created.
+    let Some((repo, fake, rule)) = github_setup("ghp_another_token").await else {
+        return;
+    };
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    let r = run_run_step(s, &vars(&rule, &[]), &api).await;
+    assert_eq!(r.exit_code, Some(1));
+    assert_refused(&r, "HTTP 401");
+    assert_refused(&r, "Bad credentials");
+    assert!(!r.output.contains(GITHUB_TOKEN));
+    assert_eq!(fake.requests().len(), 1);
+    assert!(repo.lock().expect("lock").branches.len() == 1);
+
+    // A previous revision the repository does not have: 404, nothing created.
+    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
+        return;
+    };
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    let unknown = vars(
+        &rule,
+        &[(
+            "release.previous.revision",
+            "0123456789abcdef0123456789abcdef01234567",
+        )],
+    );
+    assert_refused(&run_run_step(s, &unknown, &api).await, "HTTP 404");
+    assert_eq!(repo.lock().expect("lock").branches.len(), 1);
+
+    // A revision that is not a commit sha never reaches GitHub.
+    let odd = vars(&rule, &[("release.previous.revision", "main")]);
+    let before = fake.requests().len();
+    assert_refused(&run_run_step(s, &odd, &api).await, "refusing commit main");
+    assert_eq!(fake.requests().len(), before);
+}
+
 // ---- CLI presets: rendered argv, nothing run ----
 
 #[test]
@@ -823,7 +2089,11 @@ fn presets_lint_clean_and_are_not_loaded_from_the_rules_dir() {
     assert_eq!(
         names,
         [
+            "preset-argocd-sync-to-previous-revision",
+            "preset-argocd-rollback",
             "preset-cloudflare-purge-everything",
+            "preset-flux-suspend",
+            "preset-github-revert-pull-request",
             "preset-helm-rollback",
             "preset-kubernetes-set-image",
             "preset-kubernetes-rollout-undo",
@@ -851,7 +2121,7 @@ fn presets_hold_secrets_only_as_references() {
     let set = set.expect("presets load");
     let is_ref = |v: &str| v.starts_with("${env:") || v.starts_with("${file:");
     for rule in &set.rules {
-        for s in &rule.steps {
+        for s in rule.steps.iter().chain(&rule.on_unfreeze) {
             match &s.action {
                 Action::Http { headers, body, .. } => {
                     for (k, v) in headers {
