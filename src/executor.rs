@@ -49,6 +49,9 @@ fn fenced(plan: &Plan, token: u64) -> Plan {
             *a = a.replace(FENCING_MARK, &t);
         }
     }
+    if let crate::model::Body::Json(v) = &mut p.body {
+        fence_json(v, &t);
+    }
     match p.kind {
         StepKind::Run => {
             p.env.insert("ROLLBACKD_FENCING_TOKEN".to_string(), t);
@@ -58,6 +61,19 @@ fn fenced(plan: &Plan, token: u64) -> Plan {
         }
     }
     p
+}
+
+/// `{{ fencing_token }}` in a JSON body's strings, filled in.
+fn fence_json(v: &mut serde_json::Value, token: &str) {
+    use crate::rules::template::FENCING_MARK;
+    match v {
+        serde_json::Value::String(s) if s.contains(FENCING_MARK) => {
+            *s = s.replace(FENCING_MARK, token);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|x| fence_json(x, token)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|x| fence_json(x, token)),
+        _ => {}
+    }
 }
 
 impl Executor {
@@ -331,5 +347,28 @@ impl Executor {
                 results,
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Body;
+    use crate::rules::template::FENCING_MARK;
+
+    #[test]
+    fn the_fencing_token_fills_the_argv_the_json_body_and_the_header() {
+        let mut plan = Plan::run(vec!["POST".into(), "https://x.example/a".into()]);
+        plan.kind = StepKind::Http;
+        plan.body = Body::Json(serde_json::json!({
+            "epoch": FENCING_MARK,
+            "nested": [{"t": format!("term-{FENCING_MARK}")}, 7],
+        }));
+        let p = fenced(&plan, 42);
+        assert_eq!(
+            p.body,
+            Body::Json(serde_json::json!({"epoch": "42", "nested": [{"t": "term-42"}, 7]}))
+        );
+        assert_eq!(p.headers["X-Rollbackd-Fencing-Token"], "42");
     }
 }

@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use rollbackd::engine::StepResult;
-use rollbackd::rules::{self, Action, Body, Context, Mode, Rule, Severity, StepSpec};
+use rollbackd::rules::{self, Action, Body, Context, Mode, Rule, Severity, StepSpec, template};
 use rollbackd::steps::{self, HttpStep};
 use serde_json::{Value, json};
 
@@ -174,7 +174,9 @@ async fn run_run_step(
     steps::run_command(&argv, &env, None, step.timeout, 16 * 1024).await
 }
 
-/// Whether every program a test runs is installed; when one is not, the test says so and skips.
+/// Whether every program a test runs is installed; when one is not, the test says so and skips
+/// (on a developer's machine). Under CI (`CI` set) a missing program fails the test instead:
+/// `scripts/test.sh` installs them, so a skip there would hide a test that never ran.
 fn installed(programs: &[&str]) -> bool {
     let missing: Vec<&str> = programs
         .iter()
@@ -189,6 +191,11 @@ fn installed(programs: &[&str]) -> bool {
         })
         .collect();
     if !missing.is_empty() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} not installed (scripts/test.sh installs them)",
+            missing.join(", ")
+        );
         eprintln!("skipped: {} not installed", missing.join(", "));
     }
     missing.is_empty()
@@ -238,6 +245,11 @@ async fn run_http_step(step: &StepSpec, vars: &BTreeMap<String, String>) -> Step
         panic!("step {:?} is not an http step", step.name)
     };
     let url = url.render(vars).expect("url renders");
+    // A JSON body's templates, as the engine renders them when the incident opens.
+    let body = &match body {
+        Body::Json(v) => Body::Json(template::render_json(v, vars).expect("body renders")),
+        other => other.clone(),
+    };
     steps::run_http(
         &steps::http_client(),
         HttpStep {
@@ -884,22 +896,24 @@ fn argocd_synced(app: &mut Value, revision: &Value) {
 }
 
 /// The Application, a fake Argo CD serving it, and the preset pointed at the fake.
-async fn argocd_setup(file: &str) -> Option<(Arc<Mutex<Value>>, Fake, Rule)> {
+async fn argocd_setup(file: &str) -> (Arc<Mutex<Value>>, Fake, Rule) {
     set_env();
-    if !installed(&["curl", "jq"]) {
-        return None;
-    }
     let app = argocd_app();
     let fake = Fake::start(fake_argocd(app.clone(), ARGOCD_TOKEN)).await;
     let rule = argocd_preset(file, &fake);
-    Some((app, fake, rule))
+    (app, fake, rule)
 }
 
 fn argocd_preset(file: &str, fake: &Fake) -> Rule {
-    load_preset(
-        file,
-        &[("https://argocd.example.com", &fake.base), GITOPS_PROGRAM],
-    )
+    load_preset(file, &[("https://argocd.example.com", &fake.base)])
+}
+
+/// The http step failed with `status`, and the answer it kept names the reason.
+#[track_caller]
+fn assert_refused_with(r: &StepResult, status: i32, says: &str) {
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.exit_code, Some(status), "{r:?}");
+    assert!(r.output.contains(says), "{says:?} not in {}", r.output);
 }
 
 /// The step failed, and what the program wrote names the reason.
@@ -922,9 +936,7 @@ fn assert_argocd_request(req: &Seen, method: &str, path: &str) {
 #[tokio::test]
 async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_when_unfrozen() {
     set_env();
-    let Some((app, fake, rule)) = argocd_setup("argocd.yaml").await else {
-        return;
-    };
+    let (app, fake, rule) = argocd_setup("argocd.yaml").await;
     assert!(rule.freeze, "on_unfreeze needs the freeze");
     // Argo CD's notifications webhook posts the history id as the release's deployment_id.
     let v = vars(&rule, &[("release.previous.deployment_id", "6")]);
@@ -946,14 +958,14 @@ async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_whe
     assert_eq!(r.exit_code, Some(200));
     assert!(app.lock().expect("lock")["spec"]["syncPolicy"]["automated"].is_null());
 
-    let r = run_run_step(rollback, &v, &[]).await;
+    let r = run_http_step(rollback, &v).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(
         app.lock().expect("lock")["status"]["sync"]["revision"],
         PREVIOUS_SHA
     );
     // Idempotent: rolling back to entry 6 again syncs the same revision (entry 6 is still there).
-    let r = run_run_step(rollback, &v, &[]).await;
+    let r = run_http_step(rollback, &v).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(
         app.lock().expect("lock")["status"]["sync"]["revision"],
@@ -985,7 +997,8 @@ async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_whe
         assert_argocd_request(req, "POST", "/api/v1/applications/web/rollback");
         assert_eq!(
             req.json(),
-            Some(json!({"name": "web", "id": 6, "prune": false, "dryRun": false}))
+            Some(json!({"name": "web", "id": "6", "prune": false, "dryRun": false})),
+            "the history id as a decimal string, as protobuf's JSON mapping takes an int64"
         );
     }
     assert_argocd_request(&seen[3], "PATCH", path);
@@ -1002,18 +1015,16 @@ async fn argocd_turns_auto_sync_off_rolls_back_to_the_history_id_and_back_on_whe
 #[tokio::test]
 async fn argocd_refusals_fail_the_step() {
     set_env();
-    let Some((app, fake, rule)) = argocd_setup("argocd.yaml").await else {
-        return;
-    };
+    let (app, fake, rule) = argocd_setup("argocd.yaml").await;
     let rollback = step(&rule, "argo cd rollback to the previous history entry");
 
     // Auto-sync still on: FailedPrecondition, 400.
     let v = vars(&rule, &[("release.previous.deployment_id", "6")]);
-    let r = run_run_step(rollback, &v, &[]).await;
-    assert_eq!(r.exit_code, Some(1));
-    assert_refused(
+    let r = run_http_step(rollback, &v).await;
+    assert_refused_with(
         &r,
-        "HTTP 400: {\"code\":9,\"error\":\"rollback cannot be initiated when auto-sync is enabled\"",
+        400,
+        "rollback cannot be initiated when auto-sync is enabled",
     );
 
     // A history id Argo CD does not have (pruned by revisionHistoryLimit): InvalidArgument, 400.
@@ -1023,35 +1034,32 @@ async fn argocd_refusals_fail_the_step() {
             .ok
     );
     let gone = vars(&rule, &[("release.previous.deployment_id", "2")]);
-    assert_refused(
-        &run_run_step(rollback, &gone, &[]).await,
+    assert_refused_with(
+        &run_http_step(rollback, &gone).await,
+        400,
         "does not have deployment",
     );
-    // A history id that is not a number never reaches Argo CD.
-    let before = fake.requests().len();
-    let r = run_run_step(rollback, &vars(&rule, &[]), &[]).await;
-    assert!(!r.ok);
-    assert_eq!(fake.requests().len(), before);
+    // A deployment id that is not an Argo CD history id (a ledger not fed by Argo CD): refused
+    // the same way, and nothing moves.
+    let r = run_http_step(rollback, &vars(&rule, &[])).await;
+    assert_refused_with(&r, 400, "does not have deployment");
     assert_eq!(
         app.lock().expect("lock")["status"]["sync"]["revision"],
         CURRENT_SHA
     );
+    assert_eq!(fake.requests().len(), 4);
 
     // A token Argo CD does not accept: Unauthenticated, 401, on both kinds of step.
     let fake = Fake::start(fake_argocd(argocd_app(), "another-token")).await;
     let rule = argocd_preset("argocd.yaml", &fake);
-    let r = run_http_step(step(&rule, "turn off argo cd auto-sync"), &v).await;
-    assert!(!r.ok);
-    assert_eq!(r.exit_code, Some(401));
-    let r = run_run_step(
-        step(&rule, "argo cd rollback to the previous history entry"),
-        &v,
-        &[],
-    )
-    .await;
-    assert!(!r.ok);
-    assert!(r.output.contains("HTTP 401"), "{}", r.output);
-    assert!(!r.output.contains(ARGOCD_TOKEN));
+    for name in [
+        "turn off argo cd auto-sync",
+        "argo cd rollback to the previous history entry",
+    ] {
+        let r = run_http_step(step(&rule, name), &v).await;
+        assert_refused_with(&r, 401, "invalid session");
+        assert!(!r.output.contains(ARGOCD_TOKEN));
+    }
 
     // An application the token cannot see (or that does not exist): PermissionDenied, 403.
     let fake = Fake::start(fake_argocd(argocd_app(), ARGOCD_TOKEN)).await;
@@ -1072,17 +1080,16 @@ async fn argocd_refusals_fail_the_step() {
 #[tokio::test]
 async fn argocd_sync_variant_syncs_to_the_previous_git_revision() {
     set_env();
-    let Some((app, fake, rule)) = argocd_setup("argocd-sync-revision.yaml").await else {
-        return;
-    };
+    let (app, fake, rule) = argocd_setup("argocd-sync-revision.yaml").await;
     assert!(rule.freeze);
     let v = vars(&rule, &[]);
     let sync = step(&rule, "argo cd sync to the previous revision");
     assert!(sync.idempotent);
 
     // Before auto-sync is off, Argo CD refuses a sync to another revision.
-    assert_refused(
-        &run_run_step(sync, &v, &[]).await,
+    assert_refused_with(
+        &run_http_step(sync, &v).await,
+        400,
         "auto-sync currently set to main",
     );
 
@@ -1091,7 +1098,7 @@ async fn argocd_sync_variant_syncs_to_the_previous_git_revision() {
             .await
             .ok
     );
-    let r = run_run_step(sync, &v, &[]).await;
+    let r = run_http_step(sync, &v).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(
         app.lock().expect("lock")["status"]["sync"]["revision"],
@@ -1115,7 +1122,15 @@ async fn argocd_sync_variant_syncs_to_the_previous_git_revision() {
     // A release without a revision: the step does not render, nothing runs.
     let mut none = vars(&rule, &[]);
     none.remove("release.previous.revision");
-    assert!(render_argv(sync, &none).is_err());
+    let Action::Http {
+        body: Body::Json(body),
+        ..
+    } = &sync.action
+    else {
+        panic!("the sync step is an http step with a JSON body")
+    };
+    let e = template::render_json(body, &none).expect_err("no revision, no body");
+    assert!(e.contains("release.previous.revision"), "{e}");
 }
 
 // ---- Flux, through kubectl against a fake Kubernetes API server ----

@@ -466,10 +466,14 @@ pub(super) fn plan_action(a: &Action, vars: &BTreeMap<String, String>) -> Result
             .collect::<Result<_, _>>()?,
         Action::Http { method, url, .. } => vec![method.clone(), url.render(vars)?],
     };
-    Ok(Plan {
+    let mut plan = Plan {
         argv,
         ..empty_plan(a)
-    })
+    };
+    if let Body::Json(v) = &plan.body {
+        plan.body = Body::Json(crate::rules::template::render_json(v, vars)?);
+    }
+    Ok(plan)
 }
 
 /// The rule's verification as the incident keeps it; none when it has no checks.

@@ -1171,7 +1171,16 @@ fn compile_action(lint: &mut Lint, raw: ActionParts, at: &Location, what: &str) 
                     lint.at(&h.referenced, "http: give `json` or `body`, not both");
                     Body::None
                 }
-                (Some(j), None) => Body::Json(j.clone()),
+                (Some(j), None) => {
+                    let mut strings = Vec::new();
+                    template::json_strings(j, "", &mut strings);
+                    for (at, text) in strings {
+                        if let Err(e) = Template::parse(text, Scope::Step) {
+                            lint.at(&h.referenced, format!("http.json{at}: {e}"));
+                        }
+                    }
+                    Body::Json(j.clone())
+                }
                 (None, Some(b)) => Body::Raw(b.clone()),
                 (None, None) => Body::None,
             };

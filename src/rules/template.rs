@@ -66,6 +66,53 @@ pub const FENCING_TOKEN: &str = "fencing_token";
 /// braces are outside every value's charset).
 pub const FENCING_MARK: &str = "{{ fencing_token }}";
 
+/// Each string of an http step's JSON body that holds `{{`, with where it is (`.id`,
+/// `.items[0]`): these are the body's templates. Keys are never templates.
+pub fn json_strings<'a>(v: &'a serde_json::Value, at: &str, out: &mut Vec<(String, &'a str)>) {
+    match v {
+        serde_json::Value::String(s) if s.contains("{{") => out.push((at.to_string(), s)),
+        serde_json::Value::Array(items) => {
+            for (i, x) in items.iter().enumerate() {
+                json_strings(x, &format!("{at}[{i}]"), out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, x) in map {
+                json_strings(x, &format!("{at}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An http step's JSON body with every template string rendered (each value is checked as in
+/// argv and becomes part of one JSON string, so it can never add a field); `{{ fencing_token }}`
+/// stays marked until the step starts.
+pub fn render_json(
+    v: &serde_json::Value,
+    vars: &BTreeMap<String, String>,
+) -> Result<serde_json::Value, String> {
+    Ok(match v {
+        serde_json::Value::String(s) if s.contains("{{") => serde_json::Value::String(
+            Template::parse(s, Scope::Step)
+                .and_then(|t| t.render(vars))
+                .map_err(|e| format!("http.json: {e}"))?,
+        ),
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|x| render_json(x, vars))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, x)| Ok((k.clone(), render_json(x, vars)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
 /// The contract's charset `[A-Za-z0-9._:/@+=-]*`, and two refusals on top of it: no `..` (a path
 /// climbing out of where a step expects it) and no leading `-` (a value read as an option).
 pub fn value_is_safe(v: &str) -> bool {

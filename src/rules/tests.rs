@@ -320,3 +320,66 @@ fn on_unfreeze_needs_a_freeze_and_takes_a_steps_keys() {
         "an on_unfreeze step's templates are checked like a step's"
     );
 }
+
+#[test]
+fn json_body_strings_take_templates_checked_at_load_and_rendered_one_string_each() {
+    let yaml = |id: &str| {
+        format!(
+            r#"rules:
+  - name: argo
+    match: ['alertname="X"']
+    service: web
+    breach: {{ sustained: 10m }}
+    steps:
+      - name: rollback
+        http:
+          method: POST
+          url: https://argocd.example.com/api/v1/applications/web/rollback
+          json: {{ name: web, id: "{id}", tags: ["{{{{ incident.id }}}}", 3], "{{{{ keys }}}}": literal }}
+"#
+        )
+    };
+    assert_eq!(
+        lint(&yaml("{{ nope }}")),
+        [
+            "r.yaml:9:11: http.json.id: template `{{ nope }}`: unknown name `nope` (known: labels.<name>, service, environment, rule, incident.id, release.previous.deployment_id, release.previous.version, release.previous.revision, release.current.deployment_id, release.current.version, release.current.revision, fencing_token)"
+        ]
+    );
+    let (set, problems) = load_str(
+        "r.yaml",
+        &yaml("{{ release.previous.deployment_id }}"),
+        &ctx(),
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
+    let rule = set.unwrap().get("argo").cloned().unwrap();
+    let Action::Http {
+        body: Body::Json(body),
+        ..
+    } = &rule.steps[0].action
+    else {
+        panic!("an http step with a JSON body")
+    };
+    let vars: BTreeMap<String, String> = [
+        ("release.previous.deployment_id", "6"),
+        ("incident.id", "inc-000001"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        template::render_json(body, &vars).unwrap(),
+        serde_json::json!({"name": "web", "id": "6", "tags": ["inc-000001", 3], "{{ keys }}": "literal"}),
+        "values fill strings; keys and other values stay as written"
+    );
+    // A value that would break out of its JSON string is refused, as in argv.
+    let mut hostile = vars.clone();
+    hostile.insert(
+        "release.previous.deployment_id".into(),
+        "6\",\"prune\":true,\"x\":\"".into(),
+    );
+    let e = template::render_json(body, &hostile).unwrap_err();
+    assert!(
+        e.starts_with("http.json: value of `{{ release.previous.deployment_id }}`"),
+        "{e}"
+    );
+}
