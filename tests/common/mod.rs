@@ -14,6 +14,18 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
 
+/// One rule that acts on `WebErrors` sustained for an hour, with a step that does nothing.
+pub const WEB_ERRORS_RULE: &str = r#"rules:
+  - name: web-errors
+    match: ['alertname="WebErrors"']
+    group_by: [service]
+    service: "{{ labels.service }}"
+    breach: { sustained: 1h }
+    approval: none
+    steps:
+      - { name: noop, run: [/bin/true] }
+"#;
+
 /// The binary the daemon tests start: [`BIN`], or `ROLLBACKD_TEST_BIN` when set (to run a test
 /// against another build, e.g. to see it fail on the binary from before a fix).
 pub fn bin() -> String {
