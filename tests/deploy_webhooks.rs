@@ -6,9 +6,7 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const INGEST: &str = "ingest-token-0123456789abcdef";
 const RELEASES: &str = "releases-token-0123456789abcdef";
@@ -18,25 +16,6 @@ const FLUX_SECRET: &str = "flux-secret-0123456789";
 
 fn testdata(name: &str) -> String {
     repo_file(&format!("src/ingest/testdata/{name}"))
-}
-
-fn sha256_sig(secret: &str, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
-    mac.update(body.as_bytes());
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn send(d: &Daemon, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
-    let mut req = client()
-        .post(d.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().expect("POST");
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
 }
 
 fn ledger(d: &Daemon, service: &str) -> Vec<Value> {
@@ -70,8 +49,8 @@ fn setup() -> Setup {
 }
 
 fn github(d: &Daemon, event: &str, delivery: &str, body: &str) -> (u16, Value) {
-    let sig = sha256_sig(GITHUB_SECRET, body);
-    send(
+    let sig = sha256_signature(GITHUB_SECRET, body);
+    post_with(
         d,
         "/v1/webhooks/github",
         &[
@@ -84,12 +63,12 @@ fn github(d: &Daemon, event: &str, delivery: &str, body: &str) -> (u16, Value) {
 }
 
 fn flux(d: &Daemon, body: &str) -> (u16, Value) {
-    let sig = sha256_sig(FLUX_SECRET, body);
-    send(d, "/v1/webhooks/flux", &[("x-signature", &sig)], body)
+    let sig = sha256_signature(FLUX_SECRET, body);
+    post_with(d, "/v1/webhooks/flux", &[("x-signature", &sig)], body)
 }
 
 fn gitlab(d: &Daemon, body: &str) -> (u16, Value) {
-    send(
+    post_with(
         d,
         "/v1/webhooks/gitlab",
         &[
@@ -102,7 +81,7 @@ fn gitlab(d: &Daemon, body: &str) -> (u16, Value) {
 
 fn argocd(d: &Daemon, token: &str, body: &str) -> (u16, Value) {
     let auth = format!("Bearer {token}");
-    send(d, "/v1/webhooks/argocd", &[("authorization", &auth)], body)
+    post_with(d, "/v1/webhooks/argocd", &[("authorization", &auth)], body)
 }
 
 #[test]
@@ -169,9 +148,9 @@ fn forged_or_missing_credentials_are_refused_and_change_nothing() {
     let d = s.start();
     let before = all_ledgers(&d);
     let gh = testdata("github-deployment_status.json");
-    let forged = sha256_sig("not-the-secret", &gh);
+    let forged = sha256_signature("not-the-secret", &gh);
     let fx = testdata("flux-kustomization-succeeded.json");
-    let fx_forged = sha256_sig("not-the-secret", &fx);
+    let fx_forged = sha256_signature("not-the-secret", &fx);
     let gl = testdata("gitlab-deployment.json");
     let ev = ("x-github-event", "deployment_status");
     let cases: Vec<Refusal> = vec![
@@ -220,7 +199,7 @@ fn forged_or_missing_credentials_are_refused_and_change_nothing() {
         ),
     ];
     for (path, headers, body, status, says) in &cases {
-        let (st, v) = send(&d, path, headers, body);
+        let (st, v) = post_with(&d, path, headers, body);
         assert_eq!(st, *status, "{path} {headers:?}: {v}");
         let e = v["error"].as_str().unwrap_or_default();
         assert!(e.contains(says), "{path}: {e:?} lacks {says:?}");
@@ -231,7 +210,7 @@ fn forged_or_missing_credentials_are_refused_and_change_nothing() {
         st, 401,
         "tokens.releases is set: the ingest token is refused: {v}"
     );
-    let (st, v) = send(&d, "/v1/webhooks/argocd", &[], &ar);
+    let (st, v) = post_with(&d, "/v1/webhooks/argocd", &[], &ar);
     assert_eq!(st, 401, "{v}");
     assert_eq!(all_ledgers(&d), before, "nothing changed");
     let refused = d
@@ -325,12 +304,12 @@ fn an_endpoint_without_its_secret_says_which_key_enables_it() {
         ("/v1/webhooks/gitlab", "gitlab.webhook_token"),
         ("/v1/webhooks/flux", "flux.webhook_secret"),
     ] {
-        let (st, v) = send(&d, path, &[], "{}");
+        let (st, v) = post_with(&d, path, &[], "{}");
         assert_eq!(st, 404, "{path}: {v}");
         assert!(v["error"].as_str().unwrap_or_default().contains(key), "{v}");
     }
     // Argo CD takes the bearer token of /v1/releases: with none configured, it is open.
-    let (st, v) = send(
+    let (st, v) = post_with(
         &d,
         "/v1/webhooks/argocd",
         &[],
