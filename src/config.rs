@@ -616,6 +616,18 @@ impl Config {
             ("tokens.read".to_string(), &self.tokens.read),
             ("tokens.admin".to_string(), &self.tokens.admin),
         ];
+        let webhook_secrets = [
+            ("github.webhook_secret", &self.github.webhook_secret),
+            ("gitlab.webhook_token", &self.gitlab.webhook_token),
+            ("flux.webhook_secret", &self.flux.webhook_secret),
+        ];
+        for (key, secret) in webhook_secrets {
+            if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+                return Err(format!(
+                    "{key} is shorter than 16 characters; use a long random secret"
+                ));
+            }
+        }
         for (key, tok) in &named {
             if let Some(t) = tok
                 && t.expose().len() < 16
@@ -896,6 +908,24 @@ mod tests {
             ("pagerduty: {workflows: {aprove: P1}}", "aprove"),
             ("pagerduty: {from: Rollback Bot}", "pagerduty.from"),
             ("tokens: {read: short}", "shorter"),
+            (
+                "github: {webhook_secret: short}",
+                "github.webhook_secret is shorter",
+            ),
+            (
+                "gitlab: {webhook_token: short}",
+                "gitlab.webhook_token is shorter",
+            ),
+            (
+                "github: {services: {\"acme/web\": \"web app\"}}",
+                "github.services",
+            ),
+            (
+                "flux: {services: {\"HelmRelease/a/b\": \"--force\"}}",
+                "flux.services",
+            ),
+            ("gitlab: {services: {\"a/b\": \"\"}}", "gitlab.services"),
+            ("github: {secret: x}", "unknown field"),
             ("rules: [", "t:1:"),
             ("x: \"${vault:a}\"", "not a reference"),
         ] {

@@ -317,3 +317,127 @@ fn an_endpoint_without_its_secret_says_which_key_enables_it() {
     );
     assert_eq!(st, 201, "{v}");
 }
+
+/// A deployment status as GitHub sends it, for `acme/web`.
+fn github_status(id: u64, sha: &str, age_secs: f64) -> String {
+    json!({"action": "created",
+           "deployment_status": {"state": "success", "created_at": ts(-age_secs)},
+           "deployment": {"id": id, "sha": sha, "ref": format!("v{id}"), "environment": "production",
+                          "payload": {}},
+           "repository": {"name": "web-repo", "full_name": "acme/web"}})
+    .to_string()
+}
+
+/// Releases a deploy tool reported are in the input log as the releases themselves: a replay of
+/// the log, with a config that no longer maps the repository to its service, rolls back to the
+/// same previous deployment at the same revision.
+#[test]
+fn a_logged_deploy_tool_release_replays_without_the_service_map() {
+    let rules = r#"rules:
+  - name: web-errors
+    match: ['alertname="WebErrors"']
+    group_by: [service]
+    service: "{{ labels.service }}"
+    breach: { sustained: 10s }
+    release: { max_age: 2h }
+    approval: none
+    steps:
+      - name: roll back
+        run: [echo, rollback, "{{ release.previous.deployment_id }}", "{{ release.previous.revision }}"]
+"#;
+    let config = format!(
+        "record_inputs: true\ngithub: {{webhook_secret: \"{GITHUB_SECRET}\", services: {{\"acme/web\": web}}}}\n"
+    );
+    let s = Setup::new(&config, rules);
+    let d = s.start();
+    let old = "1111111111111111111111111111111111111111";
+    let new = "2222222222222222222222222222222222222222";
+    assert_eq!(
+        github(
+            &d,
+            "deployment_status",
+            "a",
+            &github_status(101, old, 3600.0)
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        github(
+            &d,
+            "deployment_status",
+            "b",
+            &github_status(102, new, 600.0)
+        )
+        .0,
+        201
+    );
+    let alert = am_alert(
+        "firing",
+        json!({"alertname": "WebErrors", "service": "web"}),
+        &ts(-20.0),
+        "fp-web",
+    );
+    assert_eq!(
+        post(&d.url("/v1/webhooks/alertmanager"), None, &alert).0,
+        200
+    );
+    let done = wait_for(std::time::Duration::from_secs(15), || {
+        let (_, v) = get(&d.url("/v1/incidents"), None);
+        v["items"]
+            .as_array()?
+            .iter()
+            .find(|i| i["state"] == "rolled_back")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("never rolled back; stderr:\n{}", d.stderr()));
+    let log = std::fs::read_to_string(s.path().join("data/inputs.jsonl")).expect("the log");
+    let deploy: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["source"] == "deploy")
+        .collect();
+    assert_eq!(deploy.len(), 2, "{log}");
+    assert_eq!(deploy[0]["body"]["service"], "web");
+    assert_eq!(deploy[0]["body"]["origin"], "github");
+    drop(d);
+
+    // The replay reads the config without the map: the log alone says the service.
+    let bare = s.path().join("bare.yaml");
+    std::fs::write(&bare, "").expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["replay", "--format", "json", "--rules"])
+        .arg(s.path().join("rules"))
+        .arg("--config")
+        .arg(&bare)
+        .arg("--events")
+        .arg(s.path().join("data/inputs.jsonl"))
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .expect("replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decisions: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let triggered = decisions
+        .iter()
+        .find(|d| d["kind"] == "triggered")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(triggered["incident"], done["id"]);
+    assert_eq!(triggered["service"], "web");
+    let ran = decisions
+        .iter()
+        .find(|d| d["kind"] == "would_run")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(ran["argv"], json!(["echo", "rollback", "101", old]));
+    assert_eq!(
+        ran["argv"], done["steps"][0]["argv"],
+        "the same step as the live run"
+    );
+}
