@@ -20,7 +20,7 @@ use crate::config::{Limits, Secret};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenKind {
     Ingest,
-    /// `/v1/releases`: `tokens.releases` when set, else the ingest token.
+    /// `/v1/releases` and `/v1/webhooks/argocd`: `tokens.releases` when set, else the ingest token.
     Releases,
     Read,
     Admin,
