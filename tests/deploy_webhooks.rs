@@ -441,3 +441,36 @@ fn a_logged_deploy_tool_release_replays_without_the_service_map() {
         "the same step as the live run"
     );
 }
+
+/// Each tool has its own quota, spent only once its credentials hold.
+#[test]
+fn each_tool_has_its_own_quota_spent_after_the_credentials() {
+    let config = format!(
+        "limits: {{ingest_per_second: 1, ingest_burst: 1}}\n\
+         github: {{webhook_secret: \"{GITHUB_SECRET}\"}}\n\
+         flux: {{webhook_secret: \"{FLUX_SECRET}\"}}\n"
+    );
+    let s = Setup::new(&config, WEB_ERRORS_RULE);
+    let d = s.start();
+    let body = testdata("github-deployment_status.json");
+    let forged = sha256_signature("not-the-secret", &body);
+    let headers = [
+        ("x-github-event", "deployment_status"),
+        ("x-hub-signature-256", forged.as_str()),
+    ];
+    for _ in 0..3 {
+        assert_eq!(post_with(&d, "/v1/webhooks/github", &headers, &body).0, 401);
+    }
+    assert_eq!(github(&d, "deployment_status", "q-1", &body).0, 201);
+    let (st, v) = github(&d, "deployment_status", "q-2", &body);
+    assert_eq!(st, 429, "{v}");
+    // Flux's quota is its own.
+    assert_eq!(
+        flux(&d, &testdata("flux-kustomization-succeeded.json")).0,
+        201
+    );
+    let limited = d
+        .metric("rollbackd_ingest_rejected_total{reason=\"rate_limited\",source=\"github\"}")
+        .unwrap_or(0.0);
+    assert_eq!(limited, 1.0);
+}
