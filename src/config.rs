@@ -150,6 +150,42 @@ fn five_minutes() -> std::time::Duration {
     std::time::Duration::from_secs(300)
 }
 
+/// GitHub webhooks (`POST /v1/webhooks/github`).
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitHub {
+    /// The webhook's secret: `X-Hub-Signature-256` must carry the HMAC-SHA256 of the body.
+    /// Unset: the endpoint answers 404.
+    pub webhook_secret: Option<Secret>,
+    /// `"owner/repo"` → service, for deployments whose payload names no `service`.
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+}
+
+/// GitLab project webhooks (`POST /v1/webhooks/gitlab`).
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GitLab {
+    /// The webhook's secret token: `X-Gitlab-Token` must equal it. Unset: the endpoint answers 404.
+    pub webhook_token: Option<Secret>,
+    /// `path_with_namespace` (`group/project`) → service; else the project's name.
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+}
+
+/// Flux notification-controller, Provider type `generic-hmac` (`POST /v1/webhooks/flux`).
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Flux {
+    /// The Provider secret's `token`: `X-Signature` must carry the HMAC-SHA256 of the body.
+    /// Unset: the endpoint answers 404.
+    pub webhook_secret: Option<Secret>,
+    /// `<Kind>/<namespace>/<name>` → service, for events without `metadata.service`; else the
+    /// object's name.
+    #[serde(default)]
+    pub services: BTreeMap<String, String>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDuty {
@@ -222,6 +258,9 @@ pub struct Config {
     pub tokens: Tokens,
     pub grafana: Grafana,
     pub pagerduty: Option<PagerDuty>,
+    pub github: GitHub,
+    pub gitlab: GitLab,
+    pub flux: Flux,
     pub people: Vec<Person>,
     /// Named notifiers that rules reference in `notify:`.
     pub notifiers: BTreeMap<String, Notifier>,
@@ -375,6 +414,9 @@ impl Default for Config {
             tokens: Tokens::default(),
             grafana: Grafana::default(),
             pagerduty: None,
+            github: GitHub::default(),
+            gitlab: GitLab::default(),
+            flux: Flux::default(),
             people: Vec::new(),
             notifiers: BTreeMap::new(),
             limits: Limits::default(),
@@ -489,6 +531,20 @@ impl Config {
                 return Err(format!("people: id `{}` appears twice", p.id));
             }
         }
+        for (key, map) in [
+            ("github.services", &self.github.services),
+            ("gitlab.services", &self.gitlab.services),
+            ("flux.services", &self.flux.services),
+        ] {
+            if let Some((from, to)) = map
+                .iter()
+                .find(|(_, to)| to.is_empty() || !crate::rules::template::value_is_safe(to))
+            {
+                return Err(format!(
+                    "{key}: {from:?} maps to {to:?}, which is not a service name ([A-Za-z0-9._:/@+=-], without `..` or a leading `-`)"
+                ));
+            }
+        }
         for (name, n) in &self.notifiers {
             if name == "pagerduty" {
                 return Err(
@@ -560,6 +616,18 @@ impl Config {
             ("tokens.read".to_string(), &self.tokens.read),
             ("tokens.admin".to_string(), &self.tokens.admin),
         ];
+        let webhook_secrets = [
+            ("github.webhook_secret", &self.github.webhook_secret),
+            ("gitlab.webhook_token", &self.gitlab.webhook_token),
+            ("flux.webhook_secret", &self.flux.webhook_secret),
+        ];
+        for (key, secret) in webhook_secrets {
+            if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+                return Err(format!(
+                    "{key} is shorter than 16 characters; use a long random secret"
+                ));
+            }
+        }
         for (key, tok) in &named {
             if let Some(t) = tok
                 && t.expose().len() < 16
@@ -840,6 +908,24 @@ mod tests {
             ("pagerduty: {workflows: {aprove: P1}}", "aprove"),
             ("pagerduty: {from: Rollback Bot}", "pagerduty.from"),
             ("tokens: {read: short}", "shorter"),
+            (
+                "github: {webhook_secret: short}",
+                "github.webhook_secret is shorter",
+            ),
+            (
+                "gitlab: {webhook_token: short}",
+                "gitlab.webhook_token is shorter",
+            ),
+            (
+                "github: {services: {\"acme/web\": \"web app\"}}",
+                "github.services",
+            ),
+            (
+                "flux: {services: {\"HelmRelease/a/b\": \"--force\"}}",
+                "flux.services",
+            ),
+            ("gitlab: {services: {\"a/b\": \"\"}}", "gitlab.services"),
+            ("github: {secret: x}", "unknown field"),
             ("rules: [", "t:1:"),
             ("x: \"${vault:a}\"", "not a reference"),
         ] {

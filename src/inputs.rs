@@ -10,7 +10,9 @@
 //!   that chunk's alerts as received, since each chunk is its own event), or `vote`, `freeze`,
 //!   `unfreeze` for the break-glass API (bodies
 //!   `{"incident", "person", "vote": "approve"|"reject", "via", "reason"}` and
-//!   `{"service", "reason", "by"}`, since the path carries part of those requests);
+//!   `{"service", "reason", "by"}`, since the path carries part of those requests), or `deploy`
+//!   for a release a deploy tool's webhook reported (body: the release as recorded, its
+//!   `origin` included);
 //! - `pagerduty` lines may carry `"delivery"` (the de-duplication id; default `event.id`), and
 //!   `release` lines `"received_at"` (the receipt time, which a release without `deployed_at`
 //!   defaults to; default `at`);
@@ -192,6 +194,11 @@ impl FreezeLine {
     }
 }
 
+/// The source of a release a deploy tool's webhook reported (GitHub, GitLab, Flux, Argo CD): its
+/// body is the release as recorded (origin included), not the tool's delivery, whose reading
+/// depends on the config's service maps.
+pub const DEPLOY: &str = "deploy";
+
 /// Parses one input-log line; `Ok(None)` for a blank line or a `#` comment.
 pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
     let t = text.trim();
@@ -216,6 +223,11 @@ pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
         "release" => Event::Release(Box::new(
             ingest::releases::parse(body, raw.received_at.unwrap_or(at)).map_err(msg)?,
         )),
+        DEPLOY => {
+            let r: crate::model::Release =
+                serde_json::from_slice(body).map_err(|e| format!("deploy body: {e}"))?;
+            Event::Release(Box::new(ingest::releases::checked(r, at).map_err(msg)?))
+        }
         "pagerduty" => {
             let e = ingest::pagerduty::parse(body).map_err(msg)?;
             let input = ingest::pagerduty::input(
@@ -236,7 +248,7 @@ pub fn parse_line(text: &str, opts: &Options) -> Result<Option<Input>, String> {
             .event(s == "freeze"),
         other => {
             return Err(format!(
-                "source: `{other}` is not one of alertmanager, grafana, pagerduty, signal, release, vote, freeze, unfreeze, engine, start"
+                "source: `{other}` is not one of alertmanager, grafana, pagerduty, signal, release, deploy, vote, freeze, unfreeze, engine, start"
             ));
         }
     };
@@ -410,6 +422,44 @@ mod tests {
         assert!(matches!(p.event, Event::PagerDuty { delivery, .. } if delivery == "E1"));
         assert!(parse_line("   ", &opts()).unwrap().is_none());
         assert!(parse_line("# a comment", &opts()).unwrap().is_none());
+    }
+
+    /// A release a deploy tool reported is logged as the release, and reads back as the same
+    /// event, whatever the config's service maps say at replay time.
+    #[test]
+    fn a_deploy_tool_release_reads_back_as_the_same_release() {
+        let at: Timestamp = "2019-05-15T15:21:00Z".parse().unwrap();
+        let body = include_bytes!("ingest/testdata/github-deployment_status.json");
+        let services = std::collections::BTreeMap::from([(
+            "Codertocat/Hello-World".to_string(),
+            "hello".to_string(),
+        )]);
+        let ingest::Outcome::Release(r) =
+            ingest::github::parse("deployment_status", body, &services, at).unwrap()
+        else {
+            panic!("ignored")
+        };
+        let logged = serde_json::to_vec(&r).unwrap();
+        let sent = Event::Release(r.clone());
+        let line = Pending::new(DEPLOY, &logged, &sent).line(at);
+        let back = parse_line(&line, &opts()).unwrap().unwrap();
+        assert_eq!(back.at, at);
+        let Event::Release(b) = back.event else {
+            panic!("{line}")
+        };
+        assert_eq!(b, r);
+        assert_eq!(b.service, "hello");
+        assert_eq!(b.origin, "github");
+        assert_eq!(
+            b.revision.as_deref(),
+            Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e")
+        );
+        let poisoned = line.replace("\"version\":\"master\"", "\"version\":\"$(id)\"");
+        assert!(
+            parse_line(&poisoned, &opts())
+                .unwrap_err()
+                .contains("version")
+        );
     }
 
     #[test]

@@ -10,6 +10,23 @@ use prometheus::{
 use crate::engine::State;
 use crate::model::IncidentState;
 
+/// The ingest sources, each with its own quota and its own `source` label: alert senders, then
+/// release reporters (CI and the deploy tools).
+pub const INGEST_SOURCES: [&str; 9] = [
+    "alertmanager",
+    "grafana",
+    "pagerduty",
+    "signal",
+    "release",
+    "github",
+    "gitlab",
+    "flux",
+    "argocd",
+];
+
+/// The sources whose requests carry signals (`rollbackd_signals_received_total`).
+const SIGNAL_SOURCES: [&str; 4] = ["alertmanager", "grafana", "pagerduty", "signal"];
+
 pub struct Metrics {
     registry: Registry,
     pub signals_received: IntCounterVec,
@@ -156,8 +173,8 @@ impl Metrics {
         for s in IncidentState::ALL {
             incidents.with_label_values(&[s.as_str()]).set(0);
         }
-        for src in ["alertmanager", "grafana", "pagerduty", "signal", "release"] {
-            if src != "release" {
+        for src in INGEST_SOURCES {
+            if SIGNAL_SOURCES.contains(&src) {
                 signals_received.with_label_values(&[src]).inc_by(0);
             }
             for reason in ["auth", "malformed", "rate_limited"] {

@@ -24,6 +24,41 @@ const ADMIN: &str = "admin-token-0123456789abcdefg";
 const PD_SECRET: &str = "pd-webhook-secret-ChAnGeMe+/==";
 const RELEASES: &str = "releases-token-0123456789abcdef";
 const GRAFANA_SECRET: &str = "grafana-secret-0123456789abcdef";
+const GITHUB_SECRET: &str = "github-secret-0123456789abcdef";
+const GITLAB_TOKEN: &str = "gitlab-token-0123456789abcdef";
+const FLUX_SECRET: &str = "flux-secret-0123456789abcdef";
+
+/// A GitHub `deployment_status` of `web`, state `success`, with `payload` as its deployment's.
+fn gh_body(payload: Value, id: Value) -> String {
+    json!({"deployment_status": {"state": "success", "created_at": ts(-60.0)},
+           "deployment": {"id": id, "sha": "f95f852bd8fca8fcc58a9a2d6c842781e32a215e", "ref": "main",
+                          "environment": "production", "payload": payload},
+           "repository": {"name": "web", "full_name": "acme/web"}})
+    .to_string()
+}
+
+/// A GitLab deployment event of project `name`, status `success`.
+fn gl_body(name: &str, deployment_id: Value) -> String {
+    json!({"object_kind": "deployment", "status": "success", "status_changed_at": "2021-04-28 21:50:00 +0200",
+           "deployment_id": deployment_id, "environment": "production", "short_sha": "279484c0",
+           "project": {"name": name, "path_with_namespace": format!("acme/{name}")}})
+    .to_string()
+}
+
+/// A Flux event of Kustomization `apps/web` reconciled, with `metadata`.
+fn flux_body(metadata: Value) -> String {
+    json!({"involvedObject": {"kind": "Kustomization", "namespace": "apps", "name": "web"},
+           "severity": "info", "reason": "ReconciliationSucceeded", "metadata": metadata,
+           "timestamp": ts(-60.0)})
+    .to_string()
+}
+
+/// The Argo CD template's body for application `web`.
+fn argo_body(service: &str, history_id: Value) -> String {
+    json!({"app": "web", "revision": "53e28ff20cc530b9ada2173fbbd64d48338583ba", "history_id": history_id,
+           "sync_status": "Synced", "health_status": "Healthy", "service": service})
+    .to_string()
+}
 
 /// `X-Grafana-Alerting-Signature` over `"<ts>:" + body`, or over the body alone.
 fn grafana_sig(ts: &str, body: &str) -> String {
@@ -276,8 +311,54 @@ fn catalogue() -> Vec<Case> {
     let old_ts = (jiff::Timestamp::now().as_second() - 3600).to_string();
     let gf_v2 = r#"{"version":"2","alerts":[]}"#;
     let gf_no_alerts = r#"{"version":"1"}"#;
+    let gh = "/v1/webhooks/github";
+    let gh_ok = gh_body(json!({}), json!(7));
+    let gh_forged = sha256_signature("not-the-secret", &gh_ok);
+    let gh_sig = sha256_signature(GITHUB_SECRET, &gh_ok);
+    let gh_evil = gh_body(json!({"service": "$(id)"}), json!(7));
+    let gh_evil_sig = sha256_signature(GITHUB_SECRET, &gh_evil);
+    let gh_evil_str = gh_body(json!("{\"service\":\"../../etc\"}"), json!(7));
+    let gh_evil_str_sig = sha256_signature(GITHUB_SECRET, &gh_evil_str);
+    let gh_neg = gh_body(json!({}), json!(-7));
+    let gh_neg_sig = sha256_signature(GITHUB_SECRET, &gh_neg);
+    let gh_junk_sig = sha256_signature(GITHUB_SECRET, "{\"deployment\": nope");
+    let gh_ev = ("x-github-event", "deployment_status");
+    let gl = "/v1/webhooks/gitlab";
+    let gl_ok = gl_body("web", json!(15));
+    let gl_tok = ("x-gitlab-token", GITLAB_TOKEN);
+    let fx = "/v1/webhooks/flux";
+    let fx_ok = flux_body(json!({"revision": "main@sha1:731f7eaddfb6af01cb2173e18f0f75b0ba780ef1"}));
+    let fx_forged = sha256_signature("not-the-secret", &fx_ok);
+    let fx_evil = flux_body(json!({"revision": "main@sha1:731f", "service": "../../etc"}));
+    let fx_evil_sig = sha256_signature(FLUX_SECRET, &fx_evil);
+    let fx_flag = flux_body(json!({"revision": "--force"}));
+    let fx_flag_sig = sha256_signature(FLUX_SECRET, &fx_flag);
+    let argo = "/v1/webhooks/argocd";
 
     vec![
+        // ---- deploy tools: signatures, tokens, and values that would become step arguments ----
+        case("github forged signature", "POST", gh, &[ct, gh_ev, ("x-hub-signature-256", &gh_forged)], &gh_ok, 401, "X-Hub-Signature-256 does not match"),
+        case("github without signature", "POST", gh, &[ct, gh_ev], &gh_ok, 400, "missing X-Hub-Signature-256"),
+        case("github signature without sha256=", "POST", gh, &[ct, gh_ev, ("x-hub-signature-256", &gh_sig[7..])], &gh_ok, 400, "X-Hub-Signature-256 is not of the form"),
+        case("github signed but no event header", "POST", gh, &[ct, ("x-hub-signature-256", &gh_sig)], &gh_ok, 400, "X-GitHub-Event"),
+        case("github signed, not JSON", "POST", gh, &[ct, gh_ev, ("x-hub-signature-256", &gh_junk_sig)], "{\"deployment\": nope", 400, "not valid JSON"),
+        case("github payload service $(id)", "POST", gh, &[ct, gh_ev, ("x-hub-signature-256", &gh_evil_sig)], &gh_evil, 400, "service"),
+        case("github payload string service ../../etc", "POST", gh, &[ct, gh_ev, ("x-hub-signature-256", &gh_evil_str_sig)], &gh_evil_str, 400, "service"),
+        case("github negative deployment id", "POST", gh, &[ct, gh_ev, ("x-hub-signature-256", &gh_neg_sig)], &gh_neg, 400, "deployment.id"),
+        case("gitlab without token", "POST", gl, &[ct], &gl_ok, 401, "missing X-Gitlab-Token"),
+        case("gitlab wrong token", "POST", gl, &[ct, ("x-gitlab-token", "wrong")], &gl_ok, 401, "not gitlab.webhook_token"),
+        case("gitlab project name with a space", "POST", gl, &[ct, gl_tok], gl_body("web app", json!(15)), 400, "gitlab.services"),
+        case("gitlab deployment_id --force", "POST", gl, &[ct, gl_tok], gl_body("web", json!("--force")), 400, "deployment_id"),
+        case("gitlab time not GitLab's", "POST", gl, &[ct, gl_tok], gl_ok.replace("2021-04-28 21:50:00 +0200", "yesterday"), 400, "status_changed_at"),
+        case("flux without signature", "POST", fx, &[ct], &fx_ok, 400, "missing X-Signature"),
+        case("flux forged signature", "POST", fx, &[ct, ("x-signature", &fx_forged)], &fx_ok, 401, "X-Signature does not match"),
+        case("flux metadata.service ../../etc", "POST", fx, &[ct, ("x-signature", &fx_evil_sig)], &fx_evil, 400, "service"),
+        case("flux revision --force", "POST", fx, &[ct, ("x-signature", &fx_flag_sig)], &fx_flag, 400, "version"),
+        case("argocd without token", "POST", argo, &[ct], argo_body("", json!(3)), 401, "releases token"),
+        case("argocd with the ingest token", "POST", argo, &ingest, argo_body("", json!(3)), 401, "not a valid releases token"),
+        case("argocd history_id --force", "POST", argo, &releases_h, argo_body("", json!("--force")), 400, "history_id"),
+        case("argocd service $(id)", "POST", argo, &releases_h, argo_body("$(id)", json!(3)), 400, "service"),
+        case("argocd unknown field", "POST", argo, &releases_h, argo_body("", json!(3)).replace("{\"app\"", "{\"admin\":true,\"app\""), 400, "unknown field"),
         // ---- tokens (all three kinds configured) ----
         case("alertmanager without token", "POST", am, &[ct], &good_am, 401, "missing `Authorization: Bearer <ingest token>`"),
         case("alertmanager with a wrong token", "POST", am, &[ct, ("authorization", "Bearer wrong-token-0123456789abcdef")], &good_am, 401, "not a valid ingest token"),
@@ -460,6 +541,9 @@ fn hostile_and_broken_requests_are_refused_and_change_nothing() {
         "tokens: {{ingest: \"{INGEST}\", releases: \"{RELEASES}\", read: \"{READ}\", admin: \"{ADMIN}\"}}\n\
          pagerduty: {{webhook_secrets: [\"{PD_SECRET}\"]}}\n\
          grafana: {{webhook_secret: \"{GRAFANA_SECRET}\"}}\n\
+         github: {{webhook_secret: \"{GITHUB_SECRET}\"}}\n\
+         gitlab: {{webhook_token: \"{GITLAB_TOKEN}\"}}\n\
+         flux: {{webhook_secret: \"{FLUX_SECRET}\"}}\n\
          people:\n  - {{id: ada, roles: [founder]}}\n"
     );
     let rules = format!(
@@ -576,6 +660,10 @@ fn hostile_and_broken_requests_are_refused_and_change_nothing() {
                     "/v1/signals" => "signal",
                     "/v1/releases" => "release",
                     "/v1/webhooks/pagerduty" => "pagerduty",
+                    "/v1/webhooks/github" => "github",
+                    "/v1/webhooks/gitlab" => "gitlab",
+                    "/v1/webhooks/flux" => "flux",
+                    "/v1/webhooks/argocd" => "argocd",
                     _ => "",
                 };
                 src == source
@@ -584,6 +672,12 @@ fn hostile_and_broken_requests_are_refused_and_change_nothing() {
             .filter(|c| {
                 source != "pagerduty"
                     || !(c.expect.contains("X-PagerDuty-Signature") || c.expect.contains("v1="))
+            })
+            // GitHub's and Flux's 400s for a missing or malformed signature count as `auth`.
+            .filter(|c| {
+                !(c.status == 400
+                    && (c.expect.contains("X-Hub-Signature-256")
+                        || c.expect.contains("X-Signature")))
             })
             .count()
     };
@@ -597,6 +691,12 @@ fn hostile_and_broken_requests_are_refused_and_change_nothing() {
         ("grafana", "malformed"),
         ("grafana", "auth"),
         ("pagerduty", "malformed"),
+        ("github", "malformed"),
+        ("gitlab", "malformed"),
+        ("gitlab", "auth"),
+        ("flux", "malformed"),
+        ("argocd", "malformed"),
+        ("argocd", "auth"),
     ] {
         let got = count(source, reason);
         let want = want(source, reason) as f64;
@@ -607,6 +707,9 @@ fn hostile_and_broken_requests_are_refused_and_change_nothing() {
     }
     // PagerDuty signature refusals: 3 malformed/missing (400) and 4 mismatches (401).
     assert_eq!(count("pagerduty", "auth"), 7.0, "{metrics}");
+    // GitHub: 2 missing/malformed (400) and 1 mismatch; Flux: 1 and 1.
+    assert_eq!(count("github", "auth"), 3.0, "{metrics}");
+    assert_eq!(count("flux", "auth"), 2.0, "{metrics}");
     assert_eq!(
         metric(&metrics, "rollbackd_breaches_open", &[]),
         0.0,

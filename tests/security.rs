@@ -21,17 +21,6 @@ const ADMIN: &str = "admin-token-0123456789abcdef";
 const PD_SECRET: &str = "pd-webhook-secret-0123456789";
 const GRAFANA_SECRET: &str = "grafana-webhook-secret-0123456789";
 
-const RULE: &str = r#"rules:
-  - name: web-errors
-    match: ['alertname="WebErrors"']
-    group_by: [service]
-    service: "{{ labels.service }}"
-    breach: { sustained: 1h }
-    approval: none
-    steps:
-      - { name: noop, run: [/bin/true] }
-"#;
-
 fn send(
     d: &Daemon,
     path: &str,
@@ -102,7 +91,7 @@ pagerduty: {{ webhook_secrets: ["{PD_SECRET}"] }}
 grafana: {{ webhook_secret: "{GRAFANA_SECRET}" }}
 "#
     );
-    let setup = Setup::new(&config, RULE);
+    let setup = Setup::new(&config, WEB_ERRORS_RULE);
     let d = setup.start();
     (setup, d)
 }
@@ -238,7 +227,10 @@ fn releases_take_their_own_token() {
     assert_eq!(ids, ["dpl-1"], "the refused release changed nothing: {v}");
 
     // Without `tokens.releases` the ingest token records releases, and the start says so.
-    let setup = Setup::new(&format!("tokens: {{ ingest: \"{INGEST}\" }}\n"), RULE);
+    let setup = Setup::new(
+        &format!("tokens: {{ ingest: \"{INGEST}\" }}\n"),
+        WEB_ERRORS_RULE,
+    );
     let shared = setup.start();
     let (s, v) = release(&shared, Some(INGEST), "dpl-2");
     assert_eq!(s, 201, "{v}");
@@ -295,7 +287,7 @@ fn no_vote_counts_after_the_approval_deadline() {
         .collect();
     let config = format!("tokens: {{ admin: \"{ADMIN}\" }}\npeople:\n{people}");
     // A quorum the votes below never meet: the request waits until its deadline.
-    let rules = RULE.replace("sustained: 1h", "sustained: 1s").replace(
+    let rules = WEB_ERRORS_RULE.replace("sustained: 1h", "sustained: 1s").replace(
         "approval: none",
         &format!("approval: {{ require_roles: [founder], quorum: {PEOPLE}, timeout: 2s, on_timeout: abort }}"),
     );

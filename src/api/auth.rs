@@ -20,7 +20,7 @@ use crate::config::{Limits, Secret};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenKind {
     Ingest,
-    /// `/v1/releases`: `tokens.releases` when set, else the ingest token.
+    /// `/v1/releases` and `/v1/webhooks/argocd`: `tokens.releases` when set, else the ingest token.
     Releases,
     Read,
     Admin,
@@ -57,7 +57,7 @@ impl Limiters {
         let burst = NonZeroU32::new(l.ingest_burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(rate).allow_burst(burst);
         Limiters {
-            sources: ["alertmanager", "grafana", "signal", "release", "pagerduty"]
+            sources: crate::metrics::INGEST_SOURCES
                 .into_iter()
                 .map(|s| (s, RateLimiter::direct(quota)))
                 .collect(),
@@ -73,7 +73,7 @@ impl Limiters {
     }
 }
 
-fn token_matches(given: &str, want: &Secret) -> bool {
+pub(super) fn token_matches(given: &str, want: &Secret) -> bool {
     // Hash both sides so the comparison takes the same time whatever the lengths.
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(want.expose().as_bytes());

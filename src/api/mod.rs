@@ -160,6 +160,13 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/releases",
             post(post_release).route_layer(with(Guard::Ingest("release", TokenKind::Releases))),
         )
+        .route("/v1/webhooks/github", post(github))
+        .route("/v1/webhooks/gitlab", post(gitlab))
+        .route("/v1/webhooks/flux", post(flux))
+        .route(
+            "/v1/webhooks/argocd",
+            post(argocd).route_layer(with(Guard::Ingest("argocd", TokenKind::Releases))),
+        )
         .route(
             "/v1/releases/{service}",
             get(get_releases).route_layer(with(Guard::Read)),
@@ -480,10 +487,16 @@ async fn post_release(
     let r = ingest::releases::parse(&body, app.clock.now())
         .map_err(|e| malformed(&app, "release", e))?;
     let release = r.clone();
-    match app
+    let reply = app
         .send_recorded("release", &body, Event::Release(Box::new(r)))
-        .await?
-    {
+        .await?;
+    release_answer(release, reply)
+}
+
+/// 201 `{"release", "frozen", "freeze"}` for a new ledger entry, 200 `{"duplicate": true,
+/// "release"}` for one already there.
+fn release_answer(release: crate::model::Release, reply: Reply) -> Result<Response, ApiError> {
+    match reply {
         Reply::Duplicate => {
             Ok(Json(json!({"duplicate": true, "release": release})).into_response())
         }
@@ -498,6 +511,148 @@ async fn post_release(
             .into_response()),
         other => Err(ApiError::from_reply(other)),
     }
+}
+
+/// A deploy tool's delivery, once admitted: 202 `{"ignored": why}`, or the release recorded. Its
+/// input-log line (source `deploy`) is the release itself, so a replay needs none of the config's
+/// service maps to make the same event of it.
+async fn deploy_outcome(
+    app: &App,
+    source: &str,
+    outcome: Result<ingest::Outcome, IngestError>,
+) -> Result<Response, ApiError> {
+    match outcome.map_err(|e| malformed(app, source, e))? {
+        ingest::Outcome::Ignored(why) => {
+            tracing::debug!(source, ignored = %why, "deploy tool delivery ignored");
+            Ok((StatusCode::ACCEPTED, Json(json!({"ignored": why}))).into_response())
+        }
+        ingest::Outcome::Release(r) => {
+            let release = (*r).clone();
+            let reply = app
+                .send_line(crate::inputs::DEPLOY, r, Event::Release)
+                .await?;
+            release_answer(release, reply)
+        }
+    }
+}
+
+/// 404 naming the config key that turns a deploy tool's endpoint on.
+fn not_enabled(tool: &str, key: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "{tool} webhooks are not enabled: set `{key}` in the config"
+    ))
+}
+
+/// A deploy tool that signs its bodies `sha256=<hex HMAC-SHA256>` (GitHub, Flux).
+struct Signed {
+    source: &'static str,
+    tool: &'static str,
+    /// The config key of its secret.
+    key: &'static str,
+    header: &'static str,
+}
+
+const GITHUB: Signed = Signed {
+    source: "github",
+    tool: "GitHub",
+    key: "github.webhook_secret",
+    header: "X-Hub-Signature-256",
+};
+
+const FLUX: Signed = Signed {
+    source: "flux",
+    tool: "Flux",
+    key: "flux.webhook_secret",
+    header: "X-Signature",
+};
+
+/// The signature on the raw bytes (unset secret 404, missing or malformed 400, wrong 401), then
+/// the source's quota.
+fn admit_signed(
+    app: &App,
+    s: &Signed,
+    secret: Option<&crate::config::Secret>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let secret = secret.ok_or_else(|| not_enabled(s.tool, s.key))?;
+    let given = headers.get(s.header).and_then(|v| v.to_str().ok());
+    ingest::verify_sha256_signature(s.header, secret.expose(), given, body).map_err(|e| {
+        app.refused(s.source);
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        ApiError::new(status, e.message())
+    })?;
+    app.quota(s.source)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// GitHub: `X-Hub-Signature-256` on the raw bytes, then the quota, then `X-GitHub-Event`.
+async fn github(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let config = app.config();
+    let secret = config.github.webhook_secret.as_ref();
+    admit_signed(&app, &GITHUB, secret, &headers, &body)?;
+    let event = header(&headers, "x-github-event");
+    let outcome = ingest::github::parse(event, &body, &config.github.services, app.clock.now());
+    deploy_outcome(&app, "github", outcome).await
+}
+
+/// GitLab: `X-Gitlab-Token` (constant time; missing or wrong 401), then the quota.
+async fn gitlab(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let config = app.config();
+    let Some(token) = &config.gitlab.webhook_token else {
+        return Err(not_enabled("GitLab", "gitlab.webhook_token"));
+    };
+    let refused = |msg: &str| {
+        app.refused("gitlab");
+        ApiError::new(StatusCode::UNAUTHORIZED, msg)
+    };
+    match headers.get("x-gitlab-token").and_then(|v| v.to_str().ok()) {
+        None => {
+            return Err(refused(
+                "missing X-Gitlab-Token (the webhook's secret token)",
+            ));
+        }
+        Some(given) if !auth::token_matches(given, token) || token.expose().is_empty() => {
+            return Err(refused("X-Gitlab-Token is not gitlab.webhook_token"));
+        }
+        Some(_) => {}
+    }
+    app.quota("gitlab")?;
+    let outcome = ingest::gitlab::parse(&body, &config.gitlab.services, app.clock.now());
+    deploy_outcome(&app, "gitlab", outcome).await
+}
+
+/// Flux `generic-hmac`: `X-Signature` on the raw bytes, then the quota.
+async fn flux(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let config = app.config();
+    let secret = config.flux.webhook_secret.as_ref();
+    admit_signed(&app, &FLUX, secret, &headers, &body)?;
+    let outcome = ingest::flux::parse(&body, &config.flux.services, app.clock.now());
+    deploy_outcome(&app, "flux", outcome).await
+}
+
+/// Argo CD notifications: admitted by the releases token (the guard), quota spent there.
+async fn argocd(State(app): State<Arc<App>>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let outcome = ingest::argocd::parse(&body, app.clock.now());
+    deploy_outcome(&app, "argocd", outcome).await
 }
 
 async fn get_releases(

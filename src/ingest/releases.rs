@@ -27,6 +27,42 @@ const MAX_SKEW_SECONDS: i64 = 300;
 
 pub fn parse(body: &[u8], now: Timestamp) -> Result<Release, IngestError> {
     let r: Raw = json(body, "release")?;
+    let deployed_at = match (
+        time("deployed_at", r.deployed_at.as_deref())?,
+        &r.deployed_at,
+    ) {
+        (Some(t), _) => t,
+        (None, None) => now,
+        (None, Some(s)) if s.is_empty() => now,
+        // Go's zero time or earlier: a broken CI timestamp, never "now".
+        (None, Some(s)) => {
+            return Err(IngestError::new(format!(
+                "deployed_at: `{s}` is not a real deployment time"
+            )));
+        }
+    };
+    checked(
+        Release {
+            service: r.service,
+            environment: r.environment,
+            version: r.version,
+            deployment_id: r.deployment_id,
+            revision: r.revision,
+            deployed_at,
+            received_at: now,
+            origin: "ci".to_string(),
+            incident: None,
+            posted_during_freeze: None,
+        },
+        now,
+    )
+}
+
+/// The checks every release passes, whoever reported it (CI, a deploy tool's webhook, a line of
+/// the input log): its values may become step arguments, so each must be safe here, and it must
+/// not claim to be from the future. An empty `revision` is no revision.
+pub fn checked(mut r: Release, now: Timestamp) -> Result<Release, IngestError> {
+    r.revision = r.revision.filter(|v| !v.is_empty());
     for (field, v, required) in [
         ("service", r.service.as_str(), true),
         ("environment", &r.environment, false),
@@ -43,37 +79,46 @@ pub fn parse(body: &[u8], now: Timestamp) -> Result<Release, IngestError> {
             )));
         }
     }
-    let deployed_at = match (
-        time("deployed_at", r.deployed_at.as_deref())?,
-        &r.deployed_at,
-    ) {
-        (Some(t), _) => t,
-        (None, None) => now,
-        (None, Some(s)) if s.is_empty() => now,
-        // Go's zero time or earlier: a broken CI timestamp, never "now".
-        (None, Some(s)) => {
-            return Err(IngestError::new(format!(
-                "deployed_at: `{s}` is not a real deployment time"
-            )));
-        }
-    };
-    if deployed_at.as_second() > now.as_second() + MAX_SKEW_SECONDS {
+    if r.deployed_at.as_second() > now.as_second() + MAX_SKEW_SECONDS {
         return Err(IngestError::new(format!(
-            "deployed_at: {deployed_at} is in the future (now is {now})"
+            "deployed_at: {} is in the future (now is {now})",
+            r.deployed_at
         )));
     }
-    Ok(Release {
-        service: r.service,
-        environment: r.environment,
-        version: r.version,
-        deployment_id: r.deployment_id,
-        revision: r.revision.filter(|v| !v.is_empty()),
-        deployed_at,
-        received_at: now,
-        origin: "ci".to_string(),
-        incident: None,
-        posted_during_freeze: None,
-    })
+    Ok(r)
+}
+
+/// A release as a deploy tool reported it, before the checks every release passes.
+pub struct Reported {
+    pub service: String,
+    pub environment: String,
+    pub version: String,
+    pub deployment_id: String,
+    pub revision: Option<String>,
+    /// Unset: when it was received.
+    pub deployed_at: Option<Timestamp>,
+}
+
+impl Reported {
+    /// The release `origin` reported, [`checked`] like every other.
+    pub fn record(self, origin: &str, now: Timestamp) -> Result<super::Outcome, IngestError> {
+        let r = checked(
+            Release {
+                service: self.service,
+                environment: self.environment,
+                version: self.version,
+                deployment_id: self.deployment_id,
+                revision: self.revision,
+                deployed_at: self.deployed_at.unwrap_or(now),
+                received_at: now,
+                origin: origin.to_string(),
+                incident: None,
+                posted_during_freeze: None,
+            },
+            now,
+        )?;
+        Ok(super::Outcome::Release(Box::new(r)))
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,18 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rollbackd");
 
+/// One rule that acts on `WebErrors` sustained for an hour, with a step that does nothing.
+pub const WEB_ERRORS_RULE: &str = r#"rules:
+  - name: web-errors
+    match: ['alertname="WebErrors"']
+    group_by: [service]
+    service: "{{ labels.service }}"
+    breach: { sustained: 1h }
+    approval: none
+    steps:
+      - { name: noop, run: [/bin/true] }
+"#;
+
 /// The binary the daemon tests start: [`BIN`], or `ROLLBACKD_TEST_BIN` when set (to run a test
 /// against another build, e.g. to see it fail on the binary from before a fix).
 pub fn bin() -> String {
@@ -164,6 +176,33 @@ pub fn post(url: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, s
     let resp = req.send().expect("POST");
     let status = resp.status().as_u16();
     (status, resp.json().unwrap_or(serde_json::Value::Null))
+}
+
+/// POSTs `body` as `application/json` with `headers`, returns (status, body as JSON or Null).
+pub fn post_with(
+    d: &Daemon,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = client()
+        .post(d.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(serde_json::Value::Null))
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`, as GitHub and Flux sign a body.
+pub fn sha256_signature(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 pub fn get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
