@@ -7,6 +7,8 @@
 //! API server over TLS (a certificate made with `openssl`); a test whose program is not installed
 //! says so and passes without running.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
@@ -2169,4 +2171,235 @@ fn presets_hold_secrets_only_as_references() {
             }
         }
     }
+}
+
+// ---- the whole flow, through the real daemon ----
+
+const GITHUB_SECRET: &str = "github-flow-secret-0123456789";
+
+/// An Argo CD preset made to run in a test against `fake`: enforcing, a breach of 1 s, no
+/// verification (there is no Prometheus here); everything else as shipped.
+fn flow_rules(file: &str, fake: &Fake) -> String {
+    let mut text = preset_text(file);
+    for (from, to) in [
+        ("https://argocd.example.com", fake.base.as_str()),
+        ("mode: shadow", "mode: enforce"),
+        ("sustained: 10m", "sustained: 1s"),
+        ("clear_after: 2m", "clear_after: 1s"),
+    ] {
+        assert!(text.contains(from), "{file} does not contain {from}");
+        text = text.replace(from, to);
+    }
+    let verify = text.find("    verify:\n").expect("a verify block");
+    let end = verify
+        + text[verify..]
+            .find("    budget:")
+            .expect("budget after verify");
+    text.replace_range(verify..end, "");
+    text
+}
+
+/// One Argo CD rollback, end to end: the releases `report` posts, a sustained breach, the preset's
+/// steps against the fake Argo CD, the freeze, and the unfreeze that turns auto-sync back on.
+/// Returns the fake's requests before and after the unfreeze.
+fn argocd_flow(
+    file: &str,
+    config: &str,
+    report: impl Fn(&common::Daemon),
+) -> (Vec<Seen>, Vec<Seen>, Arc<Mutex<Value>>, Value) {
+    set_env();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let app = argocd_app();
+    let fake = rt.block_on(Fake::start(fake_argocd(app.clone(), ARGOCD_TOKEN)));
+    let setup = common::Setup::new(config, &flow_rules(file, &fake));
+    let d = setup.start_with_env(&[], &[("ARGOCD_TOKEN", ARGOCD_TOKEN)]);
+    report(&d);
+    let (s, b) = common::post(
+        &d.url("/v1/webhooks/alertmanager"),
+        None,
+        &common::am_alert(
+            "firing",
+            json!({"alertname": "WebHighErrorRate", "service": "web", "environment": "production"}),
+            &common::ts(-5.0),
+            "fp-web",
+        ),
+    );
+    assert_eq!(s, 200, "{b}");
+    let incident = common::wait_for(Duration::from_secs(20), || {
+        let (_, v) = common::get(&d.url("/v1/incidents"), None);
+        let inc = v["items"].as_array()?.first()?.clone();
+        (inc["state"] == "rolled_back").then_some(inc)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no rollback: {:#?}\n{}",
+            common::get(&d.url("/v1/incidents"), None),
+            d.stderr()
+        )
+    });
+    let id = incident["id"].as_str().expect("id").to_string();
+    let (s, freeze) = common::get(&d.url("/v1/freezes/web"), None);
+    assert_eq!(s, 423, "the rollback froze releases: {freeze}");
+    assert_eq!(freeze["incident"], id.as_str());
+    let before = fake.requests();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        fake.requests().len(),
+        before.len(),
+        "nothing more while frozen"
+    );
+
+    let resp = common::client()
+        .delete(d.url("/v1/freezes/web"))
+        .json(&json!({"reason": "the revert is merged", "by": "ada"}))
+        .send()
+        .expect("unfreeze");
+    assert_eq!(resp.status().as_u16(), 200);
+    let done = common::wait_for(Duration::from_secs(20), || {
+        let (_, inc) = common::get(&d.url(&format!("/v1/incidents/{id}")), None);
+        inc.get("on_unfreeze_ended_at")?.as_str()?;
+        Some(inc)
+    })
+    .unwrap_or_else(|| panic!("the on_unfreeze steps did not end\n{}", d.stderr()));
+    let after = fake.requests()[before.len()..].to_vec();
+    (before, after, app, done)
+}
+
+/// The auto-sync-on patch, the one request after the unfreeze; the incident says so too.
+fn assert_auto_sync_back_on(after: &[Seen], app: &Mutex<Value>, inc: &Value) {
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_argocd_request(&after[0], "PATCH", "/api/v1/applications/web");
+    assert_eq!(
+        after[0].json().expect("json")["patch"],
+        r#"{"spec":{"syncPolicy":{"automated":{"prune":true,"selfHeal":true}}}}"#
+    );
+    assert_eq!(
+        app.lock().expect("lock")["spec"]["syncPolicy"]["automated"],
+        json!({"prune": true, "selfHeal": true})
+    );
+    assert_eq!(inc["state"], "rolled_back");
+    assert_eq!(inc["on_unfreeze"][0]["state"], "done");
+    let kinds: Vec<&str> = inc["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    let at = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+    };
+    assert!(at("rolling_back") < at("frozen"), "{kinds:?}");
+    assert!(at("frozen") < at("rolled_back"), "{kinds:?}");
+    assert!(at("rolled_back") < at("unfrozen"), "{kinds:?}");
+    assert!(at("unfrozen") < at("unfreeze_steps_ended"), "{kinds:?}");
+}
+
+#[test]
+fn github_deployments_to_an_argo_cd_rollback_held_by_the_freeze_until_the_unfreeze() {
+    let config = format!(
+        "github: {{webhook_secret: \"{GITHUB_SECRET}\", services: {{\"acme/web-deploy\": web}}}}\n"
+    );
+    let status = |id: u64, state: &str, sha: &str, age: f64| {
+        json!({"action": "created",
+               "deployment_status": {"id": id * 10, "state": state, "created_at": common::ts(-age)},
+               "deployment": {"id": id, "sha": sha, "ref": format!("v1.{id}.0"),
+                              "environment": "production", "payload": {}},
+               "repository": {"name": "web-deploy", "full_name": "acme/web-deploy"}})
+        .to_string()
+    };
+    let deliver = |d: &common::Daemon, delivery: &str, body: &str| {
+        let sig = common::sha256_signature(GITHUB_SECRET, body);
+        common::post_with(
+            d,
+            "/v1/webhooks/github",
+            &[
+                ("x-github-event", "deployment_status"),
+                ("x-github-delivery", delivery),
+                ("x-hub-signature-256", &sig),
+            ],
+            body,
+        )
+    };
+    let (before, after, app, inc) = argocd_flow(
+        "argocd-sync-revision.yaml",
+        &config,
+        |d: &common::Daemon| {
+            for (delivery, body, want) in [
+                ("d-1", status(41, "success", PREVIOUS_SHA, 900.0), 201),
+                ("d-2", status(42, "in_progress", CURRENT_SHA, 320.0), 202),
+                ("d-3", status(42, "success", CURRENT_SHA, 300.0), 201),
+                // GitHub's "Redeliver" sends it again under a new delivery id.
+                ("d-4", status(42, "success", CURRENT_SHA, 300.0), 200),
+            ] {
+                let (s, v) = deliver(d, delivery, &body);
+                assert_eq!(s, want, "{delivery}: {v}");
+            }
+            let (_, v) = common::get(&d.url("/v1/releases/web"), None);
+            let revisions: Vec<&str> = v["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .filter_map(|r| r["revision"].as_str())
+                .collect();
+            assert_eq!(
+                revisions,
+                [CURRENT_SHA, PREVIOUS_SHA],
+                "one entry per deployment"
+            );
+        },
+    );
+    // While frozen: auto-sync off, then a sync to the previous revision (from GitHub's sha).
+    assert_eq!(before.len(), 2, "{before:#?}");
+    assert_argocd_request(&before[0], "PATCH", "/api/v1/applications/web");
+    assert_eq!(
+        before[0].json().expect("json")["patch"],
+        r#"{"spec":{"syncPolicy":{"automated":null}}}"#
+    );
+    assert_argocd_request(&before[1], "POST", "/api/v1/applications/web/sync");
+    assert_eq!(
+        before[1].json(),
+        Some(json!({"name": "web", "revision": PREVIOUS_SHA, "prune": true}))
+    );
+    assert!(
+        before
+            .iter()
+            .all(|r| r.header("x-rollbackd-fencing-token").is_some()),
+        "every step carries its fencing token"
+    );
+    assert_auto_sync_back_on(&after, &app, &inc);
+}
+
+#[test]
+fn argo_cd_notifications_to_a_rollback_by_history_id_held_by_the_freeze_until_the_unfreeze() {
+    let deployed = |history_id: u64, revision: &str, age: f64| {
+        json!({"app": "web", "project": "default", "revision": revision, "history_id": history_id,
+               "deployed_at": common::ts(-age), "sync_status": "Synced", "health_status": "Healthy",
+               "service": "web", "environment": "production"})
+        .to_string()
+    };
+    let (before, after, app, inc) = argocd_flow("argocd.yaml", "", |d: &common::Daemon| {
+        for (body, want) in [
+            (deployed(6, PREVIOUS_SHA, 900.0), 201),
+            (deployed(7, CURRENT_SHA, 300.0), 201),
+            (deployed(7, CURRENT_SHA, 300.0), 200),
+        ] {
+            let (s, v) = common::post_with(d, "/v1/webhooks/argocd", &[], &body);
+            assert_eq!(s, want, "{v}");
+        }
+    });
+    assert_eq!(before.len(), 2, "{before:#?}");
+    assert_argocd_request(&before[0], "PATCH", "/api/v1/applications/web");
+    assert_argocd_request(&before[1], "POST", "/api/v1/applications/web/rollback");
+    assert_eq!(
+        before[1].json(),
+        Some(json!({"name": "web", "id": "6", "prune": false, "dryRun": false}))
+    );
+    assert_eq!(
+        app.lock().expect("lock")["status"]["sync"]["revision"],
+        PREVIOUS_SHA
+    );
+    assert_auto_sync_back_on(&after, &app, &inc);
 }
