@@ -1888,7 +1888,7 @@ async fn github_revert_refusals_fail_the_step() {
 }
 
 #[tokio::test]
-async fn github_revert_without_a_token_or_with_a_bad_sha_sends_nothing() {
+async fn github_revert_without_a_token_or_with_bad_arguments_sends_nothing() {
     let (repo, fake, rule) = github_setup(GITHUB_TOKEN).await;
     let s = step(&rule, "open a revert pull request on github");
     let run = |vars: BTreeMap<String, String>, token: bool| {
@@ -1929,8 +1929,47 @@ async fn github_revert_without_a_token_or_with_a_bad_sha_sends_nothing() {
         assert!(!stderr.contains(GITHUB_TOKEN), "{stderr}");
     }
 
+    // A command line clap refuses (no --incident): 64 as well, not clap's 2.
+    let mut argv = render_argv(s, &vars(&rule, &[])).expect("argv renders");
+    argv.truncate(argv.len() - 2);
+    let o = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("GITHUB_API_URL", &fake.base)
+        .output()
+        .await
+        .expect("run rollbackd");
+    assert_eq!(o.status.code(), Some(64), "{o:?}");
+
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
     assert_eq!(repo.lock().expect("lock").branches.len(), 1);
+}
+
+#[tokio::test]
+async fn github_revert_follows_no_redirect() {
+    // GitHub answering with a redirect to another host: the token is not sent there, the
+    // redirect is the answer, and the step fails on it.
+    let (_repo, elsewhere, rule) = github_setup(GITHUB_TOKEN).await;
+    let to = format!(
+        "{}/repos/acme/web-deploy/git/commits/{PREVIOUS_SHA}",
+        elsewhere.base
+    );
+    let fake = Fake::start(move |_: &Seen| {
+        Reply::json(307, json!({"message": "Temporary Redirect"}))
+            .with_header("location", to.clone())
+    })
+    .await;
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    let r = run_run_step(s, &vars(&rule, &[]), &api).await;
+    assert_refused_with(&r, 1, "HTTP 307");
+    assert!(r.output.contains("Temporary Redirect"), "{r:?}");
+    assert!(!r.output.contains(GITHUB_TOKEN), "{r:?}");
+    assert_eq!(fake.requests().len(), 1);
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
 }
 
 // ---- CLI presets: rendered argv, nothing run ----
