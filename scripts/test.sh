@@ -17,11 +17,9 @@ type -P prometheus-alertmanager >/dev/null || need_pkgs+=(prometheus-alertmanage
 type -P kill >/dev/null || need_pkgs+=(procps) # the black-box harness sends SIGTERM with kill(1)
 type -P chromium >/dev/null || need_pkgs+=(chromium) # tests/status_page.rs renders the page in headless Chromium
 # tests/presets.rs runs the GitOps presets for real: kubectl against a fake Kubernetes API over TLS
-# (openssl makes its certificate), deploy/bin/rollbackd-gitops (curl, jq) against a fake GitHub.
+# (openssl makes its certificate).
 type -P kubectl >/dev/null || need_pkgs+=(kubernetes-client)
 type -P openssl >/dev/null || need_pkgs+=(openssl)
-type -P curl >/dev/null || need_pkgs+=(curl)
-type -P jq >/dev/null || need_pkgs+=(jq)
 
 if ((${#need_pkgs[@]})); then
     say "installing missing test dependencies: ${need_pkgs[*]}"

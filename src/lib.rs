@@ -16,6 +16,7 @@
 //! - [`report`]: an incident's change-log record and postmortem draft (Markdown, JSON).
 //! - [`logging`]: the text log, one line per event whatever the values hold.
 //! - [`cli`]: operator commands, thin clients of the HTTP API.
+//! - [`github_revert`]: `rollbackd github-revert`, the GitHub revert preset's pull request.
 //! - [`server`]: connections under the router: their limit, head deadline, graceful stop.
 //! - [`api`]: thin HTTP handlers; [`metrics`]: the owned Prometheus registry; [`clock`]: time.
 //!
@@ -33,6 +34,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod executor;
+pub mod github_revert;
 pub mod ingest;
 pub mod inputs;
 pub mod live;

@@ -117,6 +117,16 @@ enum Command {
     /// Backtest: feed recorded inputs through the engine on a virtual clock and print every
     /// decision with its time. Exit 0 ok, 1 differs from --expect, 64 bad input or rules.
     Replay(rollbackd::replay::Args),
+    /// Open a GitHub pull request that puts the previous release's tree back (the run step of
+    /// rules/presets/github-revert.yaml). Exit 0 done, 1 refused, 2 no GITHUB_TOKEN, 64 bad
+    /// arguments.
+    ///
+    /// Makes a commit with the tree of --previous on top of --current (the bad commit), points
+    /// the branch rollbackd/revert-INCIDENT at it and opens a pull request into --base whose
+    /// title and body name the incident; prints the pull request's URL. A person merges it.
+    /// Arguments are checked before anything is sent; the token comes only from GITHUB_TOKEN.
+    #[command(after_long_help = rollbackd::github_revert::AFTER_HELP)]
+    GithubRevert(rollbackd::github_revert::Args),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -267,7 +277,10 @@ fn tame_the_heap() {
 
 fn main() -> ExitCode {
     tame_the_heap();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match cli.command {
         Command::Lint {
             config,
@@ -275,6 +288,7 @@ fn main() -> ExitCode {
             preflight,
         } => lint(config, rules_dir, preflight),
         Command::Replay(args) => ExitCode::from(rollbackd::replay::command(args)),
+        Command::GithubRevert(args) => ExitCode::from(rollbackd::github_revert::command(args)),
         Command::Schema { of } => {
             let schema = match of {
                 SchemaOf::Config => rollbackd::config::schema(),
@@ -350,6 +364,27 @@ fn main() -> ExitCode {
             serve(source, dry_run, grace_seconds, log_format)
         }
     }
+}
+
+/// A command line clap refuses: its usual exit (2), except for `github-revert`, whose 2 means "no
+/// token" and whose bad arguments exit 64. Help and version print and exit 0 as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let shown = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !shown
+        && std::env::args_os()
+            .nth(1)
+            .is_some_and(|c| c == "github-revert")
+    {
+        let _ = e.print();
+        return ExitCode::from(rollbackd::github_revert::EXIT_BAD_ARGUMENTS);
+    }
+    e.exit()
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {

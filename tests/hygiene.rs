@@ -58,18 +58,32 @@ fn metrics_say_which_build_runs() {
 #[test]
 fn the_docs_name_only_commands_and_metrics_that_exist() {
     let metrics_src = repo_file("src/metrics.rs");
-    for doc in ["README.md", "deploy/README.md", "CHANGELOG.md"] {
+    for doc in [
+        "README.md",
+        "deploy/README.md",
+        "CHANGELOG.md",
+        "rules/presets/README.md",
+        "docs/api.md",
+        "docs/argocd.md",
+        "docs/config.md",
+        "docs/flux.md",
+        "docs/github.md",
+        "docs/gitlab.md",
+        "docs/gitops.md",
+        "docs/rules.md",
+    ] {
         let text = repo_file(doc);
         for (at, _) in text.match_indices("`rollbackd ") {
             let name: String = text[at + 11..]
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase())
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
                 .collect();
+            let name = name.trim_end_matches('-');
             if name.is_empty() || name == "listening" {
                 continue;
             }
             let o = std::process::Command::new(bin())
-                .args(["help", &name])
+                .args(["help", name])
                 .output()
                 .expect("run rollbackd");
             assert!(

@@ -2,10 +2,10 @@
 //! HTTP preset sends exactly the request its vendor documents (checked against a fake vendor
 //! server on loopback that answers the way the vendor documents, errors included), and each CLI
 //! preset renders to the documented argv. No vendor API is ever called. The GitOps presets run
-//! their `run` steps as real child processes against fakes: `deploy/bin/rollbackd-gitops` (curl,
-//! jq) against a fake Argo CD and a fake GitHub, and the real `kubectl` against a fake Kubernetes
-//! API server over TLS (a certificate made with `openssl`); a test whose program is not installed
-//! says so and passes without running.
+//! their `run` steps as real child processes against fakes: `rollbackd github-revert` (the binary
+//! cargo built) against a fake GitHub, and the real `kubectl` against a fake Kubernetes API server
+//! over TLS (a certificate made with `openssl`); a test whose program is not installed says so and
+//! passes without running.
 
 mod common;
 
@@ -203,10 +203,10 @@ fn installed(programs: &[&str]) -> bool {
     missing.is_empty()
 }
 
-/// Where the presets' helper program is installed, and where the tests find it in the repository.
-const GITOPS_PROGRAM: (&str, &str) = (
-    "/usr/local/bin/rollbackd-gitops",
-    concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/bin/rollbackd-gitops"),
+/// The presets run `rollbackd` from PATH; the tests run the binary cargo built.
+const ROLLBACKD_PROGRAM: (&str, &str) = (
+    "run: [rollbackd,",
+    concat!("run: [", env!("CARGO_BIN_EXE_rollbackd"), ","),
 );
 
 /// RFC 7386 JSON merge patch, as Argo CD's `patchType: merge` and Kubernetes'
@@ -1721,24 +1721,18 @@ fn fake_github(repo: Arc<Mutex<GitHubRepo>>, token: &'static str) -> impl Fn(&Se
     }
 }
 
-/// The repository, a fake GitHub serving it, the preset, and the child environment that points
-/// the program at the fake.
-async fn github_setup(token: &'static str) -> Option<(Arc<Mutex<GitHubRepo>>, Fake, Rule)> {
+/// The repository, a fake GitHub serving it, and the preset running the built binary.
+async fn github_setup(token: &'static str) -> (Arc<Mutex<GitHubRepo>>, Fake, Rule) {
     set_env();
-    if !installed(&["curl", "jq"]) {
-        return None;
-    }
     let repo = github_repo();
     let fake = Fake::start(fake_github(repo.clone(), token)).await;
-    let rule = load_preset("github-revert.yaml", &[GITOPS_PROGRAM]);
-    Some((repo, fake, rule))
+    let rule = load_preset("github-revert.yaml", &[ROLLBACKD_PROGRAM]);
+    (repo, fake, rule)
 }
 
 #[tokio::test]
 async fn github_revert_opens_a_pull_request_with_the_previous_tree_on_the_bad_commit() {
-    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
-        return;
-    };
+    let (repo, fake, rule) = github_setup(GITHUB_TOKEN).await;
     assert!(rule.freeze);
     assert!(
         rule.on_unfreeze.is_empty(),
@@ -1778,7 +1772,10 @@ async fn github_revert_opens_a_pull_request_with_the_previous_tree_on_the_bad_co
         );
         assert_eq!(req.header("accept"), Some("application/vnd.github+json"));
         assert_eq!(req.header("x-github-api-version"), Some("2022-11-28"));
-        assert_eq!(req.header("user-agent"), Some("rollbackd-gitops"));
+        assert_eq!(
+            req.header("user-agent"),
+            Some(concat!("rollbackd/", env!("CARGO_PKG_VERSION")))
+        );
     }
     for req in &seen[1..] {
         assert_eq!(req.header("content-type"), Some("application/json"));
@@ -1828,9 +1825,7 @@ async fn github_revert_opens_a_pull_request_with_the_previous_tree_on_the_bad_co
 
 #[tokio::test]
 async fn github_revert_run_twice_keeps_one_branch_and_one_pull_request() {
-    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
-        return;
-    };
+    let (repo, fake, rule) = github_setup(GITHUB_TOKEN).await;
     let s = step(&rule, "open a revert pull request on github");
     let api = [("GITHUB_API_URL", fake.base.as_str())];
     for _ in 0..2 {
@@ -1856,9 +1851,7 @@ async fn github_revert_run_twice_keeps_one_branch_and_one_pull_request() {
 #[tokio::test]
 async fn github_revert_refusals_fail_the_step() {
     // A token GitHub does not accept: 401 "Bad credentials", nothing created.
-    let Some((repo, fake, rule)) = github_setup("ghp_another_token").await else {
-        return;
-    };
+    let (repo, fake, rule) = github_setup("ghp_another_token").await;
     let s = step(&rule, "open a revert pull request on github");
     let api = [("GITHUB_API_URL", fake.base.as_str())];
     let r = run_run_step(s, &vars(&rule, &[]), &api).await;
@@ -1870,9 +1863,7 @@ async fn github_revert_refusals_fail_the_step() {
     assert!(repo.lock().expect("lock").branches.len() == 1);
 
     // A previous revision the repository does not have: 404, nothing created.
-    let Some((repo, fake, rule)) = github_setup(GITHUB_TOKEN).await else {
-        return;
-    };
+    let (repo, fake, rule) = github_setup(GITHUB_TOKEN).await;
     let s = step(&rule, "open a revert pull request on github");
     let api = [("GITHUB_API_URL", fake.base.as_str())];
     let unknown = vars(
@@ -1888,8 +1879,97 @@ async fn github_revert_refusals_fail_the_step() {
     // A revision that is not a commit sha never reaches GitHub.
     let odd = vars(&rule, &[("release.previous.revision", "main")]);
     let before = fake.requests().len();
-    assert_refused(&run_run_step(s, &odd, &api).await, "refusing commit main");
+    assert_refused_with(
+        &run_run_step(s, &odd, &api).await,
+        64,
+        "refusing commit main",
+    );
     assert_eq!(fake.requests().len(), before);
+}
+
+#[tokio::test]
+async fn github_revert_without_a_token_or_with_bad_arguments_sends_nothing() {
+    let (repo, fake, rule) = github_setup(GITHUB_TOKEN).await;
+    let s = step(&rule, "open a revert pull request on github");
+    let run = |vars: BTreeMap<String, String>, token: bool| {
+        let argv = render_argv(s, &vars).expect("argv renders");
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env("GITHUB_API_URL", &fake.base);
+        if token {
+            cmd.env("GITHUB_TOKEN", GITHUB_TOKEN);
+        } else {
+            cmd.env_remove("GITHUB_TOKEN");
+        }
+        async move { cmd.output().await.expect("run rollbackd") }
+    };
+
+    // No GITHUB_TOKEN in the environment: exit 2, nothing sent.
+    let o = run(vars(&rule, &[]), false).await;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("GITHUB_TOKEN is not set"),
+        "{o:?}"
+    );
+
+    // A current revision that is not a hex sha: exit 64, nothing sent, token or not.
+    for token in [true, false] {
+        let o = run(
+            vars(&rule, &[("release.current.revision", "9C8B7A6F5E4D3C2B")]),
+            token,
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(64), "{o:?}");
+        assert!(o.stdout.is_empty(), "{o:?}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("refusing commit 9C8B7A6F5E4D3C2B"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(GITHUB_TOKEN), "{stderr}");
+    }
+
+    // A command line clap refuses (no --incident): 64 as well, not clap's 2.
+    let mut argv = render_argv(s, &vars(&rule, &[])).expect("argv renders");
+    argv.truncate(argv.len() - 2);
+    let o = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("GITHUB_API_URL", &fake.base)
+        .output()
+        .await
+        .expect("run rollbackd");
+    assert_eq!(o.status.code(), Some(64), "{o:?}");
+
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    assert_eq!(repo.lock().expect("lock").branches.len(), 1);
+}
+
+#[tokio::test]
+async fn github_revert_follows_no_redirect() {
+    // GitHub answering with a redirect to another host: the token is not sent there, the
+    // redirect is the answer, and the step fails on it.
+    let (_repo, elsewhere, rule) = github_setup(GITHUB_TOKEN).await;
+    let to = format!(
+        "{}/repos/acme/web-deploy/git/commits/{PREVIOUS_SHA}",
+        elsewhere.base
+    );
+    let fake = Fake::start(move |_: &Seen| {
+        Reply::json(307, json!({"message": "Temporary Redirect"}))
+            .with_header("location", to.clone())
+    })
+    .await;
+    let s = step(&rule, "open a revert pull request on github");
+    let api = [("GITHUB_API_URL", fake.base.as_str())];
+    let r = run_run_step(s, &vars(&rule, &[]), &api).await;
+    assert_refused_with(&r, 1, "HTTP 307");
+    assert!(r.output.contains("Temporary Redirect"), "{r:?}");
+    assert!(!r.output.contains(GITHUB_TOKEN), "{r:?}");
+    assert_eq!(fake.requests().len(), 1);
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
 }
 
 // ---- CLI presets: rendered argv, nothing run ----
