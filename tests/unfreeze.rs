@@ -133,6 +133,15 @@ fn on_unfreeze_steps_run_once_after_the_freeze_is_lifted() {
         unfrozen.is_some() && ended.is_some() && unfrozen < ended,
         "{kinds:?}"
     );
+    // The incident's page shows them beside the rollback's steps.
+    let page = client()
+        .get(d.url(&format!("/incidents/{id}")))
+        .send()
+        .and_then(|r| r.text())
+        .expect("incident page");
+    for text in ["on_unfreeze", "auto-sync-on", "resume"] {
+        assert!(page.contains(text), "{text} not on the incident page");
+    }
     // A restart runs none of them again.
     d.kill9();
     let d = setup.start();
