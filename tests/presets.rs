@@ -2257,16 +2257,18 @@ fn presets_hold_secrets_only_as_references() {
 
 const GITHUB_SECRET: &str = "github-flow-secret-0123456789";
 
-/// An Argo CD preset made to run in a test against `fake`: enforcing, a breach of 1 s, no
-/// verification (there is no Prometheus here); everything else as shipped.
-fn flow_rules(file: &str, fake: &Fake) -> String {
+/// A preset made to run in a test: enforcing, a breach of 1 s, no verification (there is no
+/// Prometheus here), `replace` applied (a vendor's address); everything else as shipped.
+fn flow_rules(file: &str, replace: &[(&str, &str)]) -> String {
     let mut text = preset_text(file);
-    for (from, to) in [
-        ("https://argocd.example.com", fake.base.as_str()),
+    for &(from, to) in [
         ("mode: shadow", "mode: enforce"),
         ("sustained: 10m", "sustained: 1s"),
         ("clear_after: 2m", "clear_after: 1s"),
-    ] {
+    ]
+    .iter()
+    .chain(replace)
+    {
         assert!(text.contains(from), "{file} does not contain {from}");
         text = text.replace(from, to);
     }
@@ -2291,8 +2293,30 @@ fn argocd_flow(
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let app = argocd_app();
     let fake = rt.block_on(Fake::start(fake_argocd(app.clone(), ARGOCD_TOKEN)));
-    let setup = common::Setup::new(config, &flow_rules(file, &fake));
-    let d = setup.start_with_env(&[], &[("ARGOCD_TOKEN", ARGOCD_TOKEN)]);
+    let rules = flow_rules(file, &[("https://argocd.example.com", &fake.base)]);
+    let (before, after, inc) = gitops_flow(
+        &fake,
+        config,
+        &rules,
+        &[("ARGOCD_TOKEN", ARGOCD_TOKEN)],
+        report,
+    );
+    (before, after, app, inc)
+}
+
+/// The part every GitOps preset's flow shares: the daemon on `rules`, the releases `report`
+/// posts, a firing alert, the rollback and its freeze (nothing more reaches `fake` while frozen),
+/// the freeze lifted, and the incident once its `on_unfreeze` steps ended. Returns what `fake`
+/// saw before and after the unfreeze, and the incident.
+fn gitops_flow(
+    fake: &Fake,
+    config: &str,
+    rules: &str,
+    env: &[(&str, &str)],
+    report: impl Fn(&common::Daemon),
+) -> (Vec<Seen>, Vec<Seen>, Value) {
+    let setup = common::Setup::new(config, rules);
+    let d = setup.start_with_env(&[], env);
     report(&d);
     let (s, b) = common::post(
         &d.url("/v1/webhooks/alertmanager"),
@@ -2342,23 +2366,13 @@ fn argocd_flow(
     })
     .unwrap_or_else(|| panic!("the on_unfreeze steps did not end\n{}", d.stderr()));
     let after = fake.requests()[before.len()..].to_vec();
-    (before, after, app, done)
+    (before, after, done)
 }
 
-/// The auto-sync-on patch, the one request after the unfreeze; the incident says so too.
-fn assert_auto_sync_back_on(after: &[Seen], app: &Mutex<Value>, inc: &Value) {
-    assert_eq!(after.len(), 1, "{after:#?}");
-    assert_argocd_request(&after[0], "PATCH", "/api/v1/applications/web");
-    assert_eq!(
-        after[0].json().expect("json")["patch"],
-        r#"{"spec":{"syncPolicy":{"automated":{"prune":true,"selfHeal":true}}}}"#
-    );
-    assert_eq!(
-        app.lock().expect("lock")["spec"]["syncPolicy"]["automated"],
-        json!({"prune": true, "selfHeal": true})
-    );
+/// The timeline of an incident that rolled back, froze, and ran its `on_unfreeze` steps once the
+/// freeze was lifted, in that order.
+fn assert_held_then_released(inc: &Value) {
     assert_eq!(inc["state"], "rolled_back");
-    assert_eq!(inc["on_unfreeze"][0]["state"], "done");
     let kinds: Vec<&str> = inc["timeline"]
         .as_array()
         .expect("timeline")
@@ -2375,6 +2389,27 @@ fn assert_auto_sync_back_on(after: &[Seen], app: &Mutex<Value>, inc: &Value) {
     assert!(at("frozen") < at("rolled_back"), "{kinds:?}");
     assert!(at("rolled_back") < at("unfrozen"), "{kinds:?}");
     assert!(at("unfrozen") < at("unfreeze_steps_ended"), "{kinds:?}");
+    let end = inc["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["kind"] == "unfreeze_steps_ended"))
+        .expect("ended");
+    assert_eq!(end["data"]["ok"], true, "{end}");
+}
+
+/// The auto-sync-on patch, the one request after the unfreeze; the incident says so too.
+fn assert_auto_sync_back_on(after: &[Seen], app: &Mutex<Value>, inc: &Value) {
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_argocd_request(&after[0], "PATCH", "/api/v1/applications/web");
+    assert_eq!(
+        after[0].json().expect("json")["patch"],
+        r#"{"spec":{"syncPolicy":{"automated":{"prune":true,"selfHeal":true}}}}"#
+    );
+    assert_eq!(
+        app.lock().expect("lock")["spec"]["syncPolicy"]["automated"],
+        json!({"prune": true, "selfHeal": true})
+    );
+    assert_eq!(inc["on_unfreeze"][0]["state"], "done");
+    assert_held_then_released(inc);
 }
 
 #[test]
@@ -2482,4 +2517,83 @@ fn argo_cd_notifications_to_a_rollback_by_history_id_held_by_the_freeze_until_th
         PREVIOUS_SHA
     );
     assert_auto_sync_back_on(&after, &app, &inc);
+}
+
+const FLUX_SECRET: &str = "flux-flow-secret-0123456789";
+
+#[test]
+fn flux_events_to_a_suspended_reconciler_held_by_the_freeze_until_the_unfreeze() {
+    set_env();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let Some((objects, tls, fake)) = rt.block_on(flux_cluster()) else {
+        return;
+    };
+    let kubectl = Kubectl::new(&fake, &tls, KUBE_TOKEN);
+    let config = format!(
+        "flux: {{webhook_secret: \"{FLUX_SECRET}\", services: {{\"Kustomization/flux-system/web\": web}}}}\n"
+    );
+    let event = |sha: &str, age: f64| {
+        json!({"involvedObject": {"apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                                  "kind": "Kustomization", "name": "web", "namespace": "flux-system"},
+               "metadata": {"revision": format!("main@sha1:{sha}"), "environment": "production"},
+               "severity": "info", "reason": "ReconciliationSucceeded",
+               "message": "Reconciliation finished in 2.1s, next run in 10m0s",
+               "reportingController": "kustomize-controller", "timestamp": common::ts(-age)})
+        .to_string()
+    };
+    let (before, after, inc) = gitops_flow(
+        &fake,
+        &config,
+        &flow_rules("flux.yaml", &[]),
+        &kubectl.env(),
+        |d: &common::Daemon| {
+            for (body, want) in [
+                (event(PREVIOUS_SHA, 900.0), 201),
+                (event(CURRENT_SHA, 300.0), 201),
+                // Flux reports the same revision at every reconciliation: one entry.
+                (event(CURRENT_SHA, 200.0), 200),
+            ] {
+                let sig = common::sha256_signature(FLUX_SECRET, &body);
+                let (s, v) =
+                    common::post_with(d, "/v1/webhooks/flux", &[("x-signature", &sig)], &body);
+                assert_eq!(s, want, "{v}");
+            }
+        },
+    );
+    let patches = |seen: &[Seen]| -> Vec<(String, Value)> {
+        seen.iter()
+            .filter(|r| r.method == "PATCH")
+            .map(|r| {
+                (
+                    r.path.rsplit('/').take(2).collect::<Vec<_>>().join("<"),
+                    r.json().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let suspend = |s: bool| json!({"spec": {"suspend": s}});
+    // While frozen: the image automation, then the Kustomization, suspended.
+    assert_eq!(
+        patches(&before),
+        [
+            (
+                "flux-system<imageupdateautomations".to_string(),
+                suspend(true)
+            ),
+            ("web<kustomizations".to_string(), suspend(true)),
+        ]
+    );
+    // Lifting the freeze resumes them, in the reverse order.
+    assert_eq!(
+        patches(&after),
+        [
+            ("web<kustomizations".to_string(), suspend(false)),
+            (
+                "flux-system<imageupdateautomations".to_string(),
+                suspend(false)
+            ),
+        ]
+    );
+    assert_eq!(suspended(&objects), [json!(false), json!(false)]);
+    assert_held_then_released(&inc);
 }
