@@ -63,13 +63,15 @@ fn rolled_back_and_frozen(d: &Daemon) -> String {
     id
 }
 
-fn unfreeze(d: &Daemon) {
+/// Lifts `web`'s freeze; the answer.
+fn unfreeze(d: &Daemon) -> Value {
     let resp = client()
         .delete(d.url("/v1/freezes/web"))
         .json(&json!({"reason": "cause found", "by": "ada"}))
         .send()
         .expect("unfreeze");
     assert_eq!(resp.status().as_u16(), 200);
+    resp.json().expect("json")
 }
 
 fn ended(d: &Daemon, id: &str) -> Value {
@@ -110,7 +112,13 @@ fn on_unfreeze_steps_run_once_after_the_freeze_is_lifted() {
         ran(&lines(&log), "auto-sync-on").is_empty(),
         "nothing runs while frozen"
     );
-    unfreeze(&d);
+    let answer = unfreeze(&d);
+    assert_eq!(
+        answer,
+        json!({"frozen": false, "service": "web", "incident": id,
+               "on_unfreeze": {"steps": 2, "state": "running"}}),
+        "the answer says what lifting the freeze set going"
+    );
     let inc = ended(&d, &id);
     let l = lines(&log);
     assert_eq!(ran(&l, "auto-sync-off").len(), 1);

@@ -938,7 +938,25 @@ async fn delete_freeze(
         )
         .await?
     {
-        Reply::Ok => Ok(Json(json!({"frozen": false, "service": service})).into_response()),
+        Reply::Unfrozen {
+            incident,
+            steps,
+            running,
+        } => {
+            let next = (steps > 0).then(|| {
+                json!({
+                    "steps": steps,
+                    "state": if running { "running" } else { "waiting for the incident to end" },
+                })
+            });
+            Ok(Json(json!({
+                "frozen": false,
+                "service": service,
+                "incident": incident,
+                "on_unfreeze": next,
+            }))
+            .into_response())
+        }
         other => Err(ApiError::from_reply(other)),
     }
 }

@@ -144,28 +144,37 @@ impl State {
             .changes
             .push(Change::Freeze(service.to_string(), None));
         let message = format!("releases of {service} unfrozen by {by}: {reason}");
-        match &f.incident {
+        let (steps, running) = match &f.incident {
             Some(id) => {
                 tx.note(id, Kind::Unfrozen, by, message.clone());
                 self.announce(tx, id, Announcement::FreezeLifted, message);
-                self.unfrozen(tx, id);
+                self.unfrozen(tx, id)
             }
-            None => tx.note(&format!("freeze:{service}"), Kind::Unfrozen, by, message),
+            None => {
+                tx.note(&format!("freeze:{service}"), Kind::Unfrozen, by, message);
+                (0, false)
+            }
+        };
+        Reply::Unfrozen {
+            incident: f.incident,
+            steps,
+            running,
         }
-        Reply::Ok
     }
 
     /// The freeze incident `id` set was lifted: its `on_unfreeze` steps run now, or when the
-    /// incident ends if it has not yet.
-    fn unfrozen(&mut self, tx: &mut Tx, id: &str) {
+    /// incident ends if it has not yet. How many there are, and whether they run now.
+    fn unfrozen(&mut self, tx: &mut Tx, id: &str) -> (usize, bool) {
         let Some(inc) = self.incidents.get_mut(id) else {
-            return;
+            return (0, false);
         };
-        if inc.on_unfreeze.is_empty() || inc.unfrozen_at.is_some() {
-            return;
+        let steps = inc.on_unfreeze.len();
+        if steps == 0 || inc.unfrozen_at.is_some() {
+            return (0, false);
         }
         inc.unfrozen_at = Some(tx.now);
-        if inc.state.is_active() {
+        let running = !inc.state.is_active();
+        if !running {
             let state = inc.state;
             tx.note(
                 id,
@@ -178,5 +187,6 @@ impl State {
             self.save_incident(tx, id);
             self.start_unfreeze(tx, id);
         }
+        (steps, running)
     }
 }

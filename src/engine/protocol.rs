@@ -190,6 +190,13 @@ pub enum Reply {
     Release {
         frozen: Option<Freeze>,
     },
+    /// The freeze is lifted. `incident` set it; its `on_unfreeze` steps (`steps` of them) are
+    /// `running` now, or wait for the incident to end.
+    Unfrozen {
+        incident: Option<String>,
+        steps: usize,
+        running: bool,
+    },
 }
 
 /// Signals of one rule refused because the rule already holds `cap` open breaches.

@@ -2066,7 +2066,15 @@ fn on_unfreeze_steps_run_once_when_the_freeze_is_lifted() {
     let (_, out) = w.recovered(t(650.0));
     assert!(out.effects.is_empty(), "{:?}", out.effects);
 
-    assert_eq!(unfreeze(&mut w, 700.0), Reply::Ok);
+    let id = w.only_incident().id.clone();
+    assert_eq!(
+        unfreeze(&mut w, 700.0),
+        Reply::Unfrozen {
+            incident: Some(id),
+            steps: 2,
+            running: true
+        }
+    );
     assert_eq!(unfreeze_effects(&w), [(0, 1)]);
     assert_eq!(w.only_incident().on_unfreeze[0].state, StepState::Intended);
     w.run_steps(|_| true, t(701.0));
@@ -2126,7 +2134,15 @@ fn on_unfreeze_steps_wait_for_a_rollback_still_running() {
         t(601.0),
     );
     assert_eq!(go, Reply::Go(true));
-    assert_eq!(unfreeze(&mut w, 602.0), Reply::Ok);
+    assert_eq!(
+        unfreeze(&mut w, 602.0),
+        Reply::Unfrozen {
+            incident: Some(id.clone()),
+            steps: 2,
+            running: false
+        },
+        "accepted, the steps wait"
+    );
     assert!(
         unfreeze_effects(&w).is_empty(),
         "the rollback is still running"
