@@ -99,6 +99,24 @@ impl LogStore {
         self.db.flush_async().await.map_err(write_err)?;
         Ok(())
     }
+
+    /// Removes the log entries whose (big-endian) indexes fall in `range`, durably.
+    async fn remove_entries<R>(&self, range: R) -> Result<(), Err>
+    where
+        R: RangeBounds<[u8; 8]>,
+    {
+        let keys: Vec<sled::IVec> = self
+            .log
+            .range(range)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(read_err)?;
+        for k in keys {
+            self.log.remove(k).map_err(write_err)?;
+        }
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -176,32 +194,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), Err> {
-        let keys: Vec<sled::IVec> = self
-            .log
-            .range(log_id.index.to_be_bytes()..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(read_err)?;
-        for k in keys {
-            self.log.remove(k).map_err(write_err)?;
-        }
-        self.db.flush_async().await.map_err(write_err)?;
-        Ok(())
+        self.remove_entries(log_id.index.to_be_bytes()..).await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), Err> {
         self.put(PURGED, &log_id).await?;
-        let keys: Vec<sled::IVec> = self
-            .log
-            .range(..=log_id.index.to_be_bytes())
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(read_err)?;
-        for k in keys {
-            self.log.remove(k).map_err(write_err)?;
-        }
-        self.db.flush_async().await.map_err(write_err)?;
-        Ok(())
+        self.remove_entries(..=log_id.index.to_be_bytes()).await
     }
 }
 
