@@ -93,11 +93,7 @@ fn a_backup_of_a_running_daemon_restores_every_record_into_a_fresh_data_dir() {
         json!({"alertname": "CheckoutErrors", "service": "checkout"}),
         "f1",
     );
-    let id = wait_for(Duration::from_secs(15), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=rolled_back"), None);
-        v["items"][0]["id"].as_str().map(String::from)
-    })
-    .expect("rolled back");
+    let id = first_incident(&d, "rolled_back", None, Duration::from_secs(15)).expect("rolled back");
     assert_eq!(put_freeze(&d, "billing", "quarter close", Some(ADMIN)), 200);
 
     // Without the admin token there is no backup, and no file.

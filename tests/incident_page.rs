@@ -67,11 +67,8 @@ fn a_person_sees_an_incidents_plan_votes_steps_checks_freeze_and_timeline() {
         json!({"alertname": "CheckoutErrors", "service": "checkout"}),
         "f1",
     );
-    let id = wait_for(Duration::from_secs(10), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), Some(READ));
-        v["items"][0]["id"].as_str().map(String::from)
-    })
-    .expect("awaiting approval");
+    let id = first_incident(&d, "awaiting_approval", Some(READ), Duration::from_secs(10))
+        .expect("awaiting approval");
     let vote = |person: &str| {
         post(
             &d.url(&format!("/v1/incidents/{id}/approve")),

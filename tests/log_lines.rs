@@ -59,11 +59,8 @@ fn a_newline_in_input_never_starts_a_log_line() {
         &am_alert("firing", labels, &ts(-2.5), "fp-log"),
     );
     assert_eq!(s, 200, "{v}");
-    let id = wait_for(Duration::from_secs(8), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), None);
-        v["items"][0]["id"].as_str().map(str::to_string)
-    })
-    .unwrap_or_else(|| panic!("no incident awaiting approval:\n{}", d.stderr()));
+    let id = first_incident(&d, "awaiting_approval", None, Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("no incident awaiting approval:\n{}", d.stderr()));
     let approve = d.url(&format!("/v1/incidents/{id}/approve"));
 
     // A counted vote logs its reason; a refused one logs the person; a freeze logs its reason.

@@ -49,10 +49,12 @@ fn awaiting(d: &Daemon) -> String {
         &json!({"labels": {"alertname": "WebDown"}, "status": "firing", "starts_at": ts(-2.5)}),
     );
     assert!((200..300).contains(&s), "{s} {b}");
-    wait_for(Duration::from_secs(10), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), Some(ADMIN));
-        v["items"][0]["id"].as_str().map(str::to_string)
-    })
+    first_incident(
+        d,
+        "awaiting_approval",
+        Some(ADMIN),
+        Duration::from_secs(10),
+    )
     .unwrap_or_else(|| panic!("no incident awaiting approval:\n{}", d.stderr()))
 }
 

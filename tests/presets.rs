@@ -2335,19 +2335,14 @@ fn gitops_flow(
         ),
     );
     assert_eq!(s, 200, "{b}");
-    let incident = common::wait_for(Duration::from_secs(20), || {
-        let (_, v) = common::get(&d.url("/v1/incidents"), None);
-        let inc = v["items"].as_array()?.first()?.clone();
-        (inc["state"] == "rolled_back").then_some(inc)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no rollback: {:#?}\n{}",
-            common::get(&d.url("/v1/incidents"), None),
-            d.stderr()
-        )
-    });
-    let id = incident["id"].as_str().expect("id").to_string();
+    let id = common::first_incident(&d, "rolled_back", None, Duration::from_secs(20))
+        .unwrap_or_else(|| {
+            panic!(
+                "no rollback: {:#?}\n{}",
+                common::get(&d.url("/v1/incidents"), None),
+                d.stderr()
+            )
+        });
     let (s, freeze) = common::get(&d.url("/v1/freezes/web"), None);
     assert_eq!(s, 423, "the rollback froze releases: {freeze}");
     assert_eq!(freeze["incident"], id.as_str());

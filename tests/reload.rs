@@ -66,11 +66,8 @@ fn reload_swaps_rules_keeps_breaches_and_refuses_a_bad_set() {
     two_releases(&d);
     fire(&d, "Slow");
     fire(&d, "Gated");
-    let gated = wait_for(Duration::from_secs(5), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), None);
-        v["items"][0]["id"].as_str().map(String::from)
-    })
-    .expect("gated incident awaits approval");
+    let gated = first_incident(&d, "awaiting_approval", None, Duration::from_secs(5))
+        .expect("gated incident awaits approval");
     let (_, v) = get(&d.url("/v1/breaches"), None);
     let slow = v["items"]
         .as_array()
@@ -192,11 +189,8 @@ fn a_reload_while_awaiting_approval_leaves_the_incident_its_plan() {
     let d = setup.start();
     two_releases(&d);
     fire(&d, "Planned");
-    let id = wait_for(Duration::from_secs(5), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), None);
-        v["items"][0]["id"].as_str().map(String::from)
-    })
-    .expect("the incident awaits approval");
+    let id = first_incident(&d, "awaiting_approval", None, Duration::from_secs(5))
+        .expect("the incident awaits approval");
 
     std::fs::write(setup.path().join("rules/rules.yaml"), rules("new")).expect("write rules");
     let (s, body) = reload(&d);

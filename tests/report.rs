@@ -46,11 +46,7 @@ fn report_and_chain_verification_catch_an_edited_record() {
         None,
         &json!({"labels": {"alertname": "Report"}, "status": "firing", "starts_at": ts(-5.0)}),
     );
-    let id = wait_for(Duration::from_secs(10), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=rolled_back"), None);
-        v["items"][0]["id"].as_str().map(String::from)
-    })
-    .expect("rolled back");
+    let id = first_incident(&d, "rolled_back", None, Duration::from_secs(10)).expect("rolled back");
 
     let md = client()
         .get(d.url(&format!("/v1/incidents/{id}/report")))

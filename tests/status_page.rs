@@ -68,11 +68,8 @@ fn a_person_sees_the_live_incident_its_approvals_breaches_freezes_and_releases()
             "f2",
         ),
     );
-    let id = wait_for(Duration::from_secs(10), || {
-        let (_, v) = get(&d.url("/v1/incidents?state=awaiting_approval"), Some(READ));
-        v["items"][0]["id"].as_str().map(String::from)
-    })
-    .expect("awaiting approval");
+    let id = first_incident(&d, "awaiting_approval", Some(READ), Duration::from_secs(10))
+        .expect("awaiting approval");
     let (s, _) = post(
         &d.url(&format!("/v1/incidents/{id}/approve")),
         Some(ADMIN),

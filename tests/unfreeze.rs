@@ -51,12 +51,8 @@ fn rolled_back_and_frozen(d: &Daemon) -> String {
         json!({"alertname": "Gitops", "service": "web"}),
         "fp-web",
     );
-    let id = wait_for(Duration::from_secs(20), || {
-        let (_, v) = get(&d.url("/v1/incidents"), None);
-        let inc = v["items"].as_array()?.first()?.clone();
-        (inc["state"] == "rolled_back").then(|| inc["id"].as_str().map(str::to_string))?
-    })
-    .unwrap_or_else(|| panic!("no rollback: {}", d.stderr()));
+    let id = first_incident(d, "rolled_back", None, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no rollback: {}", d.stderr()));
     let (s, v) = get(&d.url("/v1/freezes/web"), None);
     assert_eq!(s, 423, "frozen by the rollback: {v}");
     assert_eq!(v["incident"], id.as_str());

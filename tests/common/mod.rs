@@ -281,6 +281,20 @@ pub fn put_freeze(d: &Daemon, service: &str, reason: &str, token: Option<&str>) 
     req.send().expect("freeze").status().as_u16()
 }
 
+/// The id of the newest incident in `state` (read with `token`), once there is one; `None` if
+/// none is in that state within `timeout`.
+pub fn first_incident(
+    d: &Daemon,
+    state: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Option<String> {
+    wait_for(timeout, || {
+        let (_, v) = get(&d.url(&format!("/v1/incidents?state={state}")), token);
+        v["items"][0]["id"].as_str().map(String::from)
+    })
+}
+
 /// RFC 3339 UTC `secs` seconds from now (negative: in the past).
 pub fn ts(secs: f64) -> String {
     let now = jiff::Timestamp::now();
