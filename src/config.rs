@@ -146,6 +146,16 @@ impl Default for Grafana {
     }
 }
 
+/// A token or webhook secret long enough not to be guessed; `what` names it in the error.
+fn long_enough(key: &str, s: &Secret, what: &str) -> Result<(), String> {
+    if s.expose().len() < 16 {
+        return Err(format!(
+            "{key} is shorter than 16 characters; use a long random {what}"
+        ));
+    }
+    Ok(())
+}
+
 fn five_minutes() -> std::time::Duration {
     std::time::Duration::from_secs(300)
 }
@@ -622,19 +632,13 @@ impl Config {
             ("flux.webhook_secret", &self.flux.webhook_secret),
         ];
         for (key, secret) in webhook_secrets {
-            if secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
-                return Err(format!(
-                    "{key} is shorter than 16 characters; use a long random secret"
-                ));
+            if let Some(s) = secret {
+                long_enough(key, s, "secret")?;
             }
         }
         for (key, tok) in &named {
-            if let Some(t) = tok
-                && t.expose().len() < 16
-            {
-                return Err(format!(
-                    "{key} is shorter than 16 characters; use a long random token"
-                ));
+            if let Some(t) = tok {
+                long_enough(key, t, "token")?;
             }
         }
         let mut seen: Vec<(String, &Secret)> = named
@@ -644,11 +648,7 @@ impl Config {
         for p in &self.people {
             let Some(t) = &p.token else { continue };
             let key = format!("people[{}].token", p.id);
-            if t.expose().len() < 16 {
-                return Err(format!(
-                    "{key} is shorter than 16 characters; use a long random token"
-                ));
-            }
+            long_enough(&key, t, "token")?;
             if let Some((other, _)) = seen.iter().find(|(_, s)| *s == t) {
                 return Err(format!(
                     "{key} is the same as {other}: every token must be its own"

@@ -49,13 +49,8 @@ fn awaiting(d: &Daemon) -> String {
         &json!({"labels": {"alertname": "WebDown"}, "status": "firing", "starts_at": ts(-2.5)}),
     );
     assert!((200..300).contains(&s), "{s} {b}");
-    first_incident(
-        d,
-        "awaiting_approval",
-        Some(ADMIN),
-        Duration::from_secs(10),
-    )
-    .unwrap_or_else(|| panic!("no incident awaiting approval:\n{}", d.stderr()))
+    first_incident(d, "awaiting_approval", Some(ADMIN), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no incident awaiting approval:\n{}", d.stderr()))
 }
 
 fn votes(d: &Daemon, id: &str) -> Vec<Value> {
