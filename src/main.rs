@@ -366,25 +366,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// A command line clap refuses: its usual exit (2), except for `github-revert`, whose 2 means "no
-/// token" and whose bad arguments exit 64. Help and version print and exit 0 as usual.
+/// A command line clap refuses exits 64 (EX_USAGE), as every other bad input to rollbackd does
+/// (and `github-revert` keeps 2 for "no token"). Help and version print and exit 0 as usual.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    let shown = matches!(
+    if matches!(
         e.kind(),
         ErrorKind::DisplayHelp
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    );
-    if !shown
-        && std::env::args_os()
-            .nth(1)
-            .is_some_and(|c| c == "github-revert")
-    {
-        let _ = e.print();
-        return ExitCode::from(rollbackd::github_revert::EXIT_BAD_ARGUMENTS);
+    ) {
+        e.exit()
     }
-    e.exit()
+    let _ = e.print();
+    ExitCode::from(64)
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
