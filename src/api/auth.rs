@@ -73,7 +73,7 @@ impl Limiters {
     }
 }
 
-pub(super) fn token_matches(given: &str, want: &Secret) -> bool {
+fn token_matches(given: &str, want: &Secret) -> bool {
     // Hash both sides so the comparison takes the same time whatever the lengths.
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(want.expose().as_bytes());
@@ -260,10 +260,77 @@ pub fn grafana_signature(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<
         app.clock.now().as_second(),
         config.grafana.signature_max_age,
     )
-    .map_err(|msg| {
-        app.refused("grafana");
-        ApiError::new(StatusCode::UNAUTHORIZED, msg)
-    })
+    .map_err(|msg| signature_refused(app, "grafana", 401, &msg))
+}
+
+/// A body signature that does not hold: an auth refusal of `source`, with the verifier's
+/// status (400 missing or malformed, 401 no match) and message.
+pub fn signature_refused(app: &App, source: &str, status: u16, message: &str) -> ApiError {
+    app.refused(source);
+    ApiError::new(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+        message,
+    )
+}
+
+/// 404 naming the config key that turns a deploy tool's endpoint on.
+fn not_enabled(tool: &str, key: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "{tool} webhooks are not enabled: set `{key}` in the config"
+    ))
+}
+
+/// A deploy tool that signs its bodies `sha256=<hex HMAC-SHA256>` (GitHub, Flux).
+pub struct Signed {
+    source: &'static str,
+    tool: &'static str,
+    /// The config key of its secret.
+    key: &'static str,
+    header: &'static str,
+}
+
+pub const GITHUB: Signed = Signed {
+    source: "github",
+    tool: "GitHub",
+    key: "github.webhook_secret",
+    header: "X-Hub-Signature-256",
+};
+
+pub const FLUX: Signed = Signed {
+    source: "flux",
+    tool: "Flux",
+    key: "flux.webhook_secret",
+    header: "X-Signature",
+};
+
+/// The signature on the raw bytes: unset secret 404, missing or malformed 400, wrong 401.
+pub fn signed(
+    app: &App,
+    s: &Signed,
+    secret: Option<&Secret>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let secret = secret.ok_or_else(|| not_enabled(s.tool, s.key))?;
+    let given = headers.get(s.header).and_then(|v| v.to_str().ok());
+    crate::ingest::verify_sha256_signature(s.header, secret.expose(), given, body)
+        .map_err(|e| signature_refused(app, s.source, e.status(), e.message()))
+}
+
+/// GitLab's `X-Gitlab-Token`, compared in constant time: unset in the config 404, missing or
+/// wrong 401.
+pub fn gitlab_token(app: &App, want: Option<&Secret>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let want = want.ok_or_else(|| not_enabled("GitLab", "gitlab.webhook_token"))?;
+    let refused = |msg: &str| signature_refused(app, "gitlab", 401, msg);
+    match headers.get("x-gitlab-token").and_then(|v| v.to_str().ok()) {
+        None => Err(refused(
+            "missing X-Gitlab-Token (the webhook's secret token)",
+        )),
+        Some(given) if !token_matches(given, want) || want.expose().is_empty() => {
+            Err(refused("X-Gitlab-Token is not gitlab.webhook_token"))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -424,14 +424,8 @@ async fn pagerduty(
     let signature = headers
         .get("x-pagerduty-signature")
         .and_then(|v| v.to_str().ok());
-    if let Err(e) = ingest::pagerduty::verify_signature(&secrets, signature, &body) {
-        app.metrics
-            .ingest_rejected
-            .with_label_values(&["pagerduty", "auth"])
-            .inc();
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        return Err(ApiError::new(status, e.message()));
-    }
+    ingest::pagerduty::verify_signature(&secrets, signature, &body)
+        .map_err(|e| auth::signature_refused(&app, "pagerduty", e.status(), &e.message()))?;
     app.quota("pagerduty")?;
     let event = ingest::pagerduty::parse(&body).map_err(|e| malformed(&app, "pagerduty", e))?;
     // The signed `event.id`, never the unsigned `X-Webhook-Id` header: a captured delivery sent
@@ -536,55 +530,6 @@ async fn deploy_outcome(
     }
 }
 
-/// 404 naming the config key that turns a deploy tool's endpoint on.
-fn not_enabled(tool: &str, key: &str) -> ApiError {
-    ApiError::not_found(format!(
-        "{tool} webhooks are not enabled: set `{key}` in the config"
-    ))
-}
-
-/// A deploy tool that signs its bodies `sha256=<hex HMAC-SHA256>` (GitHub, Flux).
-struct Signed {
-    source: &'static str,
-    tool: &'static str,
-    /// The config key of its secret.
-    key: &'static str,
-    header: &'static str,
-}
-
-const GITHUB: Signed = Signed {
-    source: "github",
-    tool: "GitHub",
-    key: "github.webhook_secret",
-    header: "X-Hub-Signature-256",
-};
-
-const FLUX: Signed = Signed {
-    source: "flux",
-    tool: "Flux",
-    key: "flux.webhook_secret",
-    header: "X-Signature",
-};
-
-/// The signature on the raw bytes (unset secret 404, missing or malformed 400, wrong 401), then
-/// the source's quota.
-fn admit_signed(
-    app: &App,
-    s: &Signed,
-    secret: Option<&crate::config::Secret>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), ApiError> {
-    let secret = secret.ok_or_else(|| not_enabled(s.tool, s.key))?;
-    let given = headers.get(s.header).and_then(|v| v.to_str().ok());
-    ingest::verify_sha256_signature(s.header, secret.expose(), given, body).map_err(|e| {
-        app.refused(s.source);
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        ApiError::new(status, e.message())
-    })?;
-    app.quota(s.source)
-}
-
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
     headers
         .get(name)
@@ -600,7 +545,8 @@ async fn github(
 ) -> Result<Response, ApiError> {
     let config = app.config();
     let secret = config.github.webhook_secret.as_ref();
-    admit_signed(&app, &GITHUB, secret, &headers, &body)?;
+    auth::signed(&app, &auth::GITHUB, secret, &headers, &body)?;
+    app.quota("github")?;
     let event = header(&headers, "x-github-event");
     let outcome = ingest::github::parse(event, &body, &config.github.services, app.clock.now());
     deploy_outcome(&app, "github", outcome).await
@@ -613,24 +559,7 @@ async fn gitlab(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let config = app.config();
-    let Some(token) = &config.gitlab.webhook_token else {
-        return Err(not_enabled("GitLab", "gitlab.webhook_token"));
-    };
-    let refused = |msg: &str| {
-        app.refused("gitlab");
-        ApiError::new(StatusCode::UNAUTHORIZED, msg)
-    };
-    match headers.get("x-gitlab-token").and_then(|v| v.to_str().ok()) {
-        None => {
-            return Err(refused(
-                "missing X-Gitlab-Token (the webhook's secret token)",
-            ));
-        }
-        Some(given) if !auth::token_matches(given, token) || token.expose().is_empty() => {
-            return Err(refused("X-Gitlab-Token is not gitlab.webhook_token"));
-        }
-        Some(_) => {}
-    }
+    auth::gitlab_token(&app, config.gitlab.webhook_token.as_ref(), &headers)?;
     app.quota("gitlab")?;
     let outcome = ingest::gitlab::parse(&body, &config.gitlab.services, app.clock.now());
     deploy_outcome(&app, "gitlab", outcome).await
@@ -644,7 +573,8 @@ async fn flux(
 ) -> Result<Response, ApiError> {
     let config = app.config();
     let secret = config.flux.webhook_secret.as_ref();
-    admit_signed(&app, &FLUX, secret, &headers, &body)?;
+    auth::signed(&app, &auth::FLUX, secret, &headers, &body)?;
+    app.quota("flux")?;
     let outcome = ingest::flux::parse(&body, &config.flux.services, app.clock.now());
     deploy_outcome(&app, "flux", outcome).await
 }
