@@ -219,15 +219,7 @@ impl Answer {
 
     /// The answer for an error line: trimmed, at most [`MAX_SHOWN`] bytes.
     fn shown(&self) -> String {
-        let t = self.text.trim();
-        if t.len() <= MAX_SHOWN {
-            return t.to_string();
-        }
-        let mut end = MAX_SHOWN;
-        while !t.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}... ({} bytes)", &t[..end], t.len())
+        crate::steps::truncate(self.text.trim(), MAX_SHOWN)
     }
 }
 
@@ -947,7 +939,11 @@ mod tests {
             })
             .expect_err("refused");
         assert!(e.len() < MAX_SHOWN + 200, "{}", e.len());
-        assert!(e.ends_with(&format!("... ({} bytes)", text.len())), "{e}");
+        // "é" is 2 bytes: the first MAX_SHOWN bytes are kept, the other half is cut.
+        assert!(
+            e.ends_with(&format!("… [{} bytes cut]", text.len() - MAX_SHOWN)),
+            "{e}"
+        );
     }
 
     #[test]
