@@ -649,16 +649,20 @@ impl Store {
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// sled releases its file lock from a background thread after the last handle is dropped, so a
-/// reopen in the same process can briefly see `WouldBlock`; wait for it (up to ~1 s), nothing else.
+/// reopen in the same process can briefly see `WouldBlock`; wait for it (up to ~1 s).
+///
+/// sled 0.34 writes a snapshot (a recovery shortcut; its log is the data) to `snap.<lsn>.generating`
+/// and renames it once complete, but on open it reads the newest `snap.*` file, `.generating`
+/// included. A `kill -9` while one is being written leaves it torn, and sled then refuses to open
+/// with a corruption error (spacejam/sled#1527). A `.generating` file is never a finished
+/// snapshot; without it sled starts from the previous one and replays its log from there, as after
+/// a crash a moment earlier. So on a corruption error, and only then (sled held its lock, so no
+/// live process is writing one), such files are removed and the open is tried again.
 fn open_db(dir: &Path) -> Result<sled::Db> {
     let mut wait = std::time::Duration::from_millis(10);
-    for _ in 0..8 {
-        match sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-        {
+    let mut removed_unfinished = false;
+    for _ in 0..9 {
+        match open_sled(dir) {
             // sled reports the busy lock as ErrorKind::Other "could not acquire lock ... WouldBlock".
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -667,14 +671,44 @@ fn open_db(dir: &Path) -> Result<sled::Db> {
                 std::thread::sleep(wait);
                 wait *= 2;
             }
+            Err(e @ sled::Error::Corruption { .. }) if !removed_unfinished => {
+                removed_unfinished = true;
+                if !remove_unfinished_snapshots(dir)? {
+                    return Err(e.into());
+                }
+            }
             other => return Ok(other?),
         }
     }
-    Ok(sled::Config::new()
+    Ok(open_sled(dir)?)
+}
+
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
         .path(dir)
         .mode(sled::Mode::LowSpace)
         .cache_capacity(CACHE_BYTES)
-        .open()?)
+        .open()
+}
+
+/// Removes the `snap.*.generating` files in `dir`; true if there were any.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<bool> {
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir).map_err(sled::Error::from)? {
+        let path = entry.map_err(sled::Error::from)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(
+                file = name,
+                "removing a storage snapshot a crash left unfinished"
+            );
+            std::fs::remove_file(&path).map_err(sled::Error::from)?;
+            removed = true;
+        }
+    }
+    Ok(removed)
 }
 
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -794,6 +828,48 @@ mod tests {
         assert_eq!(st.releases["web"][0].deployment_id, "a");
         assert_eq!(s.timeline("inc-1").unwrap().len(), 1);
         assert!(s.timeline("inc-").unwrap().is_empty());
+    }
+
+    /// What a `kill -9` while sled writes a snapshot leaves: a torn `snap.<lsn>.generating`, the
+    /// newest snap file. sled alone refuses to open it; the store opens with every record.
+    #[tokio::test]
+    async fn a_snapshot_a_crash_left_unfinished_does_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let r = release("web", "a", "2026-01-01T00:00:00Z");
+            s.commit(&[Change::Release(Box::new(r))], &[])
+                .await
+                .unwrap();
+        }
+        for (name, bytes) in [
+            ("snap.7FFFFFFFFFFFFFFE.generating", &b""[..]),
+            (
+                "snap.7FFFFFFFFFFFFFFF.generating",
+                &b"half a snapshot, no crc"[..],
+            ),
+        ] {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let refused = open_sled(dir.path()).map(drop);
+        assert!(
+            matches!(refused, Err(sled::Error::Corruption { .. })),
+            "sled alone: {refused:?}"
+        );
+        let s = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = s
+            .releases("web")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.deployment_id)
+            .collect();
+        assert_eq!(ids, ["a"]);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".generating"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     fn entry(subject: &str, message: &str) -> TimelineEntry {
