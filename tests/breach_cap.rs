@@ -223,3 +223,44 @@ fn a_large_delivery_is_applied_in_chunks_and_its_log_replays_to_the_same_breache
     };
     assert_eq!((opened("capped"), opened("other")), (1050, 10), "{stderr}");
 }
+
+/// One breach keeps 1,000 alerts one by one, whatever a label with a value per pod makes of a
+/// rule's group: more firing alerts of it are answered 200 and not kept, and the breach says so.
+#[test]
+fn one_breach_keeps_a_thousand_alerts_and_says_when_it_holds_them() {
+    let rules = "rules:\n  - name: wide\n    match: ['alertname=\"Wide\"']\n    group_by: [alertname]\n    service: web\n    breach: { sustained: 1h, clear_after: 1h }\n    approval: none\n    steps:\n      - name: noop\n        run: [/bin/true]\n";
+    let setup = Setup::new("", rules);
+    let d = setup.start();
+    let am = d.url("/v1/webhooks/alertmanager");
+    let (s, v) = post(&am, None, &webhook(&firing("Wide", 0..1000)));
+    assert_eq!(s, 200, "{v}");
+    let bs = breaches(&d);
+    assert_eq!(bs.len(), 1, "{bs:?}");
+    assert_eq!(bs[0]["alerts"].as_object().map(|m| m.len()), Some(1000));
+    assert!(bs[0].get("alerts_capped_at").is_none(), "{}", bs[0]);
+
+    let (s, v) = post(&am, None, &webhook(&firing("Wide", 1000..1003)));
+    assert_eq!(s, 200, "alerts of an open breach are not refused: {v}");
+    let bs = breaches(&d);
+    let alerts = bs[0]["alerts"].as_object().cloned().unwrap_or_default();
+    assert_eq!(alerts.len(), 1000);
+    assert!(
+        !alerts.contains_key("Wide-i1000"),
+        "{:?}",
+        alerts.keys().next_back()
+    );
+    assert!(bs[0]["alerts_capped_at"].is_string(), "{}", bs[0]);
+
+    // A resolved alert makes room for the next.
+    let resolved = vec![("resolved", "Wide", "i0".to_string())];
+    let (s, v) = post(&am, None, &webhook(&resolved));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = post(&am, None, &webhook(&firing("Wide", 1000..1001)));
+    assert_eq!(s, 200, "{v}");
+    let alerts = breaches(&d)[0]["alerts"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(alerts.len(), 1000);
+    assert!(alerts.contains_key("Wide-i1000") && !alerts.contains_key("Wide-i0"));
+}

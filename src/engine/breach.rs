@@ -46,6 +46,7 @@ impl State {
                             incident: None,
                             pagerduty_incident: None,
                             closed_at: None,
+                            alerts_capped_at: None,
                         };
                         tx.note(
                             &format!("breach:{id}"),
@@ -75,15 +76,26 @@ impl State {
                             changed = true;
                         }
                         None => {
-                            b.alerts.insert(
-                                &s.key,
-                                AlertState {
-                                    firing: true,
-                                    starts_at: start,
-                                    resolved_at: None,
-                                },
-                            );
-                            changed = true;
+                            if b.alerts.len() < MAX_ALERTS_PER_BREACH
+                                || b.alerts.forget_oldest_resolved()
+                            {
+                                b.alerts.insert(&s.key, AlertState::firing_since(start));
+                                changed = true;
+                            } else if b.alerts_capped_at.is_none() {
+                                // Every alert it keeps fires, so the breach does: the new one
+                                // adds nothing to its decision. Said once per breach.
+                                b.alerts_capped_at = Some(now);
+                                changed = true;
+                                tx.note(
+                                    &format!("breach:{}", b.id),
+                                    Kind::BreachAlertsCapped,
+                                    s.source.as_str(),
+                                    format!(
+                                        "the breach holds {MAX_ALERTS_PER_BREACH} firing alerts, the most one breach keeps; \
+                                         a new alert of it counts once one of these resolves (the rule's group_by splits alerts into breaches)"
+                                    ),
+                                );
+                            }
                         }
                     }
                     if start < b.started_at && b.decision.is_none() {

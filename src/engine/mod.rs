@@ -54,6 +54,13 @@ pub struct State {
 /// PagerDuty retries a delivery for up to 48 hours; remember ids a day longer.
 pub const DELIVERY_MEMORY: Duration = Duration::from_secs(72 * 3600);
 
+/// The most alerts one breach keeps one by one. Every event that touches a breach writes its
+/// record again, alerts included, so this bounds that write whatever an alert's labels are. At the
+/// cap a new alert takes the place of the alert that resolved first; when all of them fire, the
+/// new one is not kept (the breach fires anyway) and Alertmanager's next resend of it counts once
+/// there is room.
+pub const MAX_ALERTS_PER_BREACH: usize = 1000;
+
 /// What the engine reads but does not own.
 pub struct Context<'a> {
     pub rules: &'a RuleSet,

@@ -400,6 +400,48 @@ fn an_event_holds_one_copy_of_each_breach_it_changes() {
 }
 
 #[test]
+fn a_breach_keeps_at_most_max_alerts_and_says_so_once() {
+    let mut w = World::new(&rule("r", ""));
+    let n = MAX_ALERTS_PER_BREACH;
+    for i in 0..n {
+        assert_eq!(
+            w.alert("web", &format!("f{i}"), true, t(0.0), t(1.0)),
+            Reply::Ok
+        );
+    }
+    let capped = |w: &World| {
+        w.timeline
+            .iter()
+            .filter(|e| e.kind == Kind::BreachAlertsCapped)
+            .count()
+    };
+    assert_eq!(capped(&w), 0, "at the cap, nothing refused yet");
+    // Every tracked alert fires: new ones are not kept, and the breach says so once.
+    for i in n..n + 3 {
+        assert_eq!(
+            w.alert("web", &format!("f{i}"), true, t(2.0), t(2.0)),
+            Reply::Ok
+        );
+    }
+    let b = w.breach("web").expect("breach");
+    assert_eq!(b.alerts.len(), n);
+    assert_eq!(b.alerts_capped_at, Some(t(2.0)));
+    assert_eq!(b.deadline, t(600.0), "the breach's window is untouched");
+    assert_eq!(capped(&w), 1);
+    // A resolved alert makes room: the one that resolved first goes.
+    w.alert("web", "f7", false, t(3.0), t(3.0));
+    w.alert("web", "f3", false, t(4.0), t(4.0));
+    w.alert("web", &format!("f{n}"), true, t(5.0), t(5.0));
+    let b = w.breach("web").expect("breach");
+    let keys: Vec<&str> = b.alerts.iter().map(|(k, _)| k).collect();
+    assert_eq!(b.alerts.len(), n);
+    assert!(!keys.contains(&"f7"), "the first to resolve is forgotten");
+    assert!(keys.contains(&"f3") && keys.contains(&format!("f{n}").as_str()));
+    assert!(b.firing());
+    assert_eq!(capped(&w), 1, "said once per breach");
+}
+
+#[test]
 fn reply_merge_adds_refusals_per_rule() {
     let r = |rule: &str, n| Refusal {
         rule: rule.into(),

@@ -117,6 +117,24 @@ impl AlertMap {
         }
     }
 
+    /// Forgets the resolved alert that resolved first; false if every alert fires.
+    pub fn forget_oldest_resolved(&mut self) -> bool {
+        let oldest = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, a))| !a.firing)
+            .min_by_key(|(_, (_, a))| a.resolved_at)
+            .map(|(i, _)| i);
+        match oldest {
+            Some(i) => {
+                self.0.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &AlertState> {
         self.0.iter().map(|(_, a)| a)
     }

@@ -130,6 +130,16 @@ pub struct AlertState {
     pub resolved_at: Option<Timestamp>,
 }
 
+impl AlertState {
+    pub fn firing_since(starts_at: Timestamp) -> AlertState {
+        AlertState {
+            firing: true,
+            starts_at,
+            resolved_at: None,
+        }
+    }
+}
+
 /// What the engine decided at a breach's deadline when it did not open an incident.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -167,6 +177,10 @@ pub struct Breach {
     pub pagerduty_incident: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<Timestamp>,
+    /// When the breach first held [`crate::engine::MAX_ALERTS_PER_BREACH`] firing alerts and
+    /// left a new one untracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_capped_at: Option<Timestamp>,
 }
 
 impl Breach {

@@ -76,6 +76,7 @@ words! {
         BreachRefired = "breach_refired", "the breach fired again while clearing";
         BreachResolving = "breach_resolving", "the breach's alerts resolved; clearing";
         BreachCleared = "breach_cleared", "the breach cleared";
+        BreachAlertsCapped = "breach_alerts_capped", "the breach holds the most alerts one breach tracks";
         NotActing = "not_acting", "the breach's deadline came and rollbackd did not act";
         Triggered = "triggered", "an incident opened";
         MessageDefault = "message_default", "a rule message fell back to the built-in one";
