@@ -454,7 +454,7 @@ fn catalogue() -> Vec<Case> {
         case("freeze as XML", "PUT", "/v1/freezes/web", &[("content-type", "application/xml"), ("authorization", admin.as_str())], "<reason/>", 415, "is not JSON"),
         // ---- PagerDuty signatures ----
         case("pagerduty without signature", "POST", pd, &[ct], &pd_ok, 400, "missing X-PagerDuty-Signature"),
-        case("pagerduty signature not hex", "POST", pd, &[ct, ("x-pagerduty-signature", "v1=zz")], &pd_ok, 400, "has no `v1="),
+        case("pagerduty signature not hex", "POST", pd, &[ct, ("x-pagerduty-signature", "v1=zz")], &pd_ok, 401, "does not match"),
         case("pagerduty signature v0", "POST", pd, &[ct, ("x-pagerduty-signature", &pd_sig_ok.replace("v1=", "v0="))], &pd_ok, 400, "has no `v1="),
         case("pagerduty forged signature", "POST", pd, &[ct, ("x-pagerduty-signature", &format!("v1={}", "0".repeat(64)))], &pd_ok, 401, "does not match"),
         case("pagerduty signed with another secret", "POST", pd, &[ct, ("x-pagerduty-signature", &pd_sig_other_secret)], &pd_other, 401, "does not match"),

@@ -21,9 +21,9 @@ use crate::model::{Labels, Signal, SignalStatus, Source};
 pub enum SignatureError {
     /// No header, or an empty one.
     Missing,
-    /// A header without any usable `v1=<64 hex digits>` entry.
+    /// A header without any `v1=` entry.
     Malformed,
-    /// Well-formed `v1` entries, none of which is the HMAC of the body under a configured secret.
+    /// `v1=` entries, none of which is the HMAC of the body under a configured secret.
     NoMatch,
 }
 
@@ -81,14 +81,15 @@ pub fn verify_signature(
         .map(str::trim)
         .filter(|h| !h.is_empty())
         .ok_or(SignatureError::Missing)?;
-    let sigs: Vec<[u8; 32]> = header
+    let entries: Vec<&str> = header
         .split(',')
         .filter_map(|entry| entry.trim().strip_prefix("v1="))
-        .filter_map(decode_sig)
         .collect();
-    if sigs.is_empty() {
+    if entries.is_empty() {
         return Err(SignatureError::Malformed);
     }
+    // A `v1=` entry that is not 64 hex digits is an entry that matches no secret.
+    let sigs: Vec<[u8; 32]> = entries.into_iter().filter_map(decode_sig).collect();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
             continue;
@@ -103,7 +104,7 @@ pub fn verify_signature(
     Err(SignatureError::NoMatch)
 }
 
-/// 64 hex digits (either case) into 32 bytes; anything else is not a v1 signature.
+/// 64 hex digits (either case) into 32 bytes; anything else is no HMAC-SHA256.
 fn decode_sig(sig: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(sig.trim(), &mut out).ok()?;
@@ -547,20 +548,31 @@ mod tests {
             verify_signature(&secrets, Some("  "), body),
             Err(SignatureError::Missing)
         );
+        // No `v1=` entry at all: 400.
         for bad in [
             "0c0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cd",
             "v2=0c0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cd",
+            "sha256=0c0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cd",
+        ] {
+            assert_eq!(
+                verify_signature(&secrets, Some(bad), body),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
+        }
+        // `v1=` entries that are no HMAC-SHA256 in hex match nothing: 401, as the contract has
+        // it for "no entry matches".
+        for bad in [
             "v1=",
             "v1=zz0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cd",
             "v1=0c0b9495",
             "v1=0c0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cdff",
             "v1=+c0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cd",
             "v1=éééééééééééééééééééééééééééééééé",
-            "sha256=0c0b9495b893a39e70d1fea2fe11fbe0a825f88b9f67846f6cc07dd2bc5476cd",
         ] {
             assert_eq!(
                 verify_signature(&secrets, Some(bad), body),
-                Err(SignatureError::Malformed),
+                Err(SignatureError::NoMatch),
                 "{bad}"
             );
         }
