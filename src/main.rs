@@ -153,8 +153,9 @@ struct VoteArgs {
 #[derive(clap::Args)]
 struct FreezeArgs {
     service: String,
+    /// Why, for the timeline (default: that it was done by hand from the command line).
     #[arg(long)]
-    reason: String,
+    reason: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -237,7 +238,14 @@ fn vote(v: VoteArgs, approve: bool) -> ExitCode {
 
 fn freeze(f: FreezeArgs, frozen: bool) -> ExitCode {
     let c = f.api.client();
-    operate(async move { c.freeze(&f.service, frozen, &f.reason).await })
+    let reason = f.reason.unwrap_or_else(|| {
+        let done = if frozen { "frozen" } else { "lifted" };
+        format!(
+            "{done} by hand with `rollbackd {}`",
+            if frozen { "freeze" } else { "unfreeze" }
+        )
+    });
+    operate(async move { c.freeze(&f.service, frozen, &reason).await })
 }
 
 /// Runs one operator command on a small runtime; errors print and exit 1.

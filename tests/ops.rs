@@ -211,3 +211,65 @@ fn decision_latency_counts_only_breaches_known_before_their_deadline() {
     );
     assert_eq!(d.metric("rollbackd_decisions_late_total"), Some(1.0));
 }
+
+/// `rollbackd freeze SERVICE` and `unfreeze SERVICE`, as the contract writes them: the reason is
+/// optional (the timeline then says it was done by hand), the admin token is needed, and GET
+/// /v1/freezes/SERVICE answers 423 while frozen, 200 after.
+#[test]
+fn freeze_and_unfreeze_from_the_command_line() {
+    let setup = Setup::new(&format!("tokens: {{admin: \"{ADMIN}\"}}\n"), &rules());
+    let d = setup.start();
+    let cli = |args: &[&str], token: &str| {
+        Command::new(bin())
+            .args(args)
+            .args(["--url", &d.base, "--token", token])
+            .output()
+            .expect("run the CLI")
+    };
+    let freeze_state = || get(&d.url("/v1/freezes/web"), Some(ADMIN));
+
+    let out = cli(&["freeze", "web"], "not-the-admin-token-0123456789");
+    assert!(!out.status.success(), "a wrong token is refused");
+    assert_eq!(freeze_state().0, 200, "and froze nothing");
+
+    let out = cli(&["freeze", "web"], ADMIN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, v) = freeze_state();
+    assert_eq!(s, 423, "{v}");
+    assert_eq!(v["frozen"], true);
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rollbackd freeze")),
+        "{v}"
+    );
+
+    let out = cli(&["unfreeze", "web", "--reason", "v3 is the fix"], ADMIN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, v) = freeze_state();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["frozen"], false);
+
+    let out = cli(&["freeze", "api", "--reason", "hold for the audit"], ADMIN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["unfreeze", "api"], ADMIN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, v) = get(&d.url("/v1/freezes/api"), Some(ADMIN));
+    assert_eq!(s, 200, "{v}");
+}

@@ -818,7 +818,13 @@ fn signatures_are_checked_on_the_exact_bytes() {
     expect_error(400, Some("t=1700000000"), &body, "wh-3", "no v1= entry");
     let v0 = good.replacen("v1=", "v0=", 1);
     expect_error(400, Some(&v0), &body, "wh-4", "only another version");
-    expect_error(401, Some("v1=not-hex"), &body, "wh-5", "a v1= entry that matches nothing");
+    expect_error(
+        401,
+        Some("v1=not-hex"),
+        &body,
+        "wh-5",
+        "a v1= entry that matches nothing",
+    );
     let wrong = signed_webhook("some-other-secret-entirely", &body);
     expect_error(401, Some(&wrong), &body, "wh-6", "wrong signature");
     let tampered = body.replace("Pagey", "Pagex");
