@@ -82,3 +82,37 @@ fn lint_reports_every_approval_nobody_could_give_and_keeps_going_after_a_structu
     assert_eq!(got, want, "stderr: {stderr}");
     assert!(stderr.contains("4 error(s)"), "{stderr}");
 }
+
+/// A config that does not load is a problem lint reports like the others: exit 1, the file and
+/// what is wrong on stdout.
+#[test]
+fn lint_with_a_config_that_does_not_load_exits_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("rules.yaml"), "rules: []\n").unwrap();
+    let cfg = dir.path().join("rollbackd.yaml");
+    std::fs::write(&cfg, "listen: 127.0.0.1:9750\nlisen_typo: 1\n").unwrap();
+    for config in [cfg.clone(), dir.path().join("missing.yaml")] {
+        let out = Command::new(bin())
+            .args(["lint", "--config"])
+            .arg(&config)
+            .arg(&rules)
+            .env_remove("ROLLBACKD_CONFIG")
+            .output()
+            .expect("run rollbackd lint");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.starts_with(&config.display().to_string()),
+            "{stdout}"
+        );
+    }
+    let out = Command::new(bin())
+        .args(["lint", "--config"])
+        .arg(&cfg)
+        .arg(&rules)
+        .output()
+        .expect("run rollbackd lint");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lisen_typo"));
+}
