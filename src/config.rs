@@ -285,6 +285,14 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// `text` or `json` (one object per line); `serve --log-format` wins. Read at start only.
     pub log_format: crate::logging::Format,
+    /// Decide and record everything, run no step (`serve --dry-run` turns it on too). Read at
+    /// start only.
+    pub dry_run: bool,
+    /// How long running steps may take to finish after SIGTERM (`serve --grace-seconds` wins).
+    /// Read at start only.
+    #[serde(deserialize_with = "human_duration")]
+    #[schemars(with = "DurationText")]
+    pub shutdown_grace: Duration,
     /// Every secret the config's references resolved to, so step output can hide them.
     #[serde(skip)]
     pub resolved: Resolved,
@@ -435,6 +443,8 @@ impl Default for Config {
             inputs_file: None,
             cluster: None,
             log_format: crate::logging::Format::Text,
+            dry_run: false,
+            shutdown_grace: Duration::from_secs(30),
             resolved: Resolved::default(),
         }
     }

@@ -40,12 +40,14 @@ enum Command {
         /// Rules directory (overrides `rules_dir`).
         #[arg(long)]
         rules: Option<PathBuf>,
-        /// Decide and record everything, run no step (every incident ends `suppressed`).
+        /// Decide and record everything, run no step (every incident ends `suppressed`); or
+        /// `dry_run: true` in the config.
         #[arg(long)]
         dry_run: bool,
-        /// Seconds running steps may take to finish after SIGTERM.
-        #[arg(long, default_value_t = 30)]
-        grace_seconds: u64,
+        /// Seconds running steps may take to finish after SIGTERM (overrides `shutdown_grace`,
+        /// default 30 s).
+        #[arg(long)]
+        grace_seconds: Option<u64>,
         /// Log lines on stderr: text, or json (one object per line); overrides `log_format`.
         #[arg(long, value_enum)]
         log_format: Option<rollbackd::logging::Format>,
@@ -499,7 +501,7 @@ fn fatal(format: Format, line: &str) {
 fn serve(
     source: rollbackd::live::Source,
     dry_run: bool,
-    grace_seconds: u64,
+    grace_seconds: Option<u64>,
     log_format: Option<Format>,
 ) -> ExitCode {
     let format = start_logging(&source, log_format);
@@ -523,6 +525,8 @@ fn serve(
         tracing::warn!("{w}");
     }
     let (cfg, set) = (loaded.config, loaded.rules);
+    let dry_run = dry_run || cfg.dry_run;
+    let grace = grace_seconds.map_or(cfg.shutdown_grace, Duration::from_secs);
     let addr = match cfg.listen_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -573,7 +577,7 @@ fn serve(
             rules: set,
             dry_run,
             clock: Arc::new(rollbackd::clock::SystemClock),
-            grace: Duration::from_secs(grace_seconds),
+            grace,
         };
         match daemon.run(listener, shutdown_signal()).await {
             Ok(()) => {

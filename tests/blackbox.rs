@@ -977,10 +977,45 @@ fn sigterm_exits_cleanly() {
     assert_eq!(s, 200);
 }
 
+/// `shutdown_grace` from the config bounds how long SIGTERM waits for a running step: with 1 s,
+/// a step that would take 20 s does not hold the daemon (the default 30 s would).
+#[test]
+fn sigterm_waits_for_running_steps_only_the_configured_grace() {
+    let setup = Setup::new("shutdown_grace: 1s\n", "");
+    std::fs::write(
+        setup.path().join("rules/rules.yaml"),
+        rule_yaml(
+            "1s",
+            "1s",
+            "none",
+            "      - name: slow\n        run: [/bin/sleep, \"20\"]\n        timeout: 1m",
+            "",
+        ),
+    )
+    .unwrap();
+    let d = setup.start();
+    release(&d, None, "A", &ts(-120.0));
+    release(&d, None, "B", &ts(-60.0));
+    fire(&d, None, &ts(-2.0), "fp-grace");
+    let inc = wait_first_incident(&d, None, Duration::from_secs(5));
+    let id = inc["id"].as_str().unwrap_or_default().to_string();
+    wait_state(&d, None, &id, "rolling_back", Duration::from_secs(5));
+    let stderr_log = d.stderr_log.clone();
+    let asked = std::time::Instant::now();
+    let status = d.terminate();
+    let took = asked.elapsed();
+    let stderr = std::fs::read_to_string(stderr_log).unwrap_or_default();
+    assert!(status.success(), "{status:?}; stderr:\n{stderr}");
+    assert!(
+        took < Duration::from_secs(10),
+        "stopped {took:?} after SIGTERM, with a 1 s grace and a 20 s step; stderr:\n{stderr}"
+    );
+}
+
 // ---- 11. shadow mode and --dry-run ----
 
-fn records_without_running(mode_line: &str, extra_args: &[&str], want_reason: &str) {
-    let setup = Setup::new("", "");
+fn records_without_running(config: &str, mode_line: &str, extra_args: &[&str], want_reason: &str) {
+    let setup = Setup::new(config, "");
     let log = setup.path().join("steps.log");
     std::fs::write(
         setup.path().join("rules/rules.yaml"),
@@ -1027,12 +1062,17 @@ fn records_without_running(mode_line: &str, extra_args: &[&str], want_reason: &s
 
 #[test]
 fn shadow_mode_records_what_would_run() {
-    records_without_running("    mode: shadow", &[], "shadow");
+    records_without_running("", "    mode: shadow", &[], "shadow");
 }
 
 #[test]
 fn dry_run_records_what_would_run() {
-    records_without_running("", &["--dry-run"], "dry run");
+    records_without_running("", "", &["--dry-run"], "dry run");
+}
+
+#[test]
+fn dry_run_from_the_config_records_what_would_run() {
+    records_without_running("dry_run: true\n", "", &[], "dry run");
 }
 
 // ---- 12. budget ----
