@@ -276,6 +276,16 @@ fn happy_path_rolls_back_once_freezes_and_records_the_rollback() {
     let all = incidents(&d, None);
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(lines(&log), ["A"]);
+    // The list shows each incident as its own URL does, timeline included.
+    let (listed, seen) = (
+        all[0]["timeline"].as_array().cloned().unwrap_or_default(),
+        inc["timeline"].as_array().cloned().unwrap_or_default(),
+    );
+    assert!(
+        !seen.is_empty() && listed.starts_with(&seen),
+        "{:#}",
+        all[0]
+    );
 
     // Frozen by the rollback.
     let (s, v) = get(&d.url(&format!("/v1/freezes/{SERVICE}")), None);

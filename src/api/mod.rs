@@ -642,6 +642,10 @@ async fn list_incidents(
     let (items, truncated) = app
         .store
         .incidents_where(|s| state.is_none_or(|st| s.state == st), limit(q.limit)?)?;
+    let items = items
+        .iter()
+        .map(|inc| with_timeline(&app, inc))
+        .collect::<Result<Vec<Value>, ApiError>>()?;
     Ok(Json(json!({"items": items, "truncated": truncated})))
 }
 
@@ -652,18 +656,25 @@ async fn get_incident(
     incident_view(&app, &id).map(Json)
 }
 
-/// An incident with its timeline (and the timeline of the breach that opened it).
+/// An incident with its timeline (and the timeline of the breach that opened it), as every
+/// answer that holds incidents shows one.
+fn with_timeline(app: &App, inc: &crate::model::Incident) -> Result<Value, ApiError> {
+    let mut timeline = app.store.timeline(&format!("breach:{}", inc.breach))?;
+    timeline.extend(app.store.timeline(&inc.id)?);
+    timeline.sort_by_key(|t| t.at);
+    let mut v = serde_json::to_value(inc).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["timeline"] =
+        serde_json::to_value(timeline).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(v)
+}
+
+/// One incident: [`with_timeline`], and whether its timeline's hash chain is whole.
 fn incident_view(app: &App, id: &str) -> Result<Value, ApiError> {
     let inc = app
         .store
         .incident(id)?
         .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))?;
-    let mut timeline = app.store.timeline(&format!("breach:{}", inc.breach))?;
-    timeline.extend(app.store.timeline(id)?);
-    timeline.sort_by_key(|t| t.at);
-    let mut v = serde_json::to_value(&inc).map_err(|e| ApiError::internal(e.to_string()))?;
-    v["timeline"] =
-        serde_json::to_value(timeline).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut v = with_timeline(app, &inc)?;
     v["timeline_chain"] = serde_json::to_value(app.store.verify_chain(id)?)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(v)
