@@ -153,17 +153,19 @@ if [[ -z $bin ]]; then
 fi
 [[ -x $bin ]] || die "no rollbackd binary at $bin"
 
-# A placeholder for every Secret key: 32 characters, which passes the token rule (>= 16) and the
-# PagerDuty routing key rule (exactly 32). The cluster variant's keys are a superset.
+# A value for every Secret key, its own for each (no two tokens alike) and 32 characters long (no
+# short-token warning, and the length of a PagerDuty routing key). The cluster variant's keys are
+# a superset.
 while read -r key; do
-    [[ -n $key ]] && export "$key=validate0placeholder0123456789ab"
+    [[ -n $key ]] && export "$key=$(printf '%s' "$key" | sha256sum | cut -c1-32)"
 done < <("$py" deploy/validate.py secret-keys deploy/kubernetes-cluster)
 
 lint() { # lint CONFIG RULES_DIR: must pass with every rule file loaded and no warning
     local err=$work/lint.err want
     want=$(find deploy/kubernetes/rules -maxdepth 1 -type f \( -name '*.yaml' -o -name '*.yml' \) | wc -l)
-    "$bin" lint --config "$1" "$2" 2>"$err" || { cat "$err" >&2; die "rollbackd lint $1 $2 failed"; }
-    cat "$err"
+    "$bin" lint --config "$1" "$2" >"$err.out" 2>"$err" || { cat "$err.out" "$err" >&2; die "rollbackd lint $1 $2 failed"; }
+    cat "$err.out" "$err"
+    [[ ! -s $err.out ]] || die "rollbackd lint: expected no problem, not even a warning"
     grep -qx "$2: $want rule(s) OK" "$err" || die "rollbackd lint: expected '$want rule(s) OK' and no warning"
 }
 say "rollbackd lint --config deploy/kubernetes/rollbackd.yaml deploy/kubernetes/rules"
@@ -189,7 +191,7 @@ done
 # A pod the members do not list (a fourth replica) finds no id of its own and must not start.
 say "rollbackd lint refuses the cluster config for a pod that is not a member (POD_NAME=rollbackd-3)"
 if POD_NAME=rollbackd-3 "$bin" lint --config deploy/kubernetes-cluster/rollbackd.yaml deploy/kubernetes/rules \
-    >/dev/null 2>"$work/lint.err"; then
+    >"$work/lint.err" 2>&1; then
     die "rollbackd lint accepted deploy/kubernetes-cluster/rollbackd.yaml for pod rollbackd-3, which is no member"
 fi
 grep -q "advertise" "$work/lint.err" || { cat "$work/lint.err" >&2; die "rollbackd lint: expected an error naming cluster.advertise"; }

@@ -146,14 +146,17 @@ impl Default for Grafana {
     }
 }
 
-/// A token or webhook secret long enough not to be guessed; `what` names it in the error.
-fn long_enough(key: &str, s: &Secret, what: &str) -> Result<(), String> {
-    if s.expose().len() < 16 {
-        return Err(format!(
-            "{key} is shorter than 16 characters; use a long random {what}"
-        ));
-    }
-    Ok(())
+/// The value the example Secret ships for every key: a daemon never starts with it.
+fn is_placeholder(value: &str) -> bool {
+    let v = value.trim();
+    v.eq_ignore_ascii_case("change-me") || v.eq_ignore_ascii_case("changeme")
+}
+
+/// The warning for a token or webhook secret short enough to be guessed, if it is.
+fn too_short(key: &str, s: &Secret) -> Option<String> {
+    (s.expose().chars().count() < 16).then(|| {
+        format!("{key} is shorter than 16 characters: it can be guessed; use a long random one")
+    })
 }
 
 fn five_minutes() -> std::time::Duration {
@@ -535,6 +538,11 @@ impl Config {
         resolve_tree(&mut tree, "", &mut resolved).map_err(invalid)?;
         let mut cfg: Config = serde_path_to_error::deserialize(tree)
             .map_err(|e| invalid(conceal(explain(&e, &raw), &resolved)))?;
+        if let Some((reference, _)) = resolved.iter().find(|(_, v)| is_placeholder(v)) {
+            return Err(invalid(format!(
+                "{reference} is still the placeholder CHANGE-ME (deploy/kubernetes/secret.example.yaml); set the real secret"
+            )));
+        }
         cfg.validate().map_err(|m| invalid(conceal(m, &resolved)))?;
         cfg.resolved = Resolved(resolved);
         Ok(cfg)
@@ -583,11 +591,6 @@ impl Config {
             }
         }
         if let Some(pd) = &self.pagerduty {
-            if let Some(k) = &pd.routing_key
-                && k.expose().len() != 32
-            {
-                return Err("pagerduty.routing_key must be the 32-character integration key of an Events API v2 integration".to_string());
-            }
             if let Some(key) = pd
                 .workflows
                 .keys()
@@ -636,21 +639,6 @@ impl Config {
             ("tokens.read".to_string(), &self.tokens.read),
             ("tokens.admin".to_string(), &self.tokens.admin),
         ];
-        let webhook_secrets = [
-            ("github.webhook_secret", &self.github.webhook_secret),
-            ("gitlab.webhook_token", &self.gitlab.webhook_token),
-            ("flux.webhook_secret", &self.flux.webhook_secret),
-        ];
-        for (key, secret) in webhook_secrets {
-            if let Some(s) = secret {
-                long_enough(key, s, "secret")?;
-            }
-        }
-        for (key, tok) in &named {
-            if let Some(t) = tok {
-                long_enough(key, t, "token")?;
-            }
-        }
         let mut seen: Vec<(String, &Secret)> = named
             .iter()
             .filter_map(|(k, t)| t.as_ref().map(|t| (k.clone(), t)))
@@ -658,7 +646,6 @@ impl Config {
         for p in &self.people {
             let Some(t) = &p.token else { continue };
             let key = format!("people[{}].token", p.id);
-            long_enough(&key, t, "token")?;
             if let Some((other, _)) = seen.iter().find(|(_, s)| *s == t) {
                 return Err(format!(
                     "{key} is the same as {other}: every token must be its own"
@@ -681,6 +668,36 @@ impl Config {
                 "tokens.releases is the same as tokens.ingest: every alert sender can record releases, and a release picks the rollback target".to_string(),
             ),
             _ => {}
+        }
+        let people: Vec<(String, &Secret)> = self
+            .people
+            .iter()
+            .filter_map(|p| Some((format!("people[{}].token", p.id), p.token.as_ref()?)))
+            .collect();
+        let secrets = [
+            ("tokens.ingest", &t.ingest),
+            ("tokens.releases", &t.releases),
+            ("tokens.read", &t.read),
+            ("tokens.admin", &t.admin),
+            ("github.webhook_secret", &self.github.webhook_secret),
+            ("gitlab.webhook_token", &self.gitlab.webhook_token),
+            ("flux.webhook_secret", &self.flux.webhook_secret),
+        ];
+        let named = secrets
+            .iter()
+            .filter_map(|(k, s)| Some((k.to_string(), s.as_ref()?)));
+        out.extend(
+            named
+                .chain(people)
+                .filter_map(|(key, s)| too_short(&key, s)),
+        );
+        if let Some(k) = self
+            .pagerduty
+            .as_ref()
+            .and_then(|pd| pd.routing_key.as_ref())
+            && k.expose().len() != 32
+        {
+            out.push("pagerduty.routing_key is not 32 characters long, as the integration key of an Events API v2 integration is: PagerDuty will refuse the events".to_string());
         }
         out
     }
@@ -914,18 +931,8 @@ mod tests {
             ("notifiers: {x: {slack_webhook: nope}}", "notifiers.x"),
             ("notifiers: {x: {email: a@b}}", "slack_webhook"),
             ("notifiers: {x: {}}", "slack_webhook"),
-            ("pagerduty: {routing_key: short}", "routing_key"),
             ("pagerduty: {workflows: {aprove: P1}}", "aprove"),
             ("pagerduty: {from: Rollback Bot}", "pagerduty.from"),
-            ("tokens: {read: short}", "shorter"),
-            (
-                "github: {webhook_secret: short}",
-                "github.webhook_secret is shorter",
-            ),
-            (
-                "gitlab: {webhook_token: short}",
-                "gitlab.webhook_token is shorter",
-            ),
             (
                 "github: {services: {\"acme/web\": \"web app\"}}",
                 "github.services",
@@ -942,6 +949,58 @@ mod tests {
             let e = Config::parse(yaml, "t").unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");
         }
+    }
+
+    /// A secret reference that resolves to the example Secret's placeholder stops the start,
+    /// naming the reference.
+    #[test]
+    fn the_example_placeholder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("admin");
+        std::fs::write(&f, "CHANGE-ME\n").unwrap();
+        let yaml = format!("tokens: {{admin: \"${{file:{}}}\"}}", f.display());
+        let e = Config::parse(&yaml, "t").unwrap_err().to_string();
+        assert!(e.contains("placeholder") && e.contains("${file:"), "{e}");
+    }
+
+    /// Short tokens and secrets, and a routing key of another length, are allowed and said.
+    #[test]
+    fn weak_secrets_are_warnings_naming_the_key() {
+        for (yaml, want) in [
+            ("tokens: {read: short}", "tokens.read is shorter than 16"),
+            (
+                "github: {webhook_secret: short}",
+                "github.webhook_secret is shorter",
+            ),
+            (
+                "gitlab: {webhook_token: short}",
+                "gitlab.webhook_token is shorter",
+            ),
+            (
+                "flux: {webhook_secret: short}",
+                "flux.webhook_secret is shorter",
+            ),
+            (
+                "people: [{id: ada, token: short}]",
+                "people[ada].token is shorter",
+            ),
+            ("pagerduty: {routing_key: short}", "pagerduty.routing_key"),
+        ] {
+            let c = Config::parse(yaml, "t").unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            let w = c.warnings();
+            assert!(w.iter().any(|w| w.contains(want)), "{yaml}: {w:?}");
+            assert!(
+                !w.iter()
+                    .any(|w| w.contains("short\"") || w.ends_with("short")),
+                "{w:?}"
+            );
+        }
+        let long = Config::parse(
+            "tokens: {read: aaaaaaaaaaaaaaaaaaaa, ingest: bbbbbbbbbbbbbbbbbbbb, releases: cccccccccccccccccccc}",
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(long.warnings().is_empty(), "{:?}", long.warnings());
     }
 
     #[test]

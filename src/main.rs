@@ -409,6 +409,11 @@ fn lint(config: Option<PathBuf>, dir: Option<PathBuf>, preflight: bool) -> ExitC
             return ExitCode::from(1);
         }
     };
+    if let Some(path) = &config {
+        for w in cfg.warnings() {
+            println!("{}: warning: {w}", path.display());
+        }
+    }
     let dir = dir.unwrap_or_else(|| cfg.rules_dir.clone());
     let mut ctx = cfg.rules_context();
     if config.is_none() {
