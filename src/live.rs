@@ -51,21 +51,35 @@ pub struct Loaded {
 }
 
 impl Source {
+    /// [`Source::load`], except that on the embedded defaults (no config file, no `--rules`) a
+    /// missing `./rules` is no error: the daemon starts with no rules and says so, and a rules
+    /// directory that appears later is loaded as any change is.
+    pub fn load_at_start(&self) -> Result<Loaded, LoadError> {
+        let defaults = self.config.is_none() && self.rules_dir.is_none();
+        let dir = Config::default().rules_dir;
+        if defaults && !dir.exists() {
+            let config = self.overridden(Config::default())?;
+            let warning = Problem {
+                file: dir,
+                line: 0,
+                column: 0,
+                severity: Severity::Warning,
+                message: "no rules directory: running with no rules; rule files put there are loaded as they appear".to_string(),
+            };
+            return Ok(Loaded {
+                config,
+                rules: RuleSet::empty(),
+                warnings: vec![warning],
+            });
+        }
+        self.load()
+    }
+
     pub fn load(&self) -> Result<Loaded, LoadError> {
-        let mut config = match &self.config {
+        let config = self.overridden(match &self.config {
             Some(p) => Config::load(p).map_err(|e| LoadError::Config(e.to_string()))?,
             None => Config::default(),
-        };
-        if let Some(l) = &self.listen {
-            config.listen = l.clone();
-        }
-        if let Some(d) = &self.data_dir {
-            config.data_dir = d.clone();
-        }
-        if let Some(r) = &self.rules_dir {
-            config.rules_dir = r.clone();
-        }
-        config.listen_addr().map_err(LoadError::Config)?;
+        })?;
         let (set, problems) = rules::load_dir(&config.rules_dir, &config.rules_context());
         match set {
             Some(rules) => Ok(Loaded {
@@ -78,6 +92,21 @@ impl Source {
                 problems,
             }),
         }
+    }
+
+    /// `config` with the command line's `--listen`, `--data-dir` and `--rules`.
+    fn overridden(&self, mut config: Config) -> Result<Config, LoadError> {
+        if let Some(l) = &self.listen {
+            config.listen = l.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(r) = &self.rules_dir {
+            config.rules_dir = r.clone();
+        }
+        config.listen_addr().map_err(LoadError::Config)?;
+        Ok(config)
     }
 
     /// A digest of everything a reload would read: the config file and every rule file (through

@@ -510,7 +510,7 @@ fn serve(
     log_format: Option<Format>,
 ) -> ExitCode {
     let format = start_logging(&source, log_format);
-    let loaded = match source.load() {
+    let loaded = match source.load_at_start() {
         Ok(l) => l,
         Err(e) => {
             for line in e.lines() {

@@ -273,3 +273,65 @@ fn freeze_and_unfreeze_from_the_command_line() {
     let (s, v) = get(&d.url("/v1/freezes/api"), Some(ADMIN));
     assert_eq!(s, 200, "{v}");
 }
+
+/// `rollbackd serve` with nothing but the embedded defaults, in an empty directory: it starts
+/// (no rules, said at WARN), keeps its state in ./data, and loads rule files put in ./rules later.
+#[test]
+fn serve_on_the_embedded_defaults_starts_in_an_empty_directory() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("ROLLBACKD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rollbackd");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let base = line
+        .trim()
+        .strip_prefix("rollbackd listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let (s, v) = get(&format!("{base}/readyz"), None);
+    assert_eq!(s, 200, "{v}");
+    assert!(dir.path().join("data").is_dir(), "state in ./data");
+
+    std::fs::create_dir(dir.path().join("rules")).expect("mkdir rules");
+    std::fs::write(
+        dir.path().join("rules/web.yaml"),
+        "rules:\n  - name: web-errors\n    match: ['alertname=\"WebDown\"']\n    service: web\n    breach: {sustained: 10m}\n    approval: none\n    steps: [{name: only, run: [/bin/true]}]\n",
+    )
+    .expect("write a rule");
+    let loaded = wait_for(Duration::from_secs(10), || {
+        post(
+            &format!("{base}/v1/signals"),
+            None,
+            &json!({"labels": {"alertname": "WebDown"}, "status": "firing"}),
+        );
+        let (_, v) = get(&format!("{base}/v1/breaches"), None);
+        (v["items"][0]["rule"] == "web-errors").then_some(())
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let _ = child.wait();
+    assert!(
+        stderr.contains("no rules directory: running with no rules"),
+        "{stderr}"
+    );
+    assert_eq!(
+        loaded,
+        Some(()),
+        "the rule put in ./rules was loaded: {stderr}"
+    );
+}

@@ -141,6 +141,14 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// No rules, with the digest of an empty rules directory.
+    pub fn empty() -> RuleSet {
+        RuleSet {
+            rules: Vec::new(),
+            digest: Digest::default().hex(),
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)
     }
