@@ -177,7 +177,7 @@ pub(super) async fn view(State(app): State<Arc<App>>) -> Result<Json<Value>, Api
     app.metrics.cluster_rules_mismatch.set(mismatched);
     Ok(Json(json!({
         "node_id": node.id,
-        "leader": m.current_leader,
+        "leader": node.leader(),
         "term": m.current_term,
         "members": members,
     })))

@@ -166,19 +166,47 @@ impl Node {
         self.metrics().current_term
     }
 
+    /// The leader this node knows, if that leader is a voter of the membership this node has: a
+    /// leader that removed itself (openraft 0.9 keeps it in the leader state) is none.
     pub fn leader(&self) -> Option<u64> {
-        self.metrics().current_leader
+        let m = self.metrics();
+        m.current_leader.filter(|l| {
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == *l)
+        })
     }
 
     pub fn is_leader(&self) -> bool {
-        let m = self.metrics();
-        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        self.leads(&self.metrics())
+    }
+
+    /// This node leads: openraft says so, and it is a voter of its own membership. A leader
+    /// removed from the membership stays in openraft's leader state (0.9 has no step-down), but
+    /// it may no longer act: it has no majority of which it is part.
+    fn leads(&self, m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.id)
+            && m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.id)
+    }
+
+    /// This node is no longer in the membership it has applied: removed from the cluster.
+    pub fn removed(&self) -> bool {
+        self.metrics()
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_none()
     }
 
     /// The url of the leader, if this node knows one other than itself.
     pub fn leader_url(&self) -> Option<String> {
         let m = self.metrics();
-        let leader = m.current_leader.filter(|l| *l != self.id)?;
+        let leader = self.leader().filter(|l| *l != self.id)?;
         m.membership_config
             .membership()
             .get_node(&leader)
@@ -209,10 +237,10 @@ impl Node {
     pub fn ready(&self) -> bool {
         let m = self.metrics();
         let window = (self.election_timeout * 2).as_millis() as u64;
-        if m.current_leader.is_none() {
+        if self.leader().is_none() {
             return false;
         }
-        if m.state == ServerState::Leader {
+        if self.leads(&m) {
             return m.millis_since_quorum_ack.is_some_and(|ms| ms <= window);
         }
         let since = jiff::Timestamp::now().as_millisecond()
@@ -263,11 +291,7 @@ impl Node {
             {
                 let m = rx.borrow_and_update();
                 let applied = m.last_applied.map(|l| l.index);
-                if m.state == ServerState::Leader
-                    && m.current_leader == Some(self.id)
-                    && applied.is_some()
-                    && applied >= m.last_log_index
-                {
+                if self.leads(&m) && applied.is_some() && applied >= m.last_log_index {
                     return m.current_term;
                 }
             }
@@ -297,7 +321,7 @@ impl Node {
         loop {
             {
                 let m = rx.borrow_and_update();
-                if m.state != ServerState::Leader || m.current_term != term {
+                if !self.leads(&m) || m.current_term != term {
                     return;
                 }
             }

@@ -1,0 +1,162 @@
+//! Membership changes other than adding a node, black-box: three real `rollbackd` processes
+//! (`tests/common/cluster.rs`). A follower is removed and killed, and the two left keep taking
+//! writes; then the leader itself is removed, and the one node left leads alone and still holds
+//! every release acknowledged before. What each node answers on `GET /v1/cluster` is checked
+//! against the releases each node serves.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
+
+use std::time::Duration;
+
+use cluster::{Cluster, poll, request};
+use common::ts;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-token-0123456789abcdefghij";
+
+fn member_ids(view: &Value) -> Vec<u64> {
+    view["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_u64())
+        .collect()
+}
+
+/// Waits until `node` names `leader` and exactly `members`.
+fn wait_view(c: &Cluster, node: u64, leader: u64, members: &[u64]) -> Value {
+    poll(Duration::from_secs(20), || {
+        c.view(node)
+            .filter(|v| v["leader"] == leader && member_ids(v) == members)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "node {node} does not name leader {leader} and members {members:?}\n{}",
+            c.diagnose()
+        )
+    })
+}
+
+/// Posts a release to `node` until it answers 2xx (a node may not know the leader yet: 503).
+fn release(c: &Cluster, node: u64, id: &str) {
+    let body = json!({"service": "web", "environment": "production", "version": id,
+                      "deployment_id": id, "deployed_at": ts(-30.0)});
+    let mut last = None;
+    poll(Duration::from_secs(15), || {
+        let r = request(
+            reqwest::Method::POST,
+            &c.url(node, "/v1/releases"),
+            Some(ADMIN),
+            Some(&body),
+            Duration::from_secs(3),
+        );
+        last = r.clone();
+        r.filter(|(s, _)| (200..300).contains(s))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "release {id} through node {node}: no 2xx, last {last:?}\n{}",
+            c.diagnose()
+        )
+    });
+}
+
+fn remove(c: &Cluster, via: u64, id: u64) -> (u16, Value) {
+    request(
+        reqwest::Method::DELETE,
+        &c.url(via, &format!("/v1/cluster/members/{id}")),
+        Some(ADMIN),
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("DELETE member {id} via {via}: no answer\n{}", c.diagnose()))
+}
+
+#[test]
+fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes() {
+    let mut c = Cluster::start(
+        3,
+        "rules: []\n",
+        &format!("tokens: {{admin: \"{ADMIN}\"}}\n"),
+    )
+    .with_token(ADMIN);
+    let leader = c.wait_leader(Duration::from_secs(20));
+    release(&c, leader, "r1");
+
+    // A follower goes: the view says so on the two left, which keep taking writes once it is
+    // dead too (two of two is their majority).
+    let gone = c
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let left: Vec<u64> = c.ids().into_iter().filter(|id| *id != gone).collect();
+    let other = left
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("another");
+    let (s, v) = remove(&c, other, gone);
+    assert_eq!(s, 200, "{v}\n{}", c.diagnose());
+    assert_eq!(member_ids(&v), left, "{v}");
+    for id in &left {
+        wait_view(&c, *id, leader, &left);
+    }
+    c.kill9(gone);
+    release(&c, other, "r2");
+    assert_eq!(
+        c.release_ids(leader, "web"),
+        Some(vec!["r2".into(), "r1".into()])
+    );
+
+    // Now the leader itself: the node left leads alone, with every release acknowledged before.
+    let (s, v) = remove(&c, other, leader);
+    assert_eq!(s, 200, "{v}\n{}", c.diagnose());
+    assert_eq!(member_ids(&v), [other], "{v}");
+    wait_view(&c, other, other, &[other]);
+    release(&c, other, "r3");
+    let ids = poll(Duration::from_secs(5), || {
+        c.release_ids(other, "web").filter(|ids| ids.len() == 3)
+    });
+    assert_eq!(
+        ids,
+        Some(vec!["r3".into(), "r2".into(), "r1".into()]),
+        "{}",
+        c.diagnose()
+    );
+    // The removed leader (openraft 0.9 keeps it in its leader state) no longer counts as one: it
+    // names no leader, acts on nothing, is not ready and refuses writes with 503.
+    let mut removed = Value::Null;
+    let stepped_down = poll(Duration::from_secs(10), || {
+        removed = c.view(leader)?;
+        (removed["leader"] != leader).then_some(())
+    });
+    assert_eq!(stepped_down, Some(()), "{removed:#}\n{}", c.diagnose());
+    let body = json!({"service": "web", "environment": "production", "version": "r4",
+                      "deployment_id": "r4", "deployed_at": ts(-10.0)});
+    let answer = request(
+        reqwest::Method::POST,
+        &c.url(leader, "/v1/releases"),
+        Some(ADMIN),
+        Some(&body),
+        Duration::from_secs(10),
+    );
+    assert_eq!(answer.as_ref().map(|(s, _)| *s), Some(503), "{answer:?}");
+    let ready = request(
+        reqwest::Method::GET,
+        &c.url(leader, "/readyz"),
+        None,
+        None,
+        Duration::from_secs(5),
+    );
+    assert_eq!(ready.as_ref().map(|(s, _)| *s), Some(503), "{ready:?}");
+    assert_eq!(
+        c.release_ids(other, "web").map(|ids| ids.len()),
+        Some(3),
+        "the removed node's refusal recorded nothing"
+    );
+}
