@@ -12,11 +12,20 @@ mod proxy;
 
 use std::time::Duration;
 
-use cluster::{Cluster, poll, request};
-use common::ts;
+use cluster::{Cluster, STEPLOG, poll, request};
+use common::{am_alert, ts};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "admin-token-0123456789abcdefghij";
+
+/// `ShopDown` for service `shop`, acting after 1 s without approval: one step that appends
+/// `undo <fencing token> <pid> <parent pid>` to the shared step log.
+fn rules() -> String {
+    let script = format!("echo \"undo $ROLLBACKD_FENCING_TOKEN $$ $PPID\" >> {STEPLOG}");
+    format!(
+        "rules:\n  - name: shop-errors\n    match: ['alertname=\"ShopDown\"']\n    service: shop\n    breach: {{sustained: 1s, clear_after: 1s}}\n    release: {{max_age: 1h}}\n    approval: none\n    steps:\n      - name: undo\n        run: [/bin/sh, -c, '{script}']\n"
+    )
+}
 
 fn member_ids(view: &Value) -> Vec<u64> {
     view["members"]
@@ -78,12 +87,8 @@ fn remove(c: &Cluster, via: u64, id: u64) -> (u16, Value) {
 
 #[test]
 fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes() {
-    let mut c = Cluster::start(
-        3,
-        "rules: []\n",
-        &format!("tokens: {{admin: \"{ADMIN}\"}}\n"),
-    )
-    .with_token(ADMIN);
+    let mut c =
+        Cluster::start(3, &rules(), &format!("tokens: {{admin: \"{ADMIN}\"}}\n")).with_token(ADMIN);
     let leader = c.wait_leader(Duration::from_secs(20));
     release(&c, leader, "r1");
 
@@ -159,4 +164,45 @@ fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes(
         Some(3),
         "the removed node's refusal recorded nothing"
     );
+
+    // A breach now: the one node left runs the step, once, with its own term as the fencing
+    // token; the removed node, still running, runs nothing (the step processes say so).
+    for (id, ago) in [("A", -120.0), ("B", -60.0)] {
+        let body = json!({"service": "shop", "version": id, "deployment_id": id,
+                          "deployed_at": ts(ago)});
+        let (s, v) = request(
+            reqwest::Method::POST,
+            &c.url(other, "/v1/releases"),
+            Some(ADMIN),
+            Some(&body),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_default();
+        assert_eq!(s, 201, "{v}");
+    }
+    let alert = am_alert(
+        "firing",
+        json!({"alertname": "ShopDown", "service": "shop"}),
+        &ts(-5.0),
+        "fp-shop",
+    );
+    let (s, v) = request(
+        reqwest::Method::POST,
+        &c.url(other, "/v1/webhooks/alertmanager"),
+        Some(ADMIN),
+        Some(&alert),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_default();
+    assert_eq!(s, 200, "{v}");
+    let ran = poll(Duration::from_secs(15), || {
+        let lines = c.steps.of("undo");
+        (!lines.is_empty()).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("the step never ran\n{}", c.diagnose()));
+    std::thread::sleep(Duration::from_secs(2));
+    let lines = c.steps.of("undo");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(c.ran_on(&ran[0]), other, "{lines:?}\n{}", c.diagnose());
+    assert_eq!(ran[0].token, c.term(other), "{lines:?}");
 }
