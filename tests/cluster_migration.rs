@@ -84,7 +84,7 @@ fn a_single_nodes_records_move_into_a_cluster_it_forms() {
                 "deployed_at": ts(-600.0)}),
     );
     assert_eq!(s, 201, "{v}");
-    assert!(d1.terminate().success());
+    d1.stop_cleanly();
 
     // Listed with two other initial voters, the node refuses: its records would not be theirs.
     clustered(&s1, 1, p1, &[(1, p1), (2, p2), (3, p3)]);

@@ -98,7 +98,7 @@ fn a_secret_printed_by_a_step_appears_nowhere() {
     assert!(!json_report.to_string().contains(SECRET));
 
     let stderr_log = d.stderr_log.clone();
-    assert!(d.terminate().success(), "clean stop");
+    d.stop_cleanly();
     let log = std::fs::read_to_string(stderr_log).unwrap_or_default();
     assert!(!log.contains(SECRET), "the log shows the secret: {log}");
     let holding = files_holding(&setup.path().join("data"), SECRET.as_bytes());

@@ -135,6 +135,17 @@ impl Daemon {
         self.child.wait().expect("wait")
     }
 
+    /// SIGTERM, and the process must exit 0; else panics with its status and its log.
+    pub fn stop_cleanly(self) {
+        let log = self.stderr_log.clone();
+        let status = self.terminate();
+        assert!(
+            status.success(),
+            "{status:?} after SIGTERM; stderr:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
