@@ -170,12 +170,7 @@ impl Node {
     /// leader that removed itself (openraft 0.9 keeps it in the leader state) is none.
     pub fn leader(&self) -> Option<u64> {
         let m = self.metrics();
-        m.current_leader.filter(|l| {
-            m.membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == *l)
-        })
+        m.current_leader.filter(|l| votes(&m, *l))
     }
 
     pub fn is_leader(&self) -> bool {
@@ -186,21 +181,7 @@ impl Node {
     /// removed from the membership stays in openraft's leader state (0.9 has no step-down), but
     /// it may no longer act: it has no majority of which it is part.
     fn leads(&self, m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
-        m.state == ServerState::Leader
-            && m.current_leader == Some(self.id)
-            && m.membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == self.id)
-    }
-
-    /// This node is no longer in the membership it has applied: removed from the cluster.
-    pub fn removed(&self) -> bool {
-        self.metrics()
-            .membership_config
-            .membership()
-            .get_node(&self.id)
-            .is_none()
+        m.state == ServerState::Leader && m.current_leader == Some(self.id) && votes(m, self.id)
     }
 
     /// The url of the leader, if this node knows one other than itself.
@@ -330,4 +311,12 @@ impl Node {
             }
         }
     }
+}
+
+/// `id` is a voter of the membership in `m`.
+fn votes(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64) -> bool {
+    m.membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == id)
 }
