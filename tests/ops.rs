@@ -335,3 +335,14 @@ fn serve_on_the_embedded_defaults_starts_in_an_empty_directory() {
         "the rule put in ./rules was loaded: {stderr}"
     );
 }
+
+/// SIGTERM at any moment after the daemon says it listens is a graceful stop, exit 0: the
+/// handlers are in place before that line (they were once installed only when the server first
+/// waited on them, and a SIGTERM in between killed the process).
+#[test]
+fn sigterm_right_after_the_listening_line_is_a_clean_stop() {
+    let setup = Setup::new("", &rules());
+    for _ in 0..10 {
+        setup.start().stop_cleanly();
+    }
+}
