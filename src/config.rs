@@ -152,6 +152,16 @@ fn is_placeholder(value: &str) -> bool {
     v.eq_ignore_ascii_case("change-me") || v.eq_ignore_ascii_case("changeme")
 }
 
+/// The secrets of `keyed` that are set, each with its key.
+fn set_by_key<'a, const N: usize>(
+    keyed: [(&str, &'a Option<Secret>); N],
+) -> Vec<(String, &'a Secret)> {
+    keyed
+        .into_iter()
+        .filter_map(|(k, s)| Some((k.to_string(), s.as_ref()?)))
+        .collect()
+}
+
 /// The warning for a token or webhook secret short enough to be guessed, if it is.
 fn too_short(key: &str, s: &Secret) -> Option<String> {
     (s.expose().chars().count() < 16).then(|| {
@@ -633,19 +643,8 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.validate()?;
         }
-        let named = [
-            ("tokens.ingest".to_string(), &self.tokens.ingest),
-            ("tokens.releases".to_string(), &self.tokens.releases),
-            ("tokens.read".to_string(), &self.tokens.read),
-            ("tokens.admin".to_string(), &self.tokens.admin),
-        ];
-        let mut seen: Vec<(String, &Secret)> = named
-            .iter()
-            .filter_map(|(k, t)| t.as_ref().map(|t| (k.clone(), t)))
-            .collect();
-        for p in &self.people {
-            let Some(t) = &p.token else { continue };
-            let key = format!("people[{}].token", p.id);
+        let mut seen = self.api_tokens();
+        for (key, t) in self.people_tokens() {
             if let Some((other, _)) = seen.iter().find(|(_, s)| *s == t) {
                 return Err(format!(
                     "{key} is the same as {other}: every token must be its own"
@@ -654,6 +653,25 @@ impl Config {
             seen.push((key, t));
         }
         Ok(())
+    }
+
+    /// The `tokens.*` that are set, by key.
+    fn api_tokens(&self) -> Vec<(String, &Secret)> {
+        let t = &self.tokens;
+        set_by_key([
+            ("tokens.ingest", &t.ingest),
+            ("tokens.releases", &t.releases),
+            ("tokens.read", &t.read),
+            ("tokens.admin", &t.admin),
+        ])
+    }
+
+    /// The `people[].token` that are set, by key.
+    fn people_tokens(&self) -> Vec<(String, &Secret)> {
+        self.people
+            .iter()
+            .filter_map(|p| Some((format!("people[{}].token", p.id), p.token.as_ref()?)))
+            .collect()
     }
 
     /// What is allowed but unwise, said once at start.
@@ -669,26 +687,16 @@ impl Config {
             ),
             _ => {}
         }
-        let people: Vec<(String, &Secret)> = self
-            .people
-            .iter()
-            .filter_map(|p| Some((format!("people[{}].token", p.id), p.token.as_ref()?)))
-            .collect();
-        let secrets = [
-            ("tokens.ingest", &t.ingest),
-            ("tokens.releases", &t.releases),
-            ("tokens.read", &t.read),
-            ("tokens.admin", &t.admin),
+        let webhook_secrets = set_by_key([
             ("github.webhook_secret", &self.github.webhook_secret),
             ("gitlab.webhook_token", &self.gitlab.webhook_token),
             ("flux.webhook_secret", &self.flux.webhook_secret),
-        ];
-        let named = secrets
-            .iter()
-            .filter_map(|(k, s)| Some((k.to_string(), s.as_ref()?)));
+        ]);
         out.extend(
-            named
-                .chain(people)
+            self.api_tokens()
+                .into_iter()
+                .chain(self.people_tokens())
+                .chain(webhook_secrets)
                 .filter_map(|(key, s)| too_short(&key, s)),
         );
         if let Some(k) = self

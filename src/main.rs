@@ -240,13 +240,14 @@ fn vote(v: VoteArgs, approve: bool) -> ExitCode {
 
 fn freeze(f: FreezeArgs, frozen: bool) -> ExitCode {
     let c = f.api.client();
-    let reason = f.reason.unwrap_or_else(|| {
-        let done = if frozen { "frozen" } else { "lifted" };
-        format!(
-            "{done} by hand with `rollbackd {}`",
-            if frozen { "freeze" } else { "unfreeze" }
-        )
-    });
+    let (done, command) = if frozen {
+        ("frozen", "freeze")
+    } else {
+        ("lifted", "unfreeze")
+    };
+    let reason = f
+        .reason
+        .unwrap_or_else(|| format!("{done} by hand with `rollbackd {command}`"));
     operate(async move { c.freeze(&f.service, frozen, &reason).await })
 }
 
