@@ -974,13 +974,7 @@ fn sigterm_exits_cleanly() {
     let d = setup.start();
     let (s, _) = get_text(&d.url("/readyz"));
     assert_eq!(s, 200);
-    let stderr_log = d.stderr_log.clone();
-    let status = d.terminate();
-    assert!(
-        status.success(),
-        "{status:?}; stderr:\n{}",
-        std::fs::read_to_string(stderr_log).unwrap_or_default()
-    );
+    d.stop_cleanly();
     // The state it wrote opens again.
     let d = setup.start();
     let (s, _) = get_text(&d.url("/readyz"));

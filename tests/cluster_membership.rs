@@ -50,28 +50,38 @@ fn wait_view(c: &Cluster, node: u64, leader: u64, members: &[u64]) -> Value {
     })
 }
 
-/// Posts a release to `node` until it answers 2xx (a node may not know the leader yet: 503).
-fn release(c: &Cluster, node: u64, id: &str) {
-    let body = json!({"service": "web", "environment": "production", "version": id,
-                      "deployment_id": id, "deployed_at": ts(-30.0)});
+/// One POST of `body` to `node`'s `path`, with the admin token.
+fn post(c: &Cluster, node: u64, path: &str, body: &Value) -> Option<(u16, Value)> {
+    request(
+        reqwest::Method::POST,
+        &c.url(node, path),
+        Some(ADMIN),
+        Some(body),
+        Duration::from_secs(5),
+    )
+}
+
+fn release_body(service: &str, id: &str, deployed_secs: f64) -> Value {
+    json!({"service": service, "version": id,
+           "deployment_id": id, "deployed_at": ts(deployed_secs)})
+}
+
+/// Posts a release of `service` to `node` until it answers 2xx (a node may not know the leader
+/// yet: 503); the status it answered.
+fn release(c: &Cluster, node: u64, service: &str, id: &str, deployed_secs: f64) -> u16 {
+    let body = release_body(service, id, deployed_secs);
     let mut last = None;
     poll(Duration::from_secs(15), || {
-        let r = request(
-            reqwest::Method::POST,
-            &c.url(node, "/v1/releases"),
-            Some(ADMIN),
-            Some(&body),
-            Duration::from_secs(3),
-        );
+        let r = post(c, node, "/v1/releases", &body);
         last = r.clone();
-        r.filter(|(s, _)| (200..300).contains(s))
+        r.map(|(s, _)| s).filter(|s| (200..300).contains(s))
     })
     .unwrap_or_else(|| {
         panic!(
             "release {id} through node {node}: no 2xx, last {last:?}\n{}",
             c.diagnose()
         )
-    });
+    })
 }
 
 fn remove(c: &Cluster, via: u64, id: u64) -> (u16, Value) {
@@ -90,7 +100,7 @@ fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes(
     let mut c =
         Cluster::start(3, &rules(), &format!("tokens: {{admin: \"{ADMIN}\"}}\n")).with_token(ADMIN);
     let leader = c.wait_leader(Duration::from_secs(20));
-    release(&c, leader, "r1");
+    release(&c, leader, "web", "r1", -30.0);
 
     // A follower goes: the view says so on the two left, which keep taking writes once it is
     // dead too (two of two is their majority).
@@ -112,7 +122,7 @@ fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes(
         wait_view(&c, *id, leader, &left);
     }
     c.kill9(gone);
-    release(&c, other, "r2");
+    release(&c, other, "web", "r2", -30.0);
     assert_eq!(
         c.release_ids(leader, "web"),
         Some(vec!["r2".into(), "r1".into()])
@@ -123,7 +133,7 @@ fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes(
     assert_eq!(s, 200, "{v}\n{}", c.diagnose());
     assert_eq!(member_ids(&v), [other], "{v}");
     wait_view(&c, other, other, &[other]);
-    release(&c, other, "r3");
+    release(&c, other, "web", "r3", -30.0);
     let ids = poll(Duration::from_secs(5), || {
         c.release_ids(other, "web").filter(|ids| ids.len() == 3)
     });
@@ -141,14 +151,11 @@ fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes(
         (removed["leader"] != leader).then_some(())
     });
     assert_eq!(stepped_down, Some(()), "{removed:#}\n{}", c.diagnose());
-    let body = json!({"service": "web", "environment": "production", "version": "r4",
-                      "deployment_id": "r4", "deployed_at": ts(-10.0)});
-    let answer = request(
-        reqwest::Method::POST,
-        &c.url(leader, "/v1/releases"),
-        Some(ADMIN),
-        Some(&body),
-        Duration::from_secs(10),
+    let answer = post(
+        &c,
+        leader,
+        "/v1/releases",
+        &release_body("web", "r4", -10.0),
     );
     assert_eq!(answer.as_ref().map(|(s, _)| *s), Some(503), "{answer:?}");
     let ready = request(
@@ -168,16 +175,8 @@ fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes(
     // A breach now: the one node left runs the step, once, with its own term as the fencing
     // token; the removed node, still running, runs nothing (the step processes say so).
     for (id, ago) in [("A", -120.0), ("B", -60.0)] {
-        let body = json!({"service": "shop", "version": id, "deployment_id": id,
-                          "deployed_at": ts(ago)});
-        let (s, v) = request(
-            reqwest::Method::POST,
-            &c.url(other, "/v1/releases"),
-            Some(ADMIN),
-            Some(&body),
-            Duration::from_secs(5),
-        )
-        .unwrap_or_default();
+        let (s, v) =
+            post(&c, other, "/v1/releases", &release_body("shop", id, ago)).unwrap_or_default();
         assert_eq!(s, 201, "{v}");
     }
     let alert = am_alert(
@@ -186,14 +185,7 @@ fn removing_a_follower_then_the_leader_leaves_a_cluster_that_still_takes_writes(
         &ts(-5.0),
         "fp-shop",
     );
-    let (s, v) = request(
-        reqwest::Method::POST,
-        &c.url(other, "/v1/webhooks/alertmanager"),
-        Some(ADMIN),
-        Some(&alert),
-        Duration::from_secs(5),
-    )
-    .unwrap_or_default();
+    let (s, v) = post(&c, other, "/v1/webhooks/alertmanager", &alert).unwrap_or_default();
     assert_eq!(s, 200, "{v}");
     let ran = poll(Duration::from_secs(15), || {
         let lines = c.steps.of("undo");

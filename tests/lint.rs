@@ -3,9 +3,21 @@
 
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use common::bin;
+
+/// `rollbackd lint --config CONFIG RULES`.
+fn lint(config: &Path, rules: &Path) -> Output {
+    Command::new(bin())
+        .args(["lint", "--config"])
+        .arg(config)
+        .arg(rules)
+        .env_remove("ROLLBACKD_CONFIG")
+        .output()
+        .expect("run rollbackd lint")
+}
 
 const CONFIG: &str = "people:
   - { id: ada, roles: [founder] }
@@ -49,13 +61,7 @@ fn lint_reports_every_approval_nobody_could_give_and_keeps_going_after_a_structu
     let cfg = dir.path().join("rollbackd.yaml");
     std::fs::write(&cfg, CONFIG).unwrap();
 
-    let out = Command::new(bin())
-        .args(["lint", "--config"])
-        .arg(&cfg)
-        .arg(&rules)
-        .env_remove("ROLLBACKD_CONFIG")
-        .output()
-        .expect("run rollbackd lint");
+    let out = lint(&cfg, &rules);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -93,26 +99,16 @@ fn lint_with_a_config_that_does_not_load_exits_1_naming_it() {
     std::fs::write(rules.join("rules.yaml"), "rules: []\n").unwrap();
     let cfg = dir.path().join("rollbackd.yaml");
     std::fs::write(&cfg, "listen: 127.0.0.1:9750\nlisen_typo: 1\n").unwrap();
-    for config in [cfg.clone(), dir.path().join("missing.yaml")] {
-        let out = Command::new(bin())
-            .args(["lint", "--config"])
-            .arg(&config)
-            .arg(&rules)
-            .env_remove("ROLLBACKD_CONFIG")
-            .output()
-            .expect("run rollbackd lint");
+    for (config, says) in [
+        (cfg, "lisen_typo"),
+        (dir.path().join("missing.yaml"), "cannot read"),
+    ] {
+        let out = lint(&config, &rules);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(
-            stdout.starts_with(&config.display().to_string()),
+            stdout.starts_with(&config.display().to_string()) && stdout.contains(says),
             "{stdout}"
         );
     }
-    let out = Command::new(bin())
-        .args(["lint", "--config"])
-        .arg(&cfg)
-        .arg(&rules)
-        .output()
-        .expect("run rollbackd lint");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("lisen_typo"));
 }

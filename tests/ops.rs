@@ -226,18 +226,22 @@ fn freeze_and_unfreeze_from_the_command_line() {
             .output()
             .expect("run the CLI")
     };
+    // With the admin token, and it must succeed.
+    let admin = |args: &[&str]| {
+        let out = cli(args, ADMIN);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     let freeze_state = || get(&d.url("/v1/freezes/web"), Some(ADMIN));
 
     let out = cli(&["freeze", "web"], "not-the-admin-token-0123456789");
     assert!(!out.status.success(), "a wrong token is refused");
     assert_eq!(freeze_state().0, 200, "and froze nothing");
 
-    let out = cli(&["freeze", "web"], ADMIN);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    admin(&["freeze", "web"]);
     let (s, v) = freeze_state();
     assert_eq!(s, 423, "{v}");
     assert_eq!(v["frozen"], true);
@@ -248,28 +252,13 @@ fn freeze_and_unfreeze_from_the_command_line() {
         "{v}"
     );
 
-    let out = cli(&["unfreeze", "web", "--reason", "v3 is the fix"], ADMIN);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    admin(&["unfreeze", "web", "--reason", "v3 is the fix"]);
     let (s, v) = freeze_state();
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["frozen"], false);
 
-    let out = cli(&["freeze", "api", "--reason", "hold for the audit"], ADMIN);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cli(&["unfreeze", "api"], ADMIN);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    admin(&["freeze", "api", "--reason", "hold for the audit"]);
+    admin(&["unfreeze", "api"]);
     let (s, v) = get(&d.url("/v1/freezes/api"), Some(ADMIN));
     assert_eq!(s, 200, "{v}");
 }

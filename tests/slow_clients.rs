@@ -178,13 +178,7 @@ fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let _idle = connect(&d);
     std::thread::sleep(Duration::from_millis(100));
     let start = Instant::now();
-    let stderr_log = d.stderr_log.clone();
-    let status = d.terminate();
-    assert!(
-        status.success(),
-        "{status:?}: {}",
-        std::fs::read_to_string(stderr_log).unwrap_or_default()
-    );
+    d.stop_cleanly();
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "stop took {:?}",
